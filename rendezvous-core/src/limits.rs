@@ -1,0 +1,199 @@
+//! Every bound the server enforces, with its default and the reason for it.
+
+use crate::record::{Dialect, Flavour, RecordLimits};
+
+/// The server's limits. Each is enforced in O(1) and each violation is
+/// answered with the spec's status and a `statusText` naming the limit.
+///
+/// | limit | default | why |
+/// |---|---|---|
+/// | [`max_namespace_len`](Self::max_namespace_len) | 255 bytes | the spec |
+/// | [`min_ttl`](Self::min_ttl) | 120 s | py-libp2p's server (the seed demo's); the spec's 2 h would refuse its clients' short TTLs |
+/// | [`max_ttl`](Self::max_ttl) | 72 h | the spec |
+/// | [`default_ttl`](Self::default_ttl) | 2 h | the spec and the demo |
+/// | [`max_registrations_per_peer`](Self::max_registrations_per_peer) | 1000 | the spec |
+/// | [`max_registrations_per_namespace`](Self::max_registrations_per_namespace) | 1000 | the demo |
+/// | [`max_registrations`](Self::max_registrations) | 100 000 | bounds memory: about 70 MB with typical records, 450 MB if every record is as large as allowed |
+/// | [`default_discover_limit`](Self::default_discover_limit) | 100 | py-libp2p |
+/// | [`max_discover_limit`](Self::max_discover_limit) | 1000 | the spec; larger asks are clamped, not refused |
+/// | [`max_request_frame`](Self::max_request_frame) | 8 KiB | a REGISTER is at most a record, a namespace and a few bytes |
+/// | [`max_response_frame`](Self::max_response_frame) | 1 MiB | fits every peer's receive limit; a page stops early rather than exceed it |
+/// | [`max_record_bytes`](Self::max_record_bytes) | 4 KiB | room for dozens of addresses; go caps addresses at 2 KiB |
+/// | [`max_addresses`](Self::max_addresses) | 32 | more than any real host announces |
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes in a namespace.
+    pub max_namespace_len: usize,
+    /// Shortest TTL accepted, in seconds.
+    pub min_ttl: u64,
+    /// Longest TTL accepted, in seconds.
+    pub max_ttl: u64,
+    /// TTL granted when a REGISTER asks for none (or 0), in seconds.
+    pub default_ttl: u64,
+    /// Most live registrations one peer may hold (`E_NOT_AUTHORIZED` beyond).
+    pub max_registrations_per_peer: usize,
+    /// Most live registrations in one namespace (`E_UNAVAILABLE` beyond).
+    pub max_registrations_per_namespace: usize,
+    /// Most live registrations in all (`E_UNAVAILABLE` beyond).
+    pub max_registrations: usize,
+    /// Page size when a DISCOVER asks for none (or 0).
+    pub default_discover_limit: u64,
+    /// Largest page; larger asks are served this many.
+    pub max_discover_limit: u64,
+    /// Largest request body an adapter should read (give it to
+    /// [`FrameDecoder::new`](crate::codec::FrameDecoder::new)).
+    pub max_request_frame: usize,
+    /// Largest response body the server writes; a DISCOVER page ends early
+    /// (with a cookie to continue) rather than exceed it.
+    pub max_response_frame: usize,
+    /// Most bytes in `Register.signedPeerRecord`.
+    pub max_record_bytes: usize,
+    /// Most addresses in one record.
+    pub max_addresses: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_namespace_len: 255,
+            min_ttl: 120,
+            max_ttl: 72 * 60 * 60,
+            default_ttl: 2 * 60 * 60,
+            max_registrations_per_peer: 1000,
+            max_registrations_per_namespace: 1000,
+            max_registrations: 100_000,
+            default_discover_limit: 100,
+            max_discover_limit: 1000,
+            max_request_frame: 8 * 1024,
+            max_response_frame: 1024 * 1024,
+            max_record_bytes: 4 * 1024,
+            max_addresses: 32,
+        }
+    }
+}
+
+/// Why a [`Limits`] cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitsError {
+    /// `min_ttl <= default_ttl <= max_ttl` does not hold, or `min_ttl` is 0.
+    #[error("TTLs must satisfy 0 < min_ttl <= default_ttl <= max_ttl")]
+    TtlRange,
+    /// A count or size limit is zero.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// `default_discover_limit` exceeds `max_discover_limit`.
+    #[error("default_discover_limit exceeds max_discover_limit")]
+    DiscoverLimit,
+    /// A largest REGISTER could not fit in `max_request_frame`, or a largest
+    /// registration in `max_response_frame`.
+    #[error("frame limits are too small for the record and namespace limits")]
+    FrameTooSmall,
+}
+
+/// Room for the fields around a record and a namespace in a frame: tags,
+/// lengths, type, status and TTL.
+const FRAME_OVERHEAD: usize = 64;
+
+/// Room for the tags, lengths and TTL around one registration in a
+/// DISCOVER response.
+pub(crate) const REGISTRATION_OVERHEAD: usize = 32;
+
+impl Limits {
+    /// Checks that the limits are consistent.
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        if self.min_ttl == 0 || self.min_ttl > self.default_ttl || self.default_ttl > self.max_ttl {
+            return Err(LimitsError::TtlRange);
+        }
+        for (value, name) in [
+            (self.max_namespace_len, "max_namespace_len"),
+            (self.max_registrations_per_peer, "max_registrations_per_peer"),
+            (self.max_registrations_per_namespace, "max_registrations_per_namespace"),
+            (self.max_registrations, "max_registrations"),
+            (self.max_record_bytes, "max_record_bytes"),
+            (self.max_addresses, "max_addresses"),
+        ] {
+            if value == 0 {
+                return Err(LimitsError::Zero(name));
+            }
+        }
+        if self.default_discover_limit == 0 {
+            return Err(LimitsError::Zero("default_discover_limit"));
+        }
+        if self.default_discover_limit > self.max_discover_limit {
+            return Err(LimitsError::DiscoverLimit);
+        }
+        let largest = self.max_record_bytes + self.max_namespace_len;
+        if largest + FRAME_OVERHEAD > self.max_request_frame
+            || largest + REGISTRATION_OVERHEAD > self.response_budget()
+        {
+            return Err(LimitsError::FrameTooSmall);
+        }
+        Ok(())
+    }
+
+    /// Bytes a DISCOVER page may spend on registrations: the response frame
+    /// less room for the cookie, status and framing. Validation guarantees
+    /// that the largest registration fits, so a page is never empty while
+    /// anything is left to serve.
+    pub(crate) fn response_budget(&self) -> usize {
+        let reserve = 8 + self.max_namespace_len + FRAME_OVERHEAD;
+        self.max_response_frame.saturating_sub(reserve)
+    }
+
+    pub(crate) fn record_limits(&self) -> RecordLimits {
+        RecordLimits { max_bytes: self.max_record_bytes, max_addresses: self.max_addresses }
+    }
+}
+
+/// Everything a [`Server`](crate::Server) is built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The limits.
+    pub limits: Limits,
+    /// The dialect a DISCOVER is answered in when the requester has neither
+    /// registered on this connection nor been described by the adapter
+    /// ([`Server::set_reader_dialect`](crate::Server::set_reader_dialect)).
+    /// Default: rust-libp2p's signed flavour, the spec's dialect and the most
+    /// common client.
+    pub unknown_reader: Dialect,
+    /// Most peers whose dialect the server remembers without them holding a
+    /// registration (cleared by
+    /// [`Server::handle_disconnected`](crate::Server::handle_disconnected)).
+    pub max_remembered_readers: usize,
+    /// Most events queued for [`Server::poll_event`](crate::Server::poll_event);
+    /// beyond it new events are counted in [`Stats::dropped_events`](crate::Stats)
+    /// and dropped. Draining after every call keeps the queue at a handful.
+    pub max_queued_events: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            limits: Limits::default(),
+            unknown_reader: Dialect::Signed(Flavour::RustLibp2p),
+            max_remembered_readers: 65_536,
+            max_queued_events: 65_536,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_consistent() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn inconsistent_limits_are_refused() {
+        let limits = Limits { min_ttl: 10_000, ..Limits::default() };
+        assert_eq!(limits.validate(), Err(LimitsError::TtlRange));
+        let limits = Limits { max_request_frame: 100, ..Limits::default() };
+        assert_eq!(limits.validate(), Err(LimitsError::FrameTooSmall));
+        let limits = Limits { max_registrations: 0, ..Limits::default() };
+        assert_eq!(limits.validate(), Err(LimitsError::Zero("max_registrations")));
+    }
+}

@@ -1,0 +1,211 @@
+//! The rendezvous protobuf messages (`proto/rendezvous.proto`), derived by hand.
+//!
+//! Every field is `optional` (proto2) so that what we send writes `type` and
+//! `status` explicitly, as rust-libp2p requires, and what we receive tolerates
+//! proto3 peers leaving defaults off the wire: an absent field reads as its
+//! default. Byte fields are [`Bytes`] so that a record decoded from a request
+//! can be stored and served again without a copy.
+
+use bytes::Bytes;
+
+/// The envelope of every rendezvous message.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Message {
+    /// A [`MessageType`]; absent means `REGISTER` (proto3 default).
+    #[prost(enumeration = "MessageType", optional, tag = "1")]
+    pub r#type: Option<i32>,
+    /// Body of a `REGISTER`.
+    #[prost(message, optional, tag = "2")]
+    pub register: Option<Register>,
+    /// Body of a `REGISTER_RESPONSE`.
+    #[prost(message, optional, tag = "3")]
+    pub register_response: Option<RegisterResponse>,
+    /// Body of an `UNREGISTER`.
+    #[prost(message, optional, tag = "4")]
+    pub unregister: Option<Unregister>,
+    /// Body of a `DISCOVER`.
+    #[prost(message, optional, tag = "5")]
+    pub discover: Option<Discover>,
+    /// Body of a `DISCOVER_RESPONSE`.
+    #[prost(message, optional, tag = "6")]
+    pub discover_response: Option<DiscoverResponse>,
+}
+
+/// `Message.type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum MessageType {
+    /// A registration request.
+    Register = 0,
+    /// The answer to `REGISTER`.
+    RegisterResponse = 1,
+    /// Removes a registration; never answered.
+    Unregister = 2,
+    /// A discovery request.
+    Discover = 3,
+    /// The answer to `DISCOVER`.
+    DiscoverResponse = 4,
+    /// Legacy dialect's subscription request; not supported.
+    DiscoverSubscribe = 100,
+    /// Legacy dialect's subscription answer; not supported.
+    DiscoverSubscribeResponse = 101,
+}
+
+/// `RegisterResponse.status` and `DiscoverResponse.status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ResponseStatus {
+    /// Success.
+    Ok = 0,
+    /// The namespace is empty where one is required, or too long.
+    EInvalidNamespace = 100,
+    /// The record is malformed, badly signed or names another peer
+    /// (`E_INVALID_PEER_INFO` in the legacy dialect).
+    EInvalidSignedPeerRecord = 101,
+    /// The TTL is outside the server's range.
+    EInvalidTtl = 102,
+    /// The cookie is malformed or belongs to another namespace.
+    EInvalidCookie = 103,
+    /// The peer may not do this (e.g. it holds too many registrations).
+    ENotAuthorized = 200,
+    /// The server failed.
+    EInternalError = 300,
+    /// The server cannot take it now (e.g. it is full), or does not offer it.
+    EUnavailable = 400,
+}
+
+/// `Message.Register`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Register {
+    /// The namespace.
+    #[prost(string, optional, tag = "1")]
+    pub ns: Option<String>,
+    /// A signed envelope (signed dialect) or an embedded `PeerInfo` (legacy).
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    pub signed_peer_record: Option<Bytes>,
+    /// Seconds; `0` or absent means the server's default.
+    #[prost(uint64, optional, tag = "3")]
+    pub ttl: Option<u64>,
+}
+
+/// `Message.RegisterResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RegisterResponse {
+    /// A [`ResponseStatus`].
+    #[prost(enumeration = "ResponseStatus", optional, tag = "1")]
+    pub status: Option<i32>,
+    /// Human-readable reason for a failure.
+    #[prost(string, optional, tag = "2")]
+    pub status_text: Option<String>,
+    /// The TTL the server granted, in seconds.
+    #[prost(uint64, optional, tag = "3")]
+    pub ttl: Option<u64>,
+}
+
+/// `Message.Unregister`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Unregister {
+    /// The namespace.
+    #[prost(string, optional, tag = "1")]
+    pub ns: Option<String>,
+    /// Deprecated peer id; ignored on receipt, never sent.
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    pub id: Option<Bytes>,
+}
+
+/// `Message.Discover`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Discover {
+    /// The namespace; absent or empty means every namespace.
+    #[prost(string, optional, tag = "1")]
+    pub ns: Option<String>,
+    /// The most registrations wanted; absent or `0` means the server's default.
+    #[prost(uint64, optional, tag = "2")]
+    pub limit: Option<u64>,
+    /// Where the previous page ended.
+    #[prost(bytes = "bytes", optional, tag = "3")]
+    pub cookie: Option<Bytes>,
+}
+
+/// `Message.DiscoverResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DiscoverResponse {
+    /// One page of registrations.
+    #[prost(message, repeated, tag = "1")]
+    pub registrations: Vec<Register>,
+    /// Where this page ended; send it back to get what is new.
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    pub cookie: Option<Bytes>,
+    /// A [`ResponseStatus`].
+    #[prost(enumeration = "ResponseStatus", optional, tag = "3")]
+    pub status: Option<i32>,
+    /// Human-readable reason for a failure.
+    #[prost(string, optional, tag = "4")]
+    pub status_text: Option<String>,
+}
+
+/// Legacy dialect: the embedded record of go-libp2p-rendezvous and py-libp2p.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PeerInfo {
+    /// The peer id in its binary form.
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    pub id: Option<Bytes>,
+    /// Binary multiaddrs.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub addrs: Vec<Bytes>,
+}
+
+/// An RFC 0002 signed envelope.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Envelope {
+    /// The signer's public key, protobuf-encoded.
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    pub public_key: Option<Bytes>,
+    /// Tells what the payload is.
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    pub payload_type: Option<Bytes>,
+    /// The signed payload.
+    #[prost(bytes = "bytes", optional, tag = "3")]
+    pub payload: Option<Bytes>,
+    /// The signature over domain, payload type and payload.
+    #[prost(bytes = "bytes", optional, tag = "5")]
+    pub signature: Option<Bytes>,
+}
+
+/// A libp2p peer record, the payload of a signed envelope.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PeerRecord {
+    /// The peer id in its binary form.
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    pub peer_id: Option<Bytes>,
+    /// Orders records of one peer in time.
+    #[prost(uint64, optional, tag = "2")]
+    pub seq: Option<u64>,
+    /// The peer's addresses.
+    #[prost(message, repeated, tag = "3")]
+    pub addresses: Vec<AddressInfo>,
+}
+
+/// `PeerRecord.AddressInfo`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AddressInfo {
+    /// A binary multiaddr.
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    pub multiaddr: Option<Bytes>,
+}
+
+impl Message {
+    /// The message type, with proto3's omitted default read as `REGISTER`;
+    /// `Err` holds a number this crate does not know.
+    pub fn message_type(&self) -> Result<MessageType, i32> {
+        let raw = self.r#type.unwrap_or(0);
+        MessageType::try_from(raw).map_err(|_| raw)
+    }
+}
+
+/// Reads a status field, with proto3's omitted default read as `OK`; `Err`
+/// holds a number this crate does not know.
+pub fn read_status(raw: Option<i32>) -> Result<ResponseStatus, i32> {
+    let raw = raw.unwrap_or(0);
+    ResponseStatus::try_from(raw).map_err(|_| raw)
+}

@@ -1,0 +1,265 @@
+//! The server's registrations and their indexes.
+//!
+//! Every mutation goes through [`Registry::insert`], [`Registry::remove`] and
+//! [`Registry::expire`], so that persisting or replicating the registry later
+//! means hooking these three, not hunting for writes.
+//!
+//! Costs do not grow with the registry: entries live in a slab; ordered
+//! indexes map a sequence number to a slot, per namespace and globally, once
+//! for every reader dialect (legacy readers see everything, signed readers
+//! only their flavour), so a page is one range walk of O(log n + page). The
+//! expiry index is ordered by deadline. Hash maps are only looked up, never
+//! iterated, so no output depends on hash order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound::{Excluded, Unbounded};
+use std::time::Duration;
+
+use bytes::Bytes;
+use libp2p_identity::PeerId;
+use slab::Slab;
+
+use crate::namespace::Namespace;
+use crate::record::{Dialect, Flavour};
+use crate::time::Timestamp;
+
+/// A record as stored: the bytes served to readers of its own dialect, and a
+/// `PeerInfo` encoding for legacy readers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StoredRecord {
+    pub(crate) dialect: Dialect,
+    pub(crate) bytes: Bytes,
+    pub(crate) peer_info: Bytes,
+}
+
+impl StoredRecord {
+    /// The bytes a reader of `reader` dialect gets, if it can read this record.
+    pub(crate) fn bytes_for(&self, reader: Dialect) -> Option<&Bytes> {
+        match reader {
+            Dialect::Legacy => Some(&self.peer_info),
+            signed if signed == self.dialect => Some(&self.bytes),
+            Dialect::Signed(_) => None,
+        }
+    }
+}
+
+/// One registration.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub(crate) peer: PeerId,
+    pub(crate) namespace: Namespace,
+    pub(crate) seq: u64,
+    pub(crate) expires: Timestamp,
+    pub(crate) record: StoredRecord,
+}
+
+impl Entry {
+    /// Seconds left at `now`, rounded up so a live entry never reads as 0.
+    pub(crate) fn ttl_left(&self, now: Timestamp) -> u64 {
+        let left = self.expires - now;
+        left.as_secs() + u64::from(left.subsec_nanos() > 0)
+    }
+}
+
+/// One index per reader dialect: everything (legacy readers), then one per
+/// signed flavour.
+#[derive(Debug, Default)]
+struct Index([BTreeMap<u64, usize>; 3]);
+
+fn view(reader: Dialect) -> usize {
+    match reader {
+        Dialect::Legacy => 0,
+        Dialect::Signed(Flavour::RustLibp2p) => 1,
+        Dialect::Signed(Flavour::Standard) => 2,
+    }
+}
+
+impl Index {
+    fn insert(&mut self, dialect: Dialect, seq: u64, slot: usize) {
+        self.0[0].insert(seq, slot);
+        if dialect != Dialect::Legacy {
+            self.0[view(dialect)].insert(seq, slot);
+        }
+    }
+
+    fn remove(&mut self, dialect: Dialect, seq: u64) {
+        self.0[0].remove(&seq);
+        if dialect != Dialect::Legacy {
+            self.0[view(dialect)].remove(&seq);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct NamespaceState {
+    index: Index,
+    len: usize,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    registrations: usize,
+    /// The last record this peer registered, so that registering the same
+    /// bytes again (a refresh, or another namespace) needs no signature check.
+    last_record: StoredRecord,
+}
+
+/// What [`Registry::insert`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Inserted {
+    New,
+    Replaced,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    entries: Slab<Entry>,
+    by_key: HashMap<(PeerId, Namespace), usize>,
+    namespaces: BTreeMap<Namespace, NamespaceState>,
+    all: Index,
+    expiry: BTreeMap<(Timestamp, u64), usize>,
+    peers: HashMap<PeerId, PeerState>,
+    last_seq: u64,
+}
+
+impl Registry {
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The highest sequence number issued; every cookie position is at most this.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub(crate) fn peer_len(&self, peer: &PeerId) -> usize {
+        self.peers.get(peer).map_or(0, |p| p.registrations)
+    }
+
+    pub(crate) fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub(crate) fn namespace_count(&self) -> usize {
+        self.namespaces.len()
+    }
+
+    pub(crate) fn namespace_len(&self, namespace: &Namespace) -> usize {
+        self.namespaces.get(namespace).map_or(0, |n| n.len)
+    }
+
+    pub(crate) fn namespaces(&self) -> impl Iterator<Item = (&Namespace, usize)> {
+        self.namespaces.iter().map(|(ns, state)| (ns, state.len))
+    }
+
+    pub(crate) fn get(&self, peer: &PeerId, namespace: &Namespace) -> Option<&Entry> {
+        let key = (*peer, namespace.clone());
+        self.by_key.get(&key).map(|&slot| &self.entries[slot])
+    }
+
+    /// The peer's last registered record, if its bytes are `bytes`.
+    pub(crate) fn cached_record(&self, peer: &PeerId, bytes: &[u8]) -> Option<&StoredRecord> {
+        self.peers.get(peer).map(|p| &p.last_record).filter(|r| r.bytes == bytes)
+    }
+
+    pub(crate) fn next_expiry(&self) -> Option<Timestamp> {
+        self.expiry.keys().next().map(|&(deadline, _)| deadline)
+    }
+
+    /// Adds or replaces the registration of `peer` in `namespace`; it gets a
+    /// new sequence number, so it reads as new to paging discoverers.
+    pub(crate) fn insert(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        namespace: Namespace,
+        ttl: Duration,
+        record: StoredRecord,
+    ) -> Inserted {
+        let replaced = self.remove(&peer, &namespace).is_some();
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        let expires = now + ttl;
+        let dialect = record.dialect;
+        let slot = self.entries.insert(Entry {
+            peer,
+            namespace: namespace.clone(),
+            seq,
+            expires,
+            record: record.clone(),
+        });
+        self.all.insert(dialect, seq, slot);
+        let ns = self.namespaces.entry(namespace.clone()).or_default();
+        ns.index.insert(dialect, seq, slot);
+        ns.len += 1;
+        self.expiry.insert((expires, seq), slot);
+        self.by_key.insert((peer, namespace), slot);
+        let state = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| PeerState { registrations: 0, last_record: record.clone() });
+        state.registrations += 1;
+        state.last_record = record;
+        if replaced { Inserted::Replaced } else { Inserted::New }
+    }
+
+    /// Removes the registration of `peer` in `namespace`, if any.
+    pub(crate) fn remove(&mut self, peer: &PeerId, namespace: &Namespace) -> Option<Entry> {
+        let slot = self.by_key.remove(&(*peer, namespace.clone()))?;
+        Some(self.remove_slot(slot))
+    }
+
+    /// Removes every registration whose deadline is at or before `now`,
+    /// earliest first, handing each to `on_expired`.
+    pub(crate) fn expire(&mut self, now: Timestamp, mut on_expired: impl FnMut(Entry)) {
+        while let Some(entry) = self.expiry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let slot = *entry.get();
+            let removed = self.remove_slot(slot);
+            self.by_key.remove(&(removed.peer, removed.namespace.clone()));
+            on_expired(removed);
+        }
+    }
+
+    /// Unlinks `slot` from every index but `by_key` (callers hold that key).
+    fn remove_slot(&mut self, slot: usize) -> Entry {
+        let entry = self.entries.remove(slot);
+        let dialect = entry.record.dialect;
+        self.all.remove(dialect, entry.seq);
+        self.expiry.remove(&(entry.expires, entry.seq));
+        if let Some(ns) = self.namespaces.get_mut(&entry.namespace) {
+            ns.index.remove(dialect, entry.seq);
+            ns.len -= 1;
+            if ns.len == 0 {
+                self.namespaces.remove(&entry.namespace);
+            }
+        }
+        if let Some(state) = self.peers.get_mut(&entry.peer) {
+            state.registrations -= 1;
+            if state.registrations == 0 {
+                self.peers.remove(&entry.peer);
+            }
+        }
+        entry
+    }
+
+    /// Entries after `position` in `namespace` (or all), readable by `reader`,
+    /// in sequence order.
+    pub(crate) fn page<'a>(
+        &'a self,
+        reader: Dialect,
+        namespace: Option<&Namespace>,
+        position: u64,
+    ) -> impl Iterator<Item = &'a Entry> + 'a {
+        let index = match namespace {
+            Some(ns) => self.namespaces.get(ns).map(|n| &n.index),
+            None => Some(&self.all),
+        };
+        index
+            .into_iter()
+            .flat_map(move |index| index.0[view(reader)].range((Excluded(position), Unbounded)))
+            .map(move |(_, &slot)| &self.entries[slot])
+    }
+}

@@ -1,0 +1,572 @@
+//! The rendezvous point: answers REGISTER, UNREGISTER and DISCOVER.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use libp2p_identity::PeerId;
+
+use crate::RequestId;
+use crate::codec::{self, CodecError};
+use crate::cookie::{Cookie, CookieError};
+use crate::limits::{Limits, LimitsError, REGISTRATION_OVERHEAD, ServerConfig};
+use crate::namespace::{Namespace, NamespaceError};
+use crate::proto::{self, MessageType, ResponseStatus};
+use crate::record::{Dialect, Record, encode_peer_info};
+use crate::registry::{Inserted, Registry, StoredRecord};
+use crate::time::Timestamp;
+
+/// A rendezvous point, as a state machine that does no I/O and reads no clock.
+///
+/// # Driving it
+/// Inputs, each taking the current time where it matters:
+/// - [`handle_frame`](Self::handle_frame) (or [`handle_request`](Self::handle_request)
+///   with a decoded message) for every request read from a substream, tagged
+///   with a [`RequestId`] the adapter chose to find the substream again;
+/// - [`handle_timeout`](Self::handle_timeout) when the deadline from
+///   [`poll_timeout`](Self::poll_timeout) is reached;
+/// - [`set_reader_dialect`](Self::set_reader_dialect) and
+///   [`handle_disconnected`](Self::handle_disconnected) as the adapter learns
+///   about peers.
+///
+/// After every input, drain the outputs in this order:
+/// 1. [`poll_transmit`](Self::poll_transmit) until `None`: responses to write,
+///    each on the substream of its request id. A request gets at most one
+///    response, synchronously (UNREGISTER gets none), so an adapter reading
+///    several requests from one substream can answer them in order.
+/// 2. [`poll_event`](Self::poll_event) until `None`: what happened, for logs
+///    and metrics.
+/// 3. [`poll_timeout`](Self::poll_timeout): when to call `handle_timeout` next
+///    (the earliest expiry). Reset the one timer to it.
+///
+/// Expired registrations are never served even if `handle_timeout` is late:
+/// every input first expires what is due at its `now`. Time that runs
+/// backwards is treated as standing still.
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    registry: Registry,
+    readers: HashMap<PeerId, Dialect>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    now: Timestamp,
+    dropped_events: u64,
+    records_verified: u64,
+}
+
+/// A response to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transmit {
+    /// Who asked.
+    pub peer: PeerId,
+    /// The id the adapter gave the request.
+    pub request_id: RequestId,
+    /// The response.
+    pub message: proto::Message,
+}
+
+impl Transmit {
+    /// The response as a length-prefixed frame.
+    pub fn to_frame(&self) -> Bytes {
+        codec::frame(&self.message)
+    }
+}
+
+/// Something that happened on the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A peer registered in a namespace where it had no registration.
+    Registered {
+        /// Who.
+        peer: PeerId,
+        /// Where.
+        namespace: Namespace,
+        /// The TTL granted, in seconds.
+        ttl: u64,
+        /// The dialect of its record.
+        dialect: Dialect,
+    },
+    /// A peer replaced its registration in a namespace (a refresh).
+    Refreshed {
+        /// Who.
+        peer: PeerId,
+        /// Where.
+        namespace: Namespace,
+        /// The TTL granted, in seconds.
+        ttl: u64,
+        /// The dialect of its record.
+        dialect: Dialect,
+    },
+    /// A peer removed its registration.
+    Unregistered {
+        /// Who.
+        peer: PeerId,
+        /// Where.
+        namespace: Namespace,
+    },
+    /// A registration reached the end of its TTL and was removed.
+    Expired {
+        /// Whose.
+        peer: PeerId,
+        /// Where.
+        namespace: Namespace,
+    },
+    /// A request was answered with an error status.
+    Refused {
+        /// Who asked.
+        peer: PeerId,
+        /// What it asked.
+        request: MessageType,
+        /// The status sent.
+        status: ResponseStatus,
+        /// The `statusText` sent.
+        reason: String,
+    },
+    /// A request of a type the server does not serve (a response type, the
+    /// legacy DISCOVER_SUBSCRIBE, or an unknown number) was answered with
+    /// `E_UNAVAILABLE`.
+    Unsupported {
+        /// Who asked.
+        peer: PeerId,
+        /// The `Message.type` it sent.
+        message_type: i32,
+    },
+    /// A DISCOVER was answered.
+    Discovered {
+        /// Who asked.
+        peer: PeerId,
+        /// The namespace asked for; `None` for all.
+        namespace: Option<Namespace>,
+        /// How many registrations the page held.
+        count: usize,
+    },
+}
+
+/// Counts the server keeps, all O(1) to read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Live registrations.
+    pub registrations: usize,
+    /// Namespaces with at least one registration.
+    pub namespaces: usize,
+    /// Peers with at least one registration.
+    pub peers: usize,
+    /// Events dropped because the event queue was full.
+    pub dropped_events: u64,
+    /// Records parsed and, for envelopes, signature-checked; a re-registration
+    /// of the same bytes does not count.
+    pub records_verified: u64,
+}
+
+/// A refusal: the status to answer with and the text saying why.
+struct Refusal(ResponseStatus, String);
+
+impl Refusal {
+    fn new(status: ResponseStatus, reason: impl ToString) -> Self {
+        Refusal(status, reason.to_string())
+    }
+}
+
+fn namespace_refusal(err: NamespaceError) -> Refusal {
+    Refusal::new(ResponseStatus::EInvalidNamespace, err)
+}
+
+impl Server {
+    /// A server with `config`, or why the limits cannot work.
+    pub fn new(config: ServerConfig) -> Result<Server, LimitsError> {
+        config.limits.validate()?;
+        Ok(Server {
+            config,
+            registry: Registry::default(),
+            readers: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            now: Timestamp::ZERO,
+            dropped_events: 0,
+            records_verified: 0,
+        })
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// Decodes one request body (a frame without its length prefix) and
+    /// handles it. A body that is not a protobuf message is the remote's
+    /// fault: the error is for the adapter, which should end that substream.
+    pub fn handle_frame(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        request_id: RequestId,
+        body: &[u8],
+    ) -> Result<(), CodecError> {
+        if body.len() > self.config.limits.max_request_frame {
+            return Err(CodecError::FrameTooLarge {
+                claimed: body.len() as u64,
+                max: self.config.limits.max_request_frame,
+            });
+        }
+        let message = codec::decode_message(body)?;
+        self.handle_request(now, peer, request_id, message);
+        Ok(())
+    }
+
+    /// Handles one decoded request from `peer`.
+    pub fn handle_request(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        request_id: RequestId,
+        message: proto::Message,
+    ) {
+        self.advance(now);
+        let response = match message.message_type() {
+            Ok(MessageType::Register) => {
+                let register = message.register.unwrap_or_default();
+                let response = match self.register(peer, register) {
+                    Ok(ttl) => register_response(ResponseStatus::Ok, None, Some(ttl)),
+                    Err(Refusal(status, reason)) => {
+                        let response = register_response(status, Some(reason.clone()), None);
+                        self.refused(peer, MessageType::Register, status, reason);
+                        response
+                    }
+                };
+                Some(response)
+            }
+            Ok(MessageType::Unregister) => {
+                self.unregister(peer, message.unregister.unwrap_or_default());
+                None
+            }
+            Ok(MessageType::Discover) => {
+                let discover = message.discover.unwrap_or_default();
+                let response = match self.discover(peer, discover) {
+                    Ok(response) => response,
+                    Err(Refusal(status, reason)) => {
+                        let response = discover_error(status, reason.clone());
+                        self.refused(peer, MessageType::Discover, status, reason);
+                        response
+                    }
+                };
+                Some(response)
+            }
+            Ok(other) => Some(self.unsupported(peer, other as i32, Some(other))),
+            Err(raw) => Some(self.unsupported(peer, raw, None)),
+        };
+        if let Some(message) = response {
+            self.transmits.push_back(Transmit { peer, request_id, message });
+        }
+    }
+
+    /// Expires what is due at `now`.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.advance(now);
+    }
+
+    /// Tells the server which dialect `peer` reads, e.g. from identify's agent
+    /// version (py-libp2p and go read [`Dialect::Legacy`], rust-libp2p reads
+    /// [`Flavour::RustLibp2p`](crate::Flavour::RustLibp2p) envelopes). A
+    /// REGISTER from the peer overrides it with the dialect it used.
+    pub fn set_reader_dialect(&mut self, peer: PeerId, dialect: Dialect) {
+        self.remember_reader(peer, dialect);
+    }
+
+    /// The adapter's last connection to `peer` closed: forget its dialect.
+    /// Its registrations stay until they expire or are unregistered.
+    pub fn handle_disconnected(&mut self, peer: &PeerId) {
+        self.readers.remove(peer);
+    }
+
+    /// The next response to write.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called:
+    /// the earliest expiry, or `None` while nothing is registered.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.registry.next_expiry()
+    }
+
+    /// Current counts.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            registrations: self.registry.len(),
+            namespaces: self.registry.namespace_count(),
+            peers: self.registry.peer_count(),
+            dropped_events: self.dropped_events,
+            records_verified: self.records_verified,
+        }
+    }
+
+    /// Every namespace with its number of live registrations, in name order.
+    pub fn namespaces(&self) -> impl Iterator<Item = (&Namespace, usize)> {
+        self.registry.namespaces()
+    }
+
+    /// Seconds left on `peer`'s registration in `namespace`, if it has one.
+    pub fn registration_ttl(&self, peer: &PeerId, namespace: &Namespace) -> Option<u64> {
+        self.registry.get(peer, namespace).map(|e| e.ttl_left(self.now))
+    }
+
+    fn advance(&mut self, now: Timestamp) {
+        self.now = self.now.max(now);
+        let mut expired = Vec::new();
+        self.registry.expire(self.now, |entry| expired.push(entry));
+        for entry in expired {
+            self.push_event(Event::Expired { peer: entry.peer, namespace: entry.namespace });
+        }
+    }
+
+    fn register(&mut self, peer: PeerId, register: proto::Register) -> Result<u64, Refusal> {
+        let limits = &self.config.limits;
+        let namespace =
+            Namespace::new(register.ns.as_deref().unwrap_or(""), limits.max_namespace_len)
+                .map_err(namespace_refusal)?;
+        let ttl = match register.ttl.unwrap_or(0) {
+            0 => limits.default_ttl,
+            ttl if (limits.min_ttl..=limits.max_ttl).contains(&ttl) => ttl,
+            ttl => {
+                return Err(Refusal::new(
+                    ResponseStatus::EInvalidTtl,
+                    format!(
+                        "ttl of {ttl} s is outside the allowed range of {} to {} s",
+                        limits.min_ttl, limits.max_ttl
+                    ),
+                ));
+            }
+        };
+        let record = self.verify_record(peer, register.signed_peer_record.unwrap_or_default())?;
+        let limits = &self.config.limits;
+        if self.registry.get(&peer, &namespace).is_none() {
+            if self.registry.peer_len(&peer) >= limits.max_registrations_per_peer {
+                return Err(Refusal::new(
+                    ResponseStatus::ENotAuthorized,
+                    format!(
+                        "peer already holds {} registrations, the limit per peer",
+                        limits.max_registrations_per_peer
+                    ),
+                ));
+            }
+            if self.registry.namespace_len(&namespace) >= limits.max_registrations_per_namespace {
+                return Err(Refusal::new(
+                    ResponseStatus::EUnavailable,
+                    format!(
+                        "namespace holds {} registrations, the limit per namespace",
+                        limits.max_registrations_per_namespace
+                    ),
+                ));
+            }
+            if self.registry.len() >= limits.max_registrations {
+                return Err(Refusal::new(
+                    ResponseStatus::EUnavailable,
+                    format!("server holds {} registrations, its limit", limits.max_registrations),
+                ));
+            }
+        }
+        let dialect = record.dialect;
+        let inserted = self.registry.insert(
+            self.now,
+            peer,
+            namespace.clone(),
+            Duration::from_secs(ttl),
+            record,
+        );
+        self.remember_reader(peer, dialect);
+        self.push_event(match inserted {
+            Inserted::New => Event::Registered { peer, namespace, ttl, dialect },
+            Inserted::Replaced => Event::Refreshed { peer, namespace, ttl, dialect },
+        });
+        Ok(ttl)
+    }
+
+    /// Parses and verifies a record, unless `peer` registered these very
+    /// bytes last time (then the stored, already verified form is reused).
+    fn verify_record(&mut self, peer: PeerId, bytes: Bytes) -> Result<StoredRecord, Refusal> {
+        if let Some(cached) = self.registry.cached_record(&peer, &bytes) {
+            return Ok(cached.clone());
+        }
+        self.records_verified += 1;
+        let invalid = |err| Refusal::new(ResponseStatus::EInvalidSignedPeerRecord, err);
+        let record = Record::parse(bytes, &self.config.limits.record_limits()).map_err(invalid)?;
+        match record.peer {
+            Some(owner) if owner != peer => {
+                return Err(Refusal::new(
+                    ResponseStatus::ENotAuthorized,
+                    format!("peer record is for {owner}, not for the sender {peer}"),
+                ));
+            }
+            _ => {}
+        }
+        let peer_info = encode_peer_info(&peer, &record.addresses);
+        let bytes = match record.dialect {
+            Dialect::Legacy => peer_info.clone(),
+            Dialect::Signed(_) => record.bytes,
+        };
+        Ok(StoredRecord { dialect: record.dialect, bytes, peer_info })
+    }
+
+    fn unregister(&mut self, peer: PeerId, unregister: proto::Unregister) {
+        let ns = unregister.ns.as_deref().unwrap_or("");
+        let Ok(namespace) = Namespace::new(ns, self.config.limits.max_namespace_len) else {
+            // UNREGISTER has no response; a bad namespace cannot name anything we hold.
+            return;
+        };
+        if let Some(entry) = self.registry.remove(&peer, &namespace) {
+            self.push_event(Event::Unregistered { peer, namespace: entry.namespace });
+        }
+    }
+
+    fn discover(
+        &mut self,
+        peer: PeerId,
+        discover: proto::Discover,
+    ) -> Result<proto::Message, Refusal> {
+        let limits = &self.config.limits;
+        let namespace = match discover.ns.as_deref() {
+            None | Some("") => None,
+            Some(ns) => {
+                Some(Namespace::new(ns, limits.max_namespace_len).map_err(namespace_refusal)?)
+            }
+        };
+        let limit = match discover.limit.unwrap_or(0) {
+            0 => limits.default_discover_limit,
+            limit => limit.min(limits.max_discover_limit),
+        };
+        let position = match discover.cookie.filter(|c| !c.is_empty()) {
+            None => 0,
+            Some(bytes) => self
+                .check_cookie(&bytes, namespace.as_ref())
+                .map_err(|err| Refusal::new(ResponseStatus::EInvalidCookie, err))?,
+        };
+        let reader = self.readers.get(&peer).copied().unwrap_or(self.config.unknown_reader);
+        let budget = self.config.limits.response_budget();
+        let mut used = 0;
+        let mut last = position;
+        let mut registrations = Vec::new();
+        for entry in self.registry.page(reader, namespace.as_ref(), position) {
+            let bytes = entry
+                .record
+                .bytes_for(reader)
+                .expect("the reader's index holds only records it can read");
+            let cost = bytes.len() + entry.namespace.as_str().len() + REGISTRATION_OVERHEAD;
+            if registrations.len() as u64 == limit || used + cost > budget {
+                break;
+            }
+            used += cost;
+            last = entry.seq;
+            registrations.push(proto::Register {
+                ns: Some(entry.namespace.as_str().to_owned()),
+                signed_peer_record: Some(bytes.clone()),
+                ttl: Some(entry.ttl_left(self.now)),
+            });
+        }
+        let count = registrations.len();
+        let cookie = Cookie { position: last, namespace: namespace.clone() }.to_bytes();
+        self.push_event(Event::Discovered { peer, namespace, count });
+        Ok(proto::Message {
+            r#type: Some(MessageType::DiscoverResponse as i32),
+            discover_response: Some(proto::DiscoverResponse {
+                registrations,
+                cookie: Some(cookie),
+                status: Some(ResponseStatus::Ok as i32),
+                status_text: None,
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn check_cookie(
+        &self,
+        bytes: &[u8],
+        namespace: Option<&Namespace>,
+    ) -> Result<u64, CookieError> {
+        let cookie = Cookie::parse(bytes, self.config.limits.max_namespace_len)?;
+        if cookie.namespace.as_ref() != namespace {
+            return Err(CookieError::WrongNamespace);
+        }
+        if cookie.position > self.registry.last_seq() {
+            return Err(CookieError::Unknown);
+        }
+        Ok(cookie.position)
+    }
+
+    fn unsupported(
+        &mut self,
+        peer: PeerId,
+        raw: i32,
+        known: Option<MessageType>,
+    ) -> proto::Message {
+        let reason = match known {
+            Some(kind) => format!("message type {raw} ({kind:?}) is not a supported request"),
+            None => format!("message type {raw} is unknown"),
+        };
+        self.push_event(Event::Unsupported { peer, message_type: raw });
+        discover_error(ResponseStatus::EUnavailable, reason)
+    }
+
+    fn refused(
+        &mut self,
+        peer: PeerId,
+        request: MessageType,
+        status: ResponseStatus,
+        reason: String,
+    ) {
+        self.push_event(Event::Refused { peer, request, status, reason });
+    }
+
+    fn remember_reader(&mut self, peer: PeerId, dialect: Dialect) {
+        if self.readers.len() < self.config.max_remembered_readers
+            || self.readers.contains_key(&peer)
+        {
+            self.readers.insert(peer, dialect);
+        }
+    }
+
+    fn push_event(&mut self, event: Event) {
+        if self.events.len() < self.config.max_queued_events {
+            self.events.push_back(event);
+        } else {
+            self.dropped_events += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+fn register_response(
+    status: ResponseStatus,
+    text: Option<String>,
+    ttl: Option<u64>,
+) -> proto::Message {
+    proto::Message {
+        r#type: Some(MessageType::RegisterResponse as i32),
+        register_response: Some(proto::RegisterResponse {
+            status: Some(status as i32),
+            status_text: text,
+            ttl,
+        }),
+        ..Default::default()
+    }
+}
+
+fn discover_error(status: ResponseStatus, text: String) -> proto::Message {
+    proto::Message {
+        r#type: Some(MessageType::DiscoverResponse as i32),
+        discover_response: Some(proto::DiscoverResponse {
+            registrations: Vec::new(),
+            cookie: None,
+            status: Some(status as i32),
+            status_text: Some(text),
+        }),
+        ..Default::default()
+    }
+}
