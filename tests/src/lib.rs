@@ -1,1 +1,8 @@
-//! placeholder
+//! Workspace-level tests of the rendezvous crates, and what they share with
+//! the fuzz targets.
+//!
+//! - [`server_model`]: a reference model of the server and a random-operation
+//!   driver, used by the proptest in `tests/server_model.rs` and by
+//!   `fuzz/fuzz_targets/server_ops.rs`.
+
+pub mod server_model;
