@@ -163,7 +163,9 @@ pub struct ServerConfig {
     pub max_remembered_readers: usize,
     /// Most events queued for [`Server::poll_event`](crate::Server::poll_event);
     /// beyond it new events are counted in [`Stats::dropped_events`](crate::Stats)
-    /// and dropped. Draining after every call keeps the queue at a handful.
+    /// and dropped. The server raises it to at least
+    /// [`Limits::max_registrations`] + 16, so that one call (a mass expiry)
+    /// never drops: an adapter that drains after every call loses nothing.
     pub max_queued_events: usize,
 }
 

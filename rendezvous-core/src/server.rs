@@ -531,7 +531,10 @@ impl Server {
     }
 
     fn push_event(&mut self, event: Event) {
-        if self.events.len() < self.config.max_queued_events {
+        // One call can expire the whole registry at once; an adapter that
+        // drains after every call must never lose an event to that.
+        let cap = self.config.max_queued_events.max(self.config.limits.max_registrations + 16);
+        if self.events.len() < cap {
             self.events.push_back(event);
         } else {
             self.dropped_events += 1;

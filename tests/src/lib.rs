@@ -4,5 +4,7 @@
 //! - [`server_model`]: a reference model of the server and a random-operation
 //!   driver, used by the proptest in `tests/server_model.rs` and by
 //!   `fuzz/fuzz_targets/server_ops.rs`.
+//! - [`fuzzing`]: the fuzz targets' bodies, so their corpus replays on stable.
 
+pub mod fuzzing;
 pub mod server_model;

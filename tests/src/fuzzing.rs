@@ -1,0 +1,65 @@
+//! The bodies of the fuzz targets, here so that the checked-in corpus replays
+//! as an ordinary test on stable (`tests/fuzz_corpus.rs`).
+
+use rendezvous_core::codec::{self, FrameDecoder};
+use rendezvous_core::proto::Message;
+use rendezvous_core::record::{Record, RecordLimits};
+use rendezvous_core::testing::TestPeer;
+use rendezvous_core::{RequestId, Server, ServerConfig, Timestamp};
+
+use crate::server_model;
+
+/// Arbitrary bytes as a stream of frames, fed in chunks whose sizes the
+/// input also picks; every decoded frame goes to a server. Must not panic,
+/// must not hand out a body over the limit, and must answer at most once.
+pub fn decode_frames(data: &[u8]) {
+    let Some((&chunk, stream)) = data.split_first() else {
+        return;
+    };
+    let chunk = usize::from(chunk).max(1);
+    let mut server = Server::new(ServerConfig::default()).expect("default limits are consistent");
+    let max = server.limits().max_request_frame;
+    let peer = TestPeer::new(0).id;
+    let mut decoder = FrameDecoder::new(max);
+    for (n, mut piece) in stream.chunks(chunk).enumerate() {
+        while !piece.is_empty() {
+            match decoder.feed(&mut piece) {
+                Ok(Some(body)) => {
+                    assert!(body.len() <= max, "a body over the limit was handed out");
+                    probe_body(&body);
+                    let id = RequestId(n as u64);
+                    if server.handle_frame(Timestamp::from_secs(n as u64), peer, id, &body).is_ok() {
+                        let answered = std::iter::from_fn(|| server.poll_transmit()).count();
+                        assert!(answered <= 1, "one request, {answered} answers");
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => return,
+            }
+        }
+    }
+    let _ = decoder.finish();
+}
+
+/// Decodes a body as every message this crate reads, checking that what
+/// decodes re-encodes to something that decodes to the same value.
+fn probe_body(body: &[u8]) {
+    if let Ok(message) = codec::decode_message(body) {
+        let again = codec::frame(&message);
+        let mut decoder = FrameDecoder::new(usize::MAX);
+        let round = decoder.feed(&mut &again[..]).expect("our own frame").expect("complete");
+        assert_eq!(codec::decode_message(&round).expect("our own encoding"), message);
+        if let Some(record) = message.register.and_then(|r| r.signed_peer_record) {
+            let _ = Record::parse(record, &RecordLimits { max_bytes: 4096, max_addresses: 32 });
+        }
+    }
+    let _ = <Message as prost::Message>::decode(body);
+}
+
+/// Server operation sequences from arbitrary bytes, checked against the model.
+pub fn server_ops(data: &[u8]) {
+    let ops = server_model::ops_from_bytes(data);
+    if let Err(mismatch) = server_model::run(&ops) {
+        panic!("server and model disagree: {mismatch:?}");
+    }
+}
