@@ -1,6 +1,9 @@
 //! The bodies of the fuzz targets, here so that the checked-in corpus replays
 //! as an ordinary test on stable (`tests/fuzz_corpus.rs`).
 
+use std::sync::OnceLock;
+
+use libp2p_identity::PeerId;
 use rendezvous_core::codec::{self, FrameDecoder};
 use rendezvous_core::proto::Message;
 use rendezvous_core::record::{Record, RecordLimits};
@@ -8,6 +11,8 @@ use rendezvous_core::testing::TestPeer;
 use rendezvous_core::{RequestId, Server, ServerConfig, Timestamp};
 
 use crate::server_model;
+
+static PEER: OnceLock<PeerId> = OnceLock::new();
 
 /// Arbitrary bytes as a stream of frames, fed in chunks whose sizes the
 /// input also picks; every decoded frame goes to a server. Must not panic,
@@ -19,7 +24,7 @@ pub fn decode_frames(data: &[u8]) {
     let chunk = usize::from(chunk).max(1);
     let mut server = Server::new(ServerConfig::default()).expect("default limits are consistent");
     let max = server.limits().max_request_frame;
-    let peer = TestPeer::new(0).id;
+    let peer = *PEER.get_or_init(|| TestPeer::new(0).id);
     let mut decoder = FrameDecoder::new(max);
     for (n, mut piece) in stream.chunks(chunk).enumerate() {
         while !piece.is_empty() {
