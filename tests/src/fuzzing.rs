@@ -33,7 +33,8 @@ pub fn decode_frames(data: &[u8]) {
                     assert!(body.len() <= max, "a body over the limit was handed out");
                     probe_body(&body);
                     let id = RequestId(n as u64);
-                    if server.handle_frame(Timestamp::from_secs(n as u64), peer, id, &body).is_ok() {
+                    if server.handle_frame(Timestamp::from_secs(n as u64), peer, id, &body).is_ok()
+                    {
                         let answered = std::iter::from_fn(|| server.poll_transmit()).count();
                         assert!(answered <= 1, "one request, {answered} answers");
                     }
