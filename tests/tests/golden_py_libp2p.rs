@@ -1,5 +1,5 @@
 //! py-libp2p 0.8.1's requests, as its own message builders make them
-//! (`tests/golden/py-libp2p-0.8.1/`, written by `tests/py/golden.py capture`),
+//! (`tests/golden/py-libp2p/`, written by `tests/py/golden.py capture`),
 //! decode to what it meant; and our responses decode with its
 //! `rendezvous_pb2` and `parse_peer_info` to what we meant.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
@@ -19,13 +19,13 @@ use rendezvous_core::{Flavour, RequestId, Server, ServerConfig, Timestamp, Trans
 use rendezvous_tests::py;
 
 fn golden(name: &str) -> Bytes {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/py-libp2p-0.8.1").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/py-libp2p").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     hex_to_bytes(text.trim()).into()
 }
 
 fn py_peer() -> PeerId {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/py-libp2p-0.8.1/peer-id.txt");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/py-libp2p/peer-id.txt");
     std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
 }
 
