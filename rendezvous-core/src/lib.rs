@@ -6,6 +6,9 @@
 //! `poll_*` methods, so the same code runs under any runtime and every test
 //! can simulate days in microseconds. A `clippy.toml` bans clock reads here.
 //!
+//! - [`Client`]: registers, refreshes at 80% of the granted TTL, retries with
+//!   backoff, falls back to the legacy dialect, discovers with cookies and
+//!   caches what it found.
 //! - [`Server`]: the rendezvous point. Registrations keyed by (peer,
 //!   namespace), TTL expiry, stateless cookies, every limit in [`Limits`].
 //! - [`codec`]: the unsigned-varint-prefixed protobuf framing, with a hard
@@ -27,6 +30,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod client;
 pub mod codec;
 pub mod cookie;
 mod limits;
@@ -34,11 +38,16 @@ mod namespace;
 pub mod proto;
 pub mod record;
 mod registry;
+mod rng;
 mod server;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod time;
 
+pub use client::{
+    Client, ClientConfig, ClientEvent, ClientTransmit, CommandError, Discovery, Failure,
+    RequestError,
+};
 pub use limits::{Limits, LimitsError, ServerConfig};
 pub use namespace::{Namespace, NamespaceError};
 pub use record::{Dialect, Flavour};

@@ -167,6 +167,11 @@ pub struct ServerConfig {
     /// [`Limits::max_registrations`] + 16, so that one call (a mass expiry)
     /// never drops: an adapter that drains after every call loses nothing.
     pub max_queued_events: usize,
+    /// The sequence number the first registration gets, less one. Adapters
+    /// pass the wall-clock time in microseconds: cookies issued before a
+    /// restart then still point before everything registered since, so
+    /// their holders see the new registry rather than an error.
+    pub initial_sequence: u64,
 }
 
 impl Default for ServerConfig {
@@ -176,6 +181,7 @@ impl Default for ServerConfig {
             unknown_reader: Dialect::Signed(Flavour::RustLibp2p),
             max_remembered_readers: 65_536,
             max_queued_events: 65_536,
+            initial_sequence: 0,
         }
     }
 }

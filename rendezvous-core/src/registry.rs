@@ -123,6 +123,11 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// An empty registry whose first sequence number is `last_seq + 1`.
+    pub(crate) fn starting_at(last_seq: u64) -> Self {
+        Registry { last_seq, ..Registry::default() }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }

@@ -177,8 +177,8 @@ impl Server {
     pub fn new(config: ServerConfig) -> Result<Server, LimitsError> {
         config.limits.validate()?;
         Ok(Server {
+            registry: Registry::starting_at(config.initial_sequence),
             config,
-            registry: Registry::default(),
             readers: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),

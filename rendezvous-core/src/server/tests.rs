@@ -519,3 +519,17 @@ fn namespace_statistics_count_live_registrations() {
     assert_eq!(h.server.stats().peers, 3);
     assert_eq!(h.server.stats().namespaces, 2);
 }
+
+#[test]
+fn a_cookie_from_before_a_restart_with_a_later_initial_sequence_sees_the_new_registry() {
+    let mut h = Harness::new();
+    let (a, b) = (TestPeer::new(1), TestPeer::new(2));
+    h.register_ok(&a, "x", RUST);
+    let old_cookie = h.discover(&b.id, Some("x"), None, None).cookie;
+    let config = ServerConfig { initial_sequence: 1_000_000, ..ServerConfig::default() };
+    h.server = Server::new(config).unwrap();
+    h.register_ok(&a, "x", RUST);
+    let page = h.discover(&b.id, Some("x"), None, old_cookie);
+    assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok));
+    assert_eq!(page.registrations.iter().map(record_peer).collect::<Vec<_>>(), vec![a.id]);
+}
