@@ -8,9 +8,12 @@ use rendezvous_core::codec::{self, FrameDecoder};
 use rendezvous_core::proto::Message;
 use rendezvous_core::record::{Record, RecordLimits};
 use rendezvous_core::testing::TestPeer;
-use rendezvous_core::{RequestId, Server, ServerConfig, Timestamp};
+use rendezvous_core::{
+    Client, ClientConfig, ClientEvent, Failure, Namespace, RequestId, Server, ServerConfig,
+    Timestamp,
+};
 
-use crate::server_model;
+use crate::{client_model, server_model};
 
 static PEER: OnceLock<PeerId> = OnceLock::new();
 
@@ -67,5 +70,85 @@ pub fn server_ops(data: &[u8]) {
     let ops = server_model::ops_from_bytes(data);
     if let Err(mismatch) = server_model::run(&ops) {
         panic!("server and model disagree: {mismatch:?}");
+    }
+}
+
+/// Client operation sequences over a lossy network, checked for lapses,
+/// leftovers after shutdown and exactly-once completion.
+pub fn client_ops(data: &[u8]) {
+    let ops = client_model::ops_from_bytes(data);
+    if let Err(broken) = client_model::run(&ops) {
+        panic!("client property broken: {broken}");
+    }
+}
+
+/// Arbitrary bytes as the server's answers to a client's outstanding
+/// requests. Must not panic, and every command must still complete once.
+pub fn client_responses(data: &[u8]) {
+    let me = TestPeer::new(1);
+    let server = *PEER.get_or_init(|| TestPeer::new(0).id);
+    let mut client =
+        Client::new(ClientConfig::default(), me.keypair.clone(), vec![me.addr.clone()], 1);
+    let ns = |n: &str| Namespace::new(n, 255).expect("valid");
+    let now = Timestamp::ZERO;
+    let mut commands = vec![
+        client.register(now, server, ns("a"), None).expect("room"),
+        client.discover(now, server, Some(ns("a")), None).expect("room"),
+        client.discover_all(now, server, None, Some(3)).expect("room"),
+        client.unregister(now, server, ns("b")).expect("room"),
+    ];
+    let mut input = data;
+    let mut completions = Vec::new();
+    let drain = |client: &mut Client, completions: &mut Vec<RequestId>| {
+        while let Some(event) = client.poll_event() {
+            if let Some(id) = completion(&event) {
+                completions.push(id);
+            }
+        }
+    };
+    for round in 0..64 {
+        let transmits: Vec<_> = std::iter::from_fn(|| client.poll_transmit()).collect();
+        if transmits.is_empty() {
+            break;
+        }
+        for t in transmits {
+            let Some((&len, rest)) = input.split_first() else {
+                client.handle_failure(now, t.request_id, Failure::StreamClosed);
+                continue;
+            };
+            let take = usize::from(len).min(rest.len());
+            let (body, rest) = rest.split_at(take);
+            input = rest;
+            match len % 8 {
+                0 => client.handle_failure(now, t.request_id, Failure::StreamClosed),
+                1 => client.handle_sent(now, t.request_id),
+                _ => client.handle_response_frame(now, t.request_id, body),
+            }
+        }
+        drain(&mut client, &mut completions);
+        if round == 32 {
+            commands.push(client.discover(now, server, None, None).expect("room"));
+        }
+    }
+    client.handle_timeout(Timestamp::from_secs(24 * 3600));
+    while let Some(t) = client.poll_transmit() {
+        client.handle_failure(Timestamp::from_secs(24 * 3600), t.request_id, Failure::Unreachable);
+    }
+    client.handle_timeout(Timestamp::from_secs(48 * 3600));
+    drain(&mut client, &mut completions);
+    completions.sort();
+    commands.sort();
+    assert_eq!(completions, commands, "every command completes exactly once");
+}
+
+fn completion(event: &ClientEvent) -> Option<RequestId> {
+    match event {
+        ClientEvent::Registered { request, .. }
+        | ClientEvent::RegisterFailed { request, .. }
+        | ClientEvent::Unregistered { request, .. } => *request,
+        ClientEvent::Discovered { request, .. } | ClientEvent::DiscoverFailed { request, .. } => {
+            Some(*request)
+        }
+        _ => None,
     }
 }

@@ -4,9 +4,12 @@
 //! - [`server_model`]: a reference model of the server and a random-operation
 //!   driver, used by the proptest in `tests/server_model.rs` and by
 //!   `fuzz/fuzz_targets/server_ops.rs`.
+//! - [`client_model`]: the client core against the server core over a lossy
+//!   virtual network (`tests/client_model.rs`, `fuzz/fuzz_targets/client_ops.rs`).
 //! - [`py`]: the py-libp2p 0.8.1 virtualenv the interop tests use.
 //! - [`fuzzing`]: the fuzz targets' bodies, so their corpus replays on stable.
 
+pub mod client_model;
 pub mod fuzzing;
 pub mod py;
 pub mod server_model;

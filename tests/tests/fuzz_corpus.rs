@@ -27,3 +27,13 @@ fn the_decode_frames_corpus_replays_cleanly() {
 fn the_server_ops_corpus_replays_cleanly() {
     replay("server_ops", rendezvous_tests::fuzzing::server_ops);
 }
+
+#[test]
+fn the_client_ops_corpus_replays_cleanly() {
+    replay("client_ops", rendezvous_tests::fuzzing::client_ops);
+}
+
+#[test]
+fn the_client_responses_corpus_replays_cleanly() {
+    replay("client_responses", rendezvous_tests::fuzzing::client_responses);
+}
