@@ -52,6 +52,9 @@ pub struct ClientConfig {
     pub max_discover_pages: usize,
     /// Largest response body accepted; py-libp2p allows 4 MiB.
     pub max_response_frame: usize,
+    /// Longest namespace a command accepts; the spec's 255 bytes, which every
+    /// server accepts.
+    pub max_namespace_len: usize,
     /// Bounds on records found in DISCOVER responses.
     pub record_limits: RecordLimits,
     /// Sequence number of the first signed record; later ones count up.
@@ -75,6 +78,7 @@ impl Default for ClientConfig {
             max_cookies: 4096,
             max_discover_pages: 1000,
             max_response_frame: 4 * 1024 * 1024,
+            max_namespace_len: 255,
             record_limits: RecordLimits { max_bytes: 4096, max_addresses: 64 },
             record_seq: 0,
         }
@@ -129,6 +133,8 @@ pub enum Failure {
     Unsupported,
     /// The stream closed (or reset) before a response was read.
     StreamClosed,
+    /// The response frame was over the size limit or cut short.
+    InvalidResponse,
 }
 
 /// Why a request failed.
@@ -196,6 +202,14 @@ pub enum CommandError {
     /// The client has no address to announce.
     #[error("no addresses to announce")]
     NoAddresses,
+    /// The namespace is longer than [`ClientConfig::max_namespace_len`].
+    #[error("namespace of {len} bytes exceeds the limit of {max} bytes")]
+    NamespaceTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// What happened. Events carrying `request: Some(id)` complete the command
@@ -326,8 +340,11 @@ enum Phase {
 
 #[derive(Debug, Default)]
 struct ServerState {
-    /// Set once the server accepted a dialect, or refused the signed one.
+    /// The dialect to send; `None` until the server accepted one or refused
+    /// the signed one.
     dialect: Option<Dialect>,
+    /// The server accepted a REGISTER in `dialect`.
+    confirmed: bool,
     disconnected: bool,
 }
 
@@ -417,6 +434,7 @@ impl Client {
     ) -> Result<RequestId, CommandError> {
         self.advance(now);
         self.check_pending()?;
+        self.check_namespace(Some(&namespace))?;
         let key = (server, namespace.clone());
         if !self.registrations.contains_key(&key)
             && self.registrations.len() >= self.config.max_registrations
@@ -445,6 +463,7 @@ impl Client {
     ) -> Result<RequestId, CommandError> {
         self.advance(now);
         self.check_pending()?;
+        self.check_namespace(Some(&namespace))?;
         self.registrations.remove(&(server, namespace.clone()));
         let id = self.allocate_id();
         self.send_unregister(id, Some(id), server, namespace);
@@ -668,6 +687,14 @@ impl Client {
         }
     }
 
+    fn check_namespace(&self, namespace: Option<&Namespace>) -> Result<(), CommandError> {
+        let max = self.config.max_namespace_len;
+        match namespace.map(|n| n.as_str().len()) {
+            Some(len) if len > max => Err(CommandError::NamespaceTooLong { len, max }),
+            _ => Ok(()),
+        }
+    }
+
     fn check_pending(&self) -> Result<(), CommandError> {
         if self.pending.len() >= self.config.max_pending {
             return Err(CommandError::TooManyPending(self.config.max_pending));
@@ -812,6 +839,7 @@ impl Client {
     ) -> Result<RequestId, CommandError> {
         self.advance(now);
         self.check_pending()?;
+        self.check_namespace(namespace.as_ref())?;
         let id = self.allocate_id();
         let discovering = Discovering {
             namespace,
@@ -901,10 +929,12 @@ impl Client {
     ) {
         let key = (server, namespace.clone());
         let current = self.registrations.get(&key).is_some_and(|r| r.phase == Phase::InFlight(id));
-        let confirmed = self.servers.get(&server).is_some_and(|s| s.dialect.is_some());
+        let confirmed = self.servers.get(&server).is_some_and(|s| s.confirmed);
         match result {
             Ok(granted) => {
-                self.servers.entry(server).or_default().dialect = Some(dialect);
+                let state = self.servers.entry(server).or_default();
+                state.dialect = Some(dialect);
+                state.confirmed = true;
                 // A server that leaves the TTL out granted what was asked
                 // (or the protocol's default).
                 let asked = self.registrations.get(&key).and_then(|r| r.ttl);
@@ -947,6 +977,11 @@ impl Client {
                 }
             }
             Err(error) => {
+                if dialect == Dialect::Legacy && !confirmed && error.suggests_legacy() {
+                    // It reads neither dialect (or something else went wrong
+                    // with both): go back to the spec's dialect next time.
+                    self.servers.entry(server).or_default().dialect = None;
+                }
                 let mut retry_in = None;
                 if current {
                     let attempt = self.registrations.get(&key).map_or(0, |r| r.attempt) + 1;

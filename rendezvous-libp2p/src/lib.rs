@@ -1,1 +1,31 @@
-//! placeholder
+//! rust-libp2p `NetworkBehaviour`s for the rendezvous protocol, driven by the
+//! sans-IO state machines of `rendezvous-core`.
+//!
+//! - [`server::Behaviour`]: a rendezvous point. Answers every request read
+//!   from an inbound `/rendezvous/1.0.0` substream, in order, until the remote
+//!   closes it (go-libp2p-rendezvous clients keep one substream for all their
+//!   requests; rust-libp2p and py-libp2p open one per request).
+//! - [`client::Behaviour`]: registers, refreshes, discovers. Opens one
+//!   substream per request, dials servers it is not connected to, follows the
+//!   swarm's external addresses and re-registers when they change, and hands
+//!   discovered addresses to the swarm.
+//!
+//! The behaviours own the protocol logic and the one timer; the connection
+//! handlers only move frames between substreams and the behaviour. Nothing
+//! here depends on a runtime: timers come from `futures-timer`, so the
+//! behaviours run under tokio, async-std or smol alike.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+mod clock;
+mod io;
+pub mod server;
+
+use libp2p_swarm::StreamProtocol;
+
+pub use rendezvous_core as core;
+
+/// The protocol name.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/rendezvous/1.0.0");

@@ -496,3 +496,45 @@ fn time_is_injected_so_durations_follow_the_callers_clock() {
     assert_eq!(w.client.poll_timeout(), before);
     assert_eq!(before, Some(Timestamp::ZERO + Duration::from_secs(800)));
 }
+
+#[test]
+fn a_namespace_over_the_spec_limit_is_refused_before_anything_is_sent() {
+    let mut w = World::new(ClientConfig::default());
+    let long = Namespace::new(&"n".repeat(256), usize::MAX).unwrap();
+    let err = w.client.register(w.now, w.server_id, long.clone(), None).unwrap_err();
+    assert_eq!(err, CommandError::NamespaceTooLong { len: 256, max: 255 });
+    assert!(w.client.discover(w.now, w.server_id, Some(long), None).is_err());
+    assert!(w.client.poll_transmit().is_none());
+}
+
+#[test]
+fn a_server_reading_neither_dialect_goes_back_to_signed_records() {
+    let mut w = World::new(ClientConfig::default());
+    // rust-libp2p's server closes the stream on a request it cannot decode.
+    w.intercept = Some(Box::new(|t| {
+        (t.message.register.as_ref()?.ns.as_deref() == Some("bad"))
+            .then_some(Outcome::Fail(Failure::StreamClosed))
+    }));
+    w.register("bad", None);
+    let events = w.take_events();
+    assert!(matches!(events[0], ClientEvent::LegacyFallback { .. }), "{events:?}");
+    assert!(
+        matches!(events[1], ClientEvent::RegisterFailed { retry_in: Some(_), .. }),
+        "{events:?}"
+    );
+    w.register("good", None);
+    let events = w.take_events();
+    assert_eq!(registered_at(&events), 1, "{events:?}");
+    let me = w.client.local_peer_id();
+    w.server.handle_request(
+        w.now,
+        TestPeer::new(9).id,
+        RequestId(0),
+        crate::testing::discover(Some("good"), None, None),
+    );
+    let page = w.server.poll_transmit().unwrap().message.discover_response.unwrap();
+    let limits = RecordLimits { max_bytes: 4096, max_addresses: 8 };
+    let record =
+        Record::parse(page.registrations[0].signed_peer_record.clone().unwrap(), &limits).unwrap();
+    assert_eq!((record.peer, record.dialect), (Some(me), Dialect::Signed(Flavour::RustLibp2p)));
+}

@@ -1,0 +1,520 @@
+//! The rendezvous client as a `NetworkBehaviour`.
+//!
+//! ```no_run
+//! use rendezvous_libp2p::client;
+//! use rendezvous_libp2p::core::Namespace;
+//! # fn demo(keypair: libp2p_identity::Keypair, server: libp2p_identity::PeerId) {
+//! let mut behaviour = client::Behaviour::new(keypair, client::Config::default());
+//! let chat = Namespace::new("chat", 255).expect("a valid namespace");
+//! behaviour.register(server, chat.clone(), None).expect("room for the request");
+//! behaviour.discover(server, Some(chat), None).expect("room for the request");
+//! # }
+//! ```
+//!
+//! The addresses announced are the swarm's confirmed external addresses, or
+//! its listen addresses while none is confirmed (what a LAN or loopback
+//! deployment has); every change re-registers everywhere.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use libp2p_core::upgrade::ReadyUpgrade;
+use libp2p_core::{Endpoint, Multiaddr, transport::PortUse};
+use libp2p_identity::{Keypair, PeerId};
+use libp2p_swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p_swarm::handler::{ConnectionEvent, DialUpgradeError, FullyNegotiatedOutbound};
+use libp2p_swarm::{
+    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
+    NetworkBehaviour, NotifyHandler, Stream, StreamUpgradeError, SubstreamProtocol, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use rendezvous_core::codec::FrameDecoder;
+use rendezvous_core::{
+    Client, ClientConfig, ClientEvent, ClientTransmit, CommandError, Discovery, Failure, Namespace,
+    RequestId,
+};
+
+use crate::PROTOCOL;
+use crate::clock::Clock;
+use crate::io::{read_frame, timeout, write_frame};
+
+/// Configuration of the client behaviour.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// The core's policies: refresh, timeouts, retries, bounds.
+    pub core: ClientConfig,
+    /// Seed of the retry jitter; give each process its own.
+    pub seed: u64,
+}
+
+/// What the client behaviour reports: the core's events (see
+/// [`ClientEvent`]; those with a `request` complete the command that
+/// returned it).
+pub type Event = ClientEvent;
+
+/// The rendezvous client.
+pub struct Behaviour {
+    core: Client,
+    clock: Clock,
+    handler_config: Arc<HandlerConfig>,
+    connections: BTreeMap<PeerId, Vec<ConnectionId>>,
+    /// Requests waiting for a connection to their server.
+    waiting: BTreeMap<PeerId, Vec<ClientTransmit>>,
+    /// Requests handed to a connection, so a closing connection fails them.
+    in_flight: BTreeMap<RequestId, (PeerId, ConnectionId)>,
+    external: Vec<Multiaddr>,
+    listening: Vec<Multiaddr>,
+    /// Addresses of servers we were told about, to dial them by peer id.
+    server_addresses: BTreeMap<PeerId, Vec<Multiaddr>>,
+    actions: VecDeque<ToSwarm<Event, Request>>,
+}
+
+impl Behaviour {
+    /// A client for `keypair` (the swarm's own key).
+    pub fn new(keypair: Keypair, config: Config) -> Self {
+        let handler_config = Arc::new(HandlerConfig {
+            timeout: config.core.request_timeout,
+            max_frame: config.core.max_response_frame,
+        });
+        Behaviour {
+            core: Client::new(config.core, keypair, Vec::new(), config.seed),
+            clock: Clock::new(),
+            handler_config,
+            connections: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            external: Vec::new(),
+            listening: Vec::new(),
+            server_addresses: BTreeMap::new(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// Where to dial `server`. Addresses given to the swarm with
+    /// `Swarm::add_peer_address` (or learned by other behaviours) are used
+    /// too; at most [`MAX_ADDRESSES_PER_SERVER`] are kept per server.
+    pub fn add_server_address(&mut self, server: PeerId, address: Multiaddr) {
+        let known = self.server_addresses.entry(server).or_default();
+        if !known.contains(&address) {
+            if known.len() == MAX_ADDRESSES_PER_SERVER {
+                known.remove(0);
+            }
+            known.push(address);
+        }
+    }
+
+    /// Registers in `namespace` at `server` and keeps the registration alive.
+    pub fn register(
+        &mut self,
+        server: PeerId,
+        namespace: Namespace,
+        ttl: Option<u64>,
+    ) -> Result<RequestId, CommandError> {
+        let id = self.core.register(self.clock.now(), server, namespace, ttl)?;
+        self.flush();
+        Ok(id)
+    }
+
+    /// Unregisters from `namespace` at `server`.
+    pub fn unregister(
+        &mut self,
+        server: PeerId,
+        namespace: Namespace,
+    ) -> Result<RequestId, CommandError> {
+        let id = self.core.unregister(self.clock.now(), server, namespace)?;
+        self.flush();
+        Ok(id)
+    }
+
+    /// Unregisters everything (for shutdown); one id per registration.
+    pub fn unregister_all(&mut self) -> Vec<RequestId> {
+        let ids = self.core.unregister_all(self.clock.now());
+        self.flush();
+        ids
+    }
+
+    /// Asks `server` for what is new in `namespace` (`None`: all) since the
+    /// last discover of the same query.
+    pub fn discover(
+        &mut self,
+        server: PeerId,
+        namespace: Option<Namespace>,
+        limit: Option<u64>,
+    ) -> Result<RequestId, CommandError> {
+        let id = self.core.discover(self.clock.now(), server, namespace, limit)?;
+        self.flush();
+        Ok(id)
+    }
+
+    /// Like [`discover`](Self::discover), following cookies to the last page.
+    pub fn discover_all(
+        &mut self,
+        server: PeerId,
+        namespace: Option<Namespace>,
+        limit: Option<u64>,
+    ) -> Result<RequestId, CommandError> {
+        let id = self.core.discover_all(self.clock.now(), server, namespace, limit)?;
+        self.flush();
+        Ok(id)
+    }
+
+    /// Cached discoveries of `namespace` (or all) whose TTL has not run out.
+    pub fn discovered<'a>(
+        &'a self,
+        namespace: Option<&'a Namespace>,
+    ) -> impl Iterator<Item = &'a Discovery> + 'a {
+        self.core.discovered(namespace)
+    }
+
+    /// The core, for inspection.
+    pub fn core(&self) -> &Client {
+        &self.core
+    }
+
+    /// Moves the core's requests to connections (dialing where needed), its
+    /// events to the swarm, and re-arms the timer.
+    fn flush(&mut self) {
+        while let Some(transmit) = self.core.poll_transmit() {
+            let server = transmit.server;
+            match self.connections.get(&server).and_then(|c| c.first()) {
+                Some(&connection) => self.send(connection, transmit),
+                None => {
+                    let queue = self.waiting.entry(server).or_default();
+                    if queue.is_empty() {
+                        let opts = DialOpts::peer_id(server)
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        self.actions.push_back(ToSwarm::Dial { opts });
+                    }
+                    queue.push(transmit);
+                }
+            }
+        }
+        while let Some(event) = self.core.poll_event() {
+            if let ClientEvent::Discovered { registrations, .. } = &event {
+                for found in registrations {
+                    for address in &found.addresses {
+                        let address = address.clone();
+                        self.actions.push_back(ToSwarm::NewExternalAddrOfPeer {
+                            peer_id: found.peer,
+                            address,
+                        });
+                    }
+                }
+            }
+            self.actions.push_back(ToSwarm::GenerateEvent(event));
+        }
+        self.clock.set(self.core.poll_timeout());
+    }
+
+    fn send(&mut self, connection: ConnectionId, transmit: ClientTransmit) {
+        self.in_flight.insert(transmit.request_id, (transmit.server, connection));
+        self.actions.push_back(ToSwarm::NotifyHandler {
+            peer_id: transmit.server,
+            handler: NotifyHandler::One(connection),
+            event: Request {
+                id: transmit.request_id,
+                frame: transmit.to_frame(),
+                expects_response: transmit.expects_response,
+            },
+        });
+    }
+
+    fn announce(&mut self) {
+        let addresses =
+            if self.external.is_empty() { self.listening.clone() } else { self.external.clone() };
+        self.core.set_addresses(self.clock.now(), addresses);
+        self.flush();
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = Handler;
+    type ToSwarm = Event;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(Handler::new(self.handler_config.clone()))
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: Option<PeerId>,
+        _: &[Multiaddr],
+        _: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        Ok(peer.and_then(|p| self.server_addresses.get(&p)).cloned().unwrap_or_default())
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(Handler::new(self.handler_config.clone()))
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        let now = self.clock.now();
+        match event {
+            FromSwarm::ConnectionEstablished(established) => {
+                let peer = established.peer_id;
+                self.connections.entry(peer).or_default().push(established.connection_id);
+                if established.other_established == 0 {
+                    self.core.handle_connected(now, peer);
+                }
+                for transmit in self.waiting.remove(&peer).unwrap_or_default() {
+                    self.send(established.connection_id, transmit);
+                }
+            }
+            FromSwarm::ConnectionClosed(closed) => {
+                let peer = closed.peer_id;
+                if let Some(list) = self.connections.get_mut(&peer) {
+                    list.retain(|c| *c != closed.connection_id);
+                    if list.is_empty() {
+                        self.connections.remove(&peer);
+                    }
+                }
+                let lost: Vec<_> = self
+                    .in_flight
+                    .iter()
+                    .filter(|(_, (_, c))| *c == closed.connection_id)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in lost {
+                    self.in_flight.remove(&id);
+                    self.core.handle_failure(now, id, Failure::Unreachable);
+                }
+                if closed.remaining_established == 0 {
+                    self.core.handle_disconnected(now, peer);
+                }
+            }
+            FromSwarm::DialFailure(failure) => {
+                let Some(peer) = failure.peer_id else { return };
+                if self.connections.contains_key(&peer) {
+                    return;
+                }
+                for transmit in self.waiting.remove(&peer).unwrap_or_default() {
+                    self.core.handle_failure(now, transmit.request_id, Failure::Unreachable);
+                }
+            }
+            FromSwarm::NewExternalAddrOfPeer(learned) => {
+                // Only servers we talk to are worth remembering.
+                let ours = self.waiting.contains_key(&learned.peer_id)
+                    || self.connections.contains_key(&learned.peer_id)
+                    || self.server_addresses.contains_key(&learned.peer_id)
+                    || self.core.registrations().any(|(s, _, _)| *s == learned.peer_id);
+                if ours || self.server_addresses.len() < MAX_REMEMBERED_SERVERS {
+                    self.add_server_address(learned.peer_id, learned.addr.clone());
+                }
+            }
+            FromSwarm::ExternalAddrConfirmed(confirmed)
+                if !self.external.contains(confirmed.addr) =>
+            {
+                self.external.push(confirmed.addr.clone());
+                self.announce();
+            }
+            FromSwarm::ExternalAddrExpired(expired) => {
+                self.external.retain(|a| a != expired.addr);
+                self.announce();
+            }
+            FromSwarm::NewListenAddr(listen) if !self.listening.contains(listen.addr) => {
+                self.listening.push(listen.addr.clone());
+                if self.external.is_empty() {
+                    self.announce();
+                }
+            }
+            FromSwarm::ExpiredListenAddr(expired) => {
+                self.listening.retain(|a| a != expired.addr);
+                if self.external.is_empty() {
+                    self.announce();
+                }
+            }
+            _ => {}
+        }
+        self.flush();
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        let now = self.clock.now();
+        let id = event.id;
+        if self.in_flight.remove(&id).is_none() {
+            return; // its connection closed and the core was already told
+        }
+        match event.outcome {
+            Outcome::Response(body) => self.core.handle_response_frame(now, id, &body),
+            Outcome::Sent => self.core.handle_sent(now, id),
+            Outcome::Failed(failure) => self.core.handle_failure(now, id, failure),
+        }
+        self.flush();
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        loop {
+            if let Some(action) = self.actions.pop_front() {
+                return Poll::Ready(action);
+            }
+            match self.clock.poll(cx) {
+                Poll::Ready(now) => {
+                    self.core.handle_timeout(now);
+                    self.flush();
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Peers whose addresses are remembered before any request names them.
+const MAX_REMEMBERED_SERVERS: usize = 256;
+
+/// Addresses remembered per server (oldest forgotten first).
+pub const MAX_ADDRESSES_PER_SERVER: usize = 8;
+
+struct HandlerConfig {
+    timeout: Duration,
+    max_frame: usize,
+}
+
+/// A request for the handler to carry on a new substream.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct Request {
+    id: RequestId,
+    frame: Bytes,
+    expects_response: bool,
+}
+
+/// How a request went.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Done {
+    id: RequestId,
+    outcome: Outcome,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Response(Bytes),
+    Sent,
+    Failed(Failure),
+}
+
+/// Opens one substream per request, writes it, reads the answer; holds no
+/// protocol state.
+pub struct Handler {
+    config: Arc<HandlerConfig>,
+    to_open: VecDeque<Request>,
+    running: FuturesUnordered<BoxFuture<'static, Done>>,
+}
+
+impl Handler {
+    fn new(config: Arc<HandlerConfig>) -> Self {
+        Handler { config, to_open: VecDeque::new(), running: FuturesUnordered::new() }
+    }
+
+    async fn exchange(config: Arc<HandlerConfig>, mut stream: Stream, request: Request) -> Done {
+        let result: io::Result<Option<Bytes>> = timeout(config.timeout, async {
+            write_frame(&mut stream, &request.frame).await?;
+            if !request.expects_response {
+                return Ok(None);
+            }
+            let mut decoder = FrameDecoder::new(config.max_frame);
+            read_frame(&mut stream, &mut decoder, &mut Vec::new()).await
+        })
+        .await;
+        let _ = futures::AsyncWriteExt::close(&mut stream).await;
+        let outcome = match result {
+            Ok(Some(body)) => Outcome::Response(body),
+            Ok(None) if !request.expects_response => Outcome::Sent,
+            Ok(None) => Outcome::Failed(Failure::StreamClosed),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Outcome::Failed(Failure::InvalidResponse)
+            }
+            Err(_) => Outcome::Failed(Failure::StreamClosed),
+        };
+        Done { id: request.id, outcome }
+    }
+}
+
+impl ConnectionHandler for Handler {
+    type FromBehaviour = Request;
+    type ToBehaviour = Done;
+    type InboundProtocol = libp2p_core::upgrade::DeniedUpgrade;
+    type OutboundProtocol = ReadyUpgrade<libp2p_swarm::StreamProtocol>;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = Request;
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, ()> {
+        SubstreamProtocol::new(libp2p_core::upgrade::DeniedUpgrade, ())
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        !self.to_open.is_empty()
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, Request, Done>> {
+        if let Poll::Ready(Some(done)) = self.running.poll_next_unpin(cx) {
+            return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(done));
+        }
+        if let Some(request) = self.to_open.pop_front() {
+            let protocol = SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), request)
+                .with_timeout(self.config.timeout);
+            return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest { protocol });
+        }
+        Poll::Pending
+    }
+
+    fn on_behaviour_event(&mut self, request: Request) {
+        self.to_open.push_back(request);
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol, (), Request>,
+    ) {
+        match event {
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: stream,
+                info,
+            }) => {
+                self.running.push(Self::exchange(self.config.clone(), stream, info).boxed());
+            }
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error }) => {
+                let failure = match error {
+                    StreamUpgradeError::NegotiationFailed => Failure::Unsupported,
+                    _ => Failure::StreamClosed,
+                };
+                self.running.push(
+                    futures::future::ready(Done { id: info.id, outcome: Outcome::Failed(failure) })
+                        .boxed(),
+                );
+            }
+            _ => {}
+        }
+    }
+}
