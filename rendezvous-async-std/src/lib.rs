@@ -1,1 +1,19 @@
-//! placeholder
+//! The rendezvous point and client as a libp2p host on async-std, and the
+//! `rendezvous` binary.
+//!
+//! - [`transport`]: TCP for libp2p on async-io (rust-libp2p's own TCP
+//!   transport only supports tokio now).
+//! - [`host`]: TCP + noise + yamux, identify, ping and connection limits
+//!   around the `rendezvous-libp2p` behaviours, on any executor.
+//!
+//! async-std 1.13 is discontinued upstream. Nothing here depends on it but
+//! the binary's `block_on` and `spawn`: the transport runs on async-io, the
+//! reactor async-std itself uses, and [`host::build`] takes any executor, so
+//! moving to smol (tested) or another async-io executor is a one-line change.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod host;
+pub mod keyfile;
+pub mod transport;

@@ -1,0 +1,176 @@
+//! A libp2p host for the rendezvous behaviours: TCP + noise + yamux,
+//! identify, ping and connection limits, on any executor.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use libp2p_core::muxing::StreamMuxerBox;
+use libp2p_core::transport::{Boxed, Transport};
+use libp2p_core::upgrade::Version;
+use libp2p_identity::{Keypair, PeerId};
+use libp2p_swarm::{Config, Executor, NetworkBehaviour, Swarm};
+use rendezvous_libp2p::{client, server};
+
+use crate::transport::TcpTransport;
+
+/// What this host announces in identify; starts with `rust-libp2p` so that
+/// our server (and others that look) know we read rust-libp2p's records.
+pub const AGENT_VERSION: &str = concat!("rust-libp2p/rendezvous/", env!("CARGO_PKG_VERSION"));
+
+/// How long an idle connection stays open.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The rendezvous point's behaviours.
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "libp2p_swarm::derive_prelude", to_swarm = "ServerEvent")]
+pub struct ServerBehaviour {
+    /// The rendezvous protocol.
+    pub rendezvous: server::Behaviour,
+    /// Identify: peers expect it, and its agent version tells the dialect a
+    /// peer reads.
+    pub identify: libp2p_identify::Behaviour,
+    /// Ping: keeps NATs open and peers expect it.
+    pub ping: libp2p_ping::Behaviour,
+    /// Bounds connections in all and per peer.
+    pub limits: libp2p_connection_limits::Behaviour,
+}
+
+/// The rendezvous client's behaviours.
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "libp2p_swarm::derive_prelude", to_swarm = "ClientEvent")]
+pub struct ClientBehaviour {
+    /// The rendezvous protocol.
+    pub rendezvous: client::Behaviour,
+    /// Identify.
+    pub identify: libp2p_identify::Behaviour,
+    /// Ping.
+    pub ping: libp2p_ping::Behaviour,
+}
+
+/// What a [`ServerBehaviour`] reports.
+#[derive(Debug)]
+pub enum ServerEvent {
+    /// From the rendezvous behaviour.
+    Rendezvous(server::Event),
+    /// From identify.
+    Identify(Box<libp2p_identify::Event>),
+    /// From ping.
+    Ping(libp2p_ping::Event),
+}
+
+/// What a [`ClientBehaviour`] reports.
+#[derive(Debug)]
+pub enum ClientEvent {
+    /// From the rendezvous behaviour.
+    Rendezvous(client::Event),
+    /// From identify.
+    Identify(Box<libp2p_identify::Event>),
+    /// From ping.
+    Ping(libp2p_ping::Event),
+}
+
+macro_rules! from_events {
+    ($target:ident: $($variant:ident($source:ty) $(=> $wrap:path)?),*) => {
+        $(impl From<$source> for $target {
+            fn from(event: $source) -> Self {
+                $target::$variant($($wrap)?(event))
+            }
+        })*
+    };
+}
+
+from_events!(ServerEvent: Rendezvous(server::Event), Identify(libp2p_identify::Event) => Box::new, Ping(libp2p_ping::Event));
+from_events!(ClientEvent: Rendezvous(client::Event), Identify(libp2p_identify::Event) => Box::new, Ping(libp2p_ping::Event));
+
+impl From<std::convert::Infallible> for ServerEvent {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
+/// Most connections a server accepts in all, and from one peer.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// In all.
+    pub max_established: u32,
+    /// From one peer.
+    pub max_per_peer: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits { max_established: 10_000, max_per_peer: 4 }
+    }
+}
+
+impl ServerBehaviour {
+    /// A server with `config` and connection `limits`.
+    pub fn new(
+        keypair: &Keypair,
+        config: server::Config,
+        limits: ConnectionLimits,
+    ) -> Result<Self, rendezvous_libp2p::core::LimitsError> {
+        let connection_limits = libp2p_connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(limits.max_established))
+            .with_max_established_per_peer(Some(limits.max_per_peer));
+        Ok(ServerBehaviour {
+            rendezvous: server::Behaviour::new(config)?,
+            identify: identify(keypair),
+            ping: libp2p_ping::Behaviour::default(),
+            limits: libp2p_connection_limits::Behaviour::new(connection_limits),
+        })
+    }
+}
+
+impl ClientBehaviour {
+    /// A client with `config`.
+    pub fn new(keypair: &Keypair, config: client::Config) -> Self {
+        ClientBehaviour {
+            rendezvous: client::Behaviour::new(keypair.clone(), config),
+            identify: identify(keypair),
+            ping: libp2p_ping::Behaviour::default(),
+        }
+    }
+}
+
+fn identify(keypair: &Keypair) -> libp2p_identify::Behaviour {
+    let config = libp2p_identify::Config::new("/ipfs/id/1.0.0".into(), keypair.public())
+        .with_agent_version(AGENT_VERSION.into());
+    libp2p_identify::Behaviour::new(config)
+}
+
+/// TCP + noise + yamux, authenticated with `keypair`.
+pub fn transport(
+    keypair: &Keypair,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, libp2p_noise::Error> {
+    Ok(TcpTransport::default()
+        .upgrade(Version::V1)
+        .authenticate(libp2p_noise::Config::new(keypair)?)
+        .multiplex(libp2p_yamux::Config::default())
+        .timeout(Duration::from_secs(20))
+        .boxed())
+}
+
+/// Runs futures with a spawn function (`async_std::task::spawn`,
+/// `smol::spawn(..).detach()`, ...).
+pub struct SpawnWith<F>(pub F);
+
+impl<F> Executor for SpawnWith<F>
+where
+    F: Fn(Pin<Box<dyn Future<Output = ()> + Send>>) + Send + 'static,
+{
+    fn exec(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        (self.0)(future)
+    }
+}
+
+/// A swarm for `behaviour` on `executor`.
+pub fn build<B: NetworkBehaviour>(
+    keypair: &Keypair,
+    behaviour: B,
+    executor: impl Executor + Send + 'static,
+) -> Result<Swarm<B>, libp2p_noise::Error> {
+    let config = Config::with_executor(executor).with_idle_connection_timeout(IDLE_TIMEOUT);
+    Ok(Swarm::new(transport(keypair)?, behaviour, keypair.public().to_peer_id(), config))
+}

@@ -1,0 +1,237 @@
+//! A TCP [`Transport`] for libp2p on the runtime-neutral async-io reactor.
+//!
+//! rust-libp2p's own TCP transport only has a tokio provider now; this one
+//! uses `async-net` (async-io), which async-std, smol and any executor can
+//! drive. Listening on an unspecified address (`0.0.0.0`, `::`) reports each
+//! concrete interface address as it comes and goes (`if-watch`).
+//!
+//! Dialing always uses a fresh local port: `PortUse::Reuse` only helps NAT
+//! hole punching, which this host does not do.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::future::{BoxFuture, Ready, ready};
+use futures::{FutureExt, Stream};
+use if_watch::IfEvent;
+use if_watch::smol::IfWatcher;
+use libp2p_core::multiaddr::{Multiaddr, Protocol};
+use libp2p_core::transport::{DialOpts, ListenerId, Transport, TransportError, TransportEvent};
+
+/// A TCP connection.
+pub type TcpStream = async_net::TcpStream;
+
+/// TCP transport settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Disable Nagle's algorithm on every connection (default: on, since
+    /// rendezvous exchanges are small request/response frames).
+    pub nodelay: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { nodelay: true }
+    }
+}
+
+/// The transport; see the module docs.
+pub struct TcpTransport {
+    config: Config,
+    listeners: Vec<Listener>,
+    events: VecDeque<TransportEvent<Ready<io::Result<TcpStream>>, io::Error>>,
+}
+
+struct Listener {
+    id: ListenerId,
+    socket: async_net::TcpListener,
+    accepting: BoxFuture<'static, io::Result<(TcpStream, SocketAddr)>>,
+    local: SocketAddr,
+    /// Present when listening on an unspecified address.
+    interfaces: Option<IfWatcher>,
+}
+
+impl TcpTransport {
+    /// A transport with `config`.
+    pub fn new(config: Config) -> Self {
+        TcpTransport { config, listeners: Vec::new(), events: VecDeque::new() }
+    }
+}
+
+impl Default for TcpTransport {
+    fn default() -> Self {
+        Self::new(Config::default())
+    }
+}
+
+/// `/ip4|ip6/<addr>/tcp/<port>`, optionally followed by `/p2p/<id>`.
+fn socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
+    let mut iter = addr.iter();
+    let ip: IpAddr = match iter.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    let Protocol::Tcp(port) = iter.next()? else { return None };
+    match iter.next() {
+        None | Some(Protocol::P2p(_)) if iter.next().is_none() => Some(SocketAddr::new(ip, port)),
+        _ => None,
+    }
+}
+
+fn multiaddr(addr: SocketAddr) -> Multiaddr {
+    Multiaddr::empty().with(addr.ip().into()).with(Protocol::Tcp(addr.port()))
+}
+
+fn accept(
+    socket: async_net::TcpListener,
+) -> BoxFuture<'static, io::Result<(TcpStream, SocketAddr)>> {
+    async move { socket.accept().await }.boxed()
+}
+
+impl Transport for TcpTransport {
+    type Output = TcpStream;
+    type Error = io::Error;
+    type ListenerUpgrade = Ready<io::Result<TcpStream>>;
+    type Dial = BoxFuture<'static, io::Result<TcpStream>>;
+
+    fn listen_on(
+        &mut self,
+        id: ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), TransportError<io::Error>> {
+        let Some(wanted) = socket_addr(&addr) else {
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        };
+        let std_listener = std::net::TcpListener::bind(wanted).map_err(TransportError::Other)?;
+        let socket =
+            async_net::TcpListener::try_from(std_listener).map_err(TransportError::Other)?;
+        let local = socket.local_addr().map_err(TransportError::Other)?;
+        let interfaces = if local.ip().is_unspecified() {
+            Some(IfWatcher::new().map_err(TransportError::Other)?)
+        } else {
+            self.events.push_back(TransportEvent::NewAddress {
+                listener_id: id,
+                listen_addr: multiaddr(local),
+            });
+            None
+        };
+        let accepting = accept(socket.clone());
+        self.listeners.push(Listener { id, socket, accepting, local, interfaces });
+        Ok(())
+    }
+
+    fn remove_listener(&mut self, id: ListenerId) -> bool {
+        let before = self.listeners.len();
+        self.listeners.retain(|l| l.id != id);
+        let removed = self.listeners.len() != before;
+        if removed {
+            self.events
+                .push_back(TransportEvent::ListenerClosed { listener_id: id, reason: Ok(()) });
+        }
+        removed
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        _: DialOpts,
+    ) -> Result<Self::Dial, TransportError<io::Error>> {
+        let Some(target) = socket_addr(&addr).filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+        else {
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        };
+        let nodelay = self.config.nodelay;
+        Ok(async move {
+            let stream = TcpStream::connect(target).await?;
+            stream.set_nodelay(nodelay)?;
+            Ok(stream)
+        }
+        .boxed())
+    }
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<TransportEvent<Self::ListenerUpgrade, io::Error>> {
+        let this = &mut *self;
+        if let Some(event) = this.events.pop_front() {
+            return Poll::Ready(event);
+        }
+        let nodelay = this.config.nodelay;
+        for listener in &mut this.listeners {
+            if let Some(watcher) = &mut listener.interfaces {
+                while let Poll::Ready(Some(event)) = Pin::new(&mut *watcher).poll_next(cx) {
+                    let (up, net) = match event {
+                        Ok(IfEvent::Up(net)) => (true, net),
+                        Ok(IfEvent::Down(net)) => (false, net),
+                        Err(error) => {
+                            return Poll::Ready(TransportEvent::ListenerError {
+                                listener_id: listener.id,
+                                error,
+                            });
+                        }
+                    };
+                    if net.addr().is_ipv4() != listener.local.is_ipv4() {
+                        continue;
+                    }
+                    let listen_addr = multiaddr(SocketAddr::new(net.addr(), listener.local.port()));
+                    let listener_id = listener.id;
+                    return Poll::Ready(if up {
+                        TransportEvent::NewAddress { listener_id, listen_addr }
+                    } else {
+                        TransportEvent::AddressExpired { listener_id, listen_addr }
+                    });
+                }
+            }
+            if let Poll::Ready(result) = listener.accepting.poll_unpin(cx) {
+                listener.accepting = accept(listener.socket.clone());
+                match result {
+                    Ok((stream, remote)) => {
+                        let local = stream.local_addr().unwrap_or(listener.local);
+                        let upgrade = ready(stream.set_nodelay(nodelay).map(|()| stream));
+                        return Poll::Ready(TransportEvent::Incoming {
+                            listener_id: listener.id,
+                            upgrade,
+                            local_addr: multiaddr(local),
+                            send_back_addr: multiaddr(remote),
+                        });
+                    }
+                    // Too many open files and the like: report, keep listening.
+                    Err(error) => {
+                        return Poll::Ready(TransportEvent::ListenerError {
+                            listener_id: listener.id,
+                            error,
+                        });
+                    }
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_addresses_parse_with_or_without_a_peer_id_and_nothing_else() {
+        let with_id: Multiaddr =
+            "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWRawPbxPtP1eZaJpumGnyWX2DcUyd3RQnydr3eAto4Az7"
+                .parse()
+                .unwrap();
+        assert_eq!(socket_addr(&with_id), Some("127.0.0.1:4001".parse().unwrap()));
+        assert_eq!(
+            socket_addr(&"/ip6/::1/tcp/1".parse().unwrap()),
+            Some("[::1]:1".parse().unwrap())
+        );
+        for other in ["/ip4/127.0.0.1/udp/1", "/dns4/example.com/tcp/1", "/ip4/127.0.0.1/tcp/1/ws"]
+        {
+            assert_eq!(socket_addr(&other.parse().unwrap()), None, "{other}");
+        }
+    }
+}
