@@ -152,15 +152,18 @@ pub fn transport(
         .boxed())
 }
 
+/// A task the swarm hands its executor.
+pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Runs futures with a spawn function (`async_std::task::spawn`,
 /// `smol::spawn(..).detach()`, ...).
 pub struct SpawnWith<F>(pub F);
 
 impl<F> Executor for SpawnWith<F>
 where
-    F: Fn(Pin<Box<dyn Future<Output = ()> + Send>>) + Send + 'static,
+    F: Fn(Task) + Send + 'static,
 {
-    fn exec(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+    fn exec(&self, future: Task) {
         (self.0)(future)
     }
 }

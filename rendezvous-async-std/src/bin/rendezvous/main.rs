@@ -17,7 +17,7 @@ use libp2p_swarm::{Swarm, SwarmEvent};
 use log::{debug, error, info, warn};
 use rendezvous_async_std::host::{
     self, ClientBehaviour, ClientEvent as HostClientEvent, ConnectionLimits, ServerBehaviour,
-    ServerEvent as HostServerEvent, SpawnWith,
+    ServerEvent as HostServerEvent, SpawnWith, Task,
 };
 use rendezvous_async_std::keyfile;
 use rendezvous_libp2p::core::{
@@ -80,7 +80,7 @@ fn keypair(args: &Args) -> Result<Keypair, Fatal> {
     }
 }
 
-fn executor() -> SpawnWith<impl Fn(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) + Send> {
+fn executor() -> SpawnWith<impl Fn(Task) + Send> {
     SpawnWith(|future| {
         async_std::task::spawn(future);
     })
