@@ -14,9 +14,9 @@ use rendezvous_libp2p::{client, server};
 
 use crate::transport::TcpTransport;
 
-/// What this host announces in identify; starts with `rust-libp2p` so that
-/// our server (and others that look) know we read rust-libp2p's records.
-pub const AGENT_VERSION: &str = concat!("rust-libp2p/rendezvous/", env!("CARGO_PKG_VERSION"));
+/// What this host announces in identify: the prefix our server reads as
+/// "understands both dialects" (`rendezvous_libp2p::server::AGENT_PREFIX`).
+pub const AGENT_VERSION: &str = concat!("rendezvous-rs/", env!("CARGO_PKG_VERSION"));
 
 /// How long an idle connection stays open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -176,4 +176,15 @@ pub fn build<B: NetworkBehaviour>(
 ) -> Result<Swarm<B>, libp2p_noise::Error> {
     let config = Config::with_executor(executor).with_idle_connection_timeout(IDLE_TIMEOUT);
     Ok(Swarm::new(transport(keypair)?, behaviour, keypair.public().to_peer_id(), config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_agent_version_tells_our_server_we_read_both_dialects() {
+        let reader = server::reader_from_agent_version(AGENT_VERSION);
+        assert_eq!(reader, Some(rendezvous_libp2p::core::Reader::Any));
+    }
 }

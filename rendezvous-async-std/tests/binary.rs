@@ -2,113 +2,11 @@
 //! real processes, as a user runs them.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the failure report
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::TcpListener;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::time::{Duration, Instant};
 
-/// Bound on every wait for a line or an exit.
-const LIMIT: Duration = Duration::from_secs(30);
-
-struct Proc {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn start(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rendezvous"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
-        let (tx, lines) = channel();
-        for pipe in [Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stdout.take().unwrap())] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        Proc { child, lines, seen: Vec::new() }
-    }
-
-    /// Waits for a line containing `needle`; returns it.
-    fn expect(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => panic!("no line with {needle:?} in time; saw:\n{}", self.seen.join("\n")),
-                Err(RecvTimeoutError::Disconnected) => panic!("exited before {needle:?}; saw:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    fn interrupt(&self) {
-        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the exit and collects every line printed.
-    fn finish(mut self) -> (ExitStatus, Vec<String>) {
-        let deadline = Instant::now() + LIMIT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "did not exit in time; saw:\n{}", self.seen.join("\n"));
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
-        }
-        (status, std::mem::take(&mut self.seen))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A server on loopback; returns it and the address clients should use.
-fn server(extra: &[&str]) -> (Proc, String) {
-    let mut args = vec!["--mode", "server", "--listen", "127.0.0.1", "--stats-interval", "0"];
-    args.extend_from_slice(extra);
-    let mut server = Proc::start(&args);
-    server.expect("Rendezvous server started with peer ID: ");
-    let line = server.expect("  rendezvous --mode client --address ");
-    let address = line.rsplit(' ').next().unwrap().to_owned();
-    assert!(address.starts_with("/ip4/127.0.0.1/tcp/") && address.contains("/p2p/"), "{address}");
-    server.expect("Press Ctrl+C to stop...");
-    (server, address)
-}
-
-fn client(address: &str, extra: &[&str]) -> Proc {
-    let mut args = vec!["--mode", "client", "--listen", "127.0.0.1", "--address", address];
-    args.extend_from_slice(extra);
-    Proc::start(&args)
-}
-
-fn peer_id(line: &str) -> String {
-    line.rsplit(' ').next().unwrap().to_owned()
-}
+use common::{Proc, client, peer_id, server};
 
 #[test]
 fn clients_find_each_other_and_an_interrupted_client_disappears() {
@@ -169,7 +67,8 @@ fn log_lines_look_like_the_demo() {
 fn fails_with(args: &[&str], reason: &str) {
     let (status, lines) = Proc::start(args).finish();
     assert!(!status.success(), "{args:?} should fail: {lines:#?}");
-    let errors: Vec<_> = lines.iter().filter(|l| l.contains("[ERROR]") || l.starts_with("error:")).collect();
+    let errors: Vec<_> =
+        lines.iter().filter(|l| l.contains("[ERROR]") || l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{args:?}: {lines:#?}");
     assert!(errors[0].contains(reason), "{args:?}: {:?} lacks {reason:?}", errors[0]);
     assert!(!lines.iter().any(|l| l.contains("panicked") || l.contains("backtrace")), "{lines:#?}");
@@ -179,28 +78,48 @@ fn fails_with(args: &[&str], reason: &str) {
 fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
     let client_args = ["--mode", "client", "--listen", "127.0.0.1"];
     fails_with(&client_args, "Please provide rendezvous server address");
-    fails_with(&[&client_args[..], &["--address", "not-a-multiaddr"]].concat(), "Failed to parse server address 'not-a-multiaddr'");
-    fails_with(&[&client_args[..], &["--address", "/ip4/127.0.0.1/tcp/1"]].concat(), "must end with /p2p/<peer id>");
+    fails_with(
+        &[&client_args[..], &["--address", "not-a-multiaddr"]].concat(),
+        "Failed to parse server address 'not-a-multiaddr'",
+    );
+    fails_with(
+        &[&client_args[..], &["--address", "/ip4/127.0.0.1/tcp/1"]].concat(),
+        "must end with /p2p/<peer id>",
+    );
     fails_with(&["--mode", "relay"], "invalid value 'relay'");
     fails_with(&[&client_args[..], &["--refresh", "maybe"]].concat(), "is not a boolean");
 
     // A closed port on loopback.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let nobody = format!("/ip4/127.0.0.1/tcp/{closed}/p2p/12D3KooWRawPbxPtP1eZaJpumGnyWX2DcUyd3RQnydr3eAto4Az7");
-    fails_with(&[&client_args[..], &["--address", &nobody]].concat(), "Failed to connect to server");
+    let nobody = format!(
+        "/ip4/127.0.0.1/tcp/{closed}/p2p/12D3KooWRawPbxPtP1eZaJpumGnyWX2DcUyd3RQnydr3eAto4Az7"
+    );
+    fails_with(
+        &[&client_args[..], &["--address", &nobody]].concat(),
+        "Failed to connect to server",
+    );
 
     // A port in use.
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port().to_string();
-    fails_with(&["--mode", "server", "--listen", "127.0.0.1", "--port", &port], "Address already in use");
+    fails_with(
+        &["--mode", "server", "--listen", "127.0.0.1", "--port", &port],
+        "Address already in use",
+    );
 
     // A key file that cannot be read (a directory).
     let dir = std::env::temp_dir();
-    fails_with(&["--mode", "server", "--listen", "127.0.0.1", "--key-file", dir.to_str().unwrap()], "cannot use key file");
+    fails_with(
+        &["--mode", "server", "--listen", "127.0.0.1", "--key-file", dir.to_str().unwrap()],
+        "cannot use key file",
+    );
 
     // A server that refuses the registration.
     let (server, address) = server(&[]);
-    fails_with(&[&client_args[..], &["--address", &address, "--ttl", "5"]].concat(), "Registration failed: EInvalidTtl: ttl of 5 s");
+    fails_with(
+        &[&client_args[..], &["--address", &address, "--ttl", "5"]].concat(),
+        "Registration failed: EInvalidTtl: ttl of 5 s",
+    );
     drop(server);
 }
 

@@ -813,7 +813,12 @@ impl Client {
     ) {
         let message = proto::Message {
             r#type: Some(MessageType::Unregister as i32),
-            unregister: Some(proto::Unregister { ns: Some(namespace.to_string()), id: None }),
+            // The deprecated id: legacy servers (py-libp2p) ignore an
+            // UNREGISTER without it, the others ignore the field.
+            unregister: Some(proto::Unregister {
+                ns: Some(namespace.to_string()),
+                id: Some(self.local_peer_id().to_bytes().into()),
+            }),
             ..Default::default()
         };
         let deadline = self.now + self.config.request_timeout;

@@ -1,6 +1,6 @@
 //! Every bound the server enforces, with its default and the reason for it.
 
-use crate::record::{Dialect, Flavour, RecordLimits};
+use crate::record::{Flavour, Reader, RecordLimits};
 
 /// The server's limits. Each is enforced in O(1) and each violation is
 /// answered with the spec's status and a `statusText` naming the limit.
@@ -151,12 +151,12 @@ impl Limits {
 pub struct ServerConfig {
     /// The limits.
     pub limits: Limits,
-    /// The dialect a DISCOVER is answered in when the requester has neither
+    /// What a DISCOVER is answered with when the requester has neither
     /// registered on this connection nor been described by the adapter
     /// ([`Server::set_reader_dialect`](crate::Server::set_reader_dialect)).
     /// Default: rust-libp2p's signed flavour, the spec's dialect and the most
     /// common client.
-    pub unknown_reader: Dialect,
+    pub unknown_reader: Reader,
     /// Most peers whose dialect the server remembers without them holding a
     /// registration (cleared by
     /// [`Server::handle_disconnected`](crate::Server::handle_disconnected)).
@@ -178,7 +178,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             limits: Limits::default(),
-            unknown_reader: Dialect::Signed(Flavour::RustLibp2p),
+            unknown_reader: Reader::Signed(Flavour::RustLibp2p),
             max_remembered_readers: 65_536,
             max_queued_events: 65_536,
             initial_sequence: 0,

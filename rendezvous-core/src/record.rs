@@ -30,6 +30,30 @@ pub enum Dialect {
     Legacy,
 }
 
+/// What a discovering peer can read, and so what a DISCOVER answer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reader {
+    /// Only `PeerInfo` (go-libp2p-rendezvous, py-libp2p): every registration,
+    /// signed ones converted.
+    Legacy,
+    /// Only envelopes of this flavour (rust-libp2p fails a whole page on one
+    /// entry it cannot parse): the registrations signed that way.
+    Signed(Flavour),
+    /// Both dialects (this crate's client): every registration as it was
+    /// registered, signatures kept.
+    Any,
+}
+
+impl From<Dialect> for Reader {
+    /// A peer that writes a dialect reads it.
+    fn from(dialect: Dialect) -> Reader {
+        match dialect {
+            Dialect::Legacy => Reader::Legacy,
+            Dialect::Signed(flavour) => Reader::Signed(flavour),
+        }
+    }
+}
+
 /// The two kinds of signed PeerRecord envelope in use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Flavour {

@@ -20,7 +20,7 @@ use libp2p_identity::PeerId;
 use slab::Slab;
 
 use crate::namespace::Namespace;
-use crate::record::{Dialect, Flavour};
+use crate::record::{Dialect, Flavour, Reader};
 use crate::time::Timestamp;
 
 /// A record as stored: the bytes served to readers of its own dialect, and a
@@ -33,12 +33,15 @@ pub(crate) struct StoredRecord {
 }
 
 impl StoredRecord {
-    /// The bytes a reader of `reader` dialect gets, if it can read this record.
-    pub(crate) fn bytes_for(&self, reader: Dialect) -> Option<&Bytes> {
+    /// The bytes `reader` gets, if it can read this record.
+    pub(crate) fn bytes_for(&self, reader: Reader) -> Option<&Bytes> {
         match reader {
-            Dialect::Legacy => Some(&self.peer_info),
-            signed if signed == self.dialect => Some(&self.bytes),
-            Dialect::Signed(_) => None,
+            Reader::Legacy => Some(&self.peer_info),
+            Reader::Any => Some(&self.bytes),
+            Reader::Signed(flavour) if self.dialect == Dialect::Signed(flavour) => {
+                Some(&self.bytes)
+            }
+            Reader::Signed(_) => None,
         }
     }
 }
@@ -61,31 +64,31 @@ impl Entry {
     }
 }
 
-/// One index per reader dialect: everything (legacy readers), then one per
-/// signed flavour.
+/// One index per kind of reader: everything (legacy and "any" readers), then
+/// one per signed flavour.
 #[derive(Debug, Default)]
 struct Index([BTreeMap<u64, usize>; 3]);
 
-fn view(reader: Dialect) -> usize {
+fn view(reader: Reader) -> usize {
     match reader {
-        Dialect::Legacy => 0,
-        Dialect::Signed(Flavour::RustLibp2p) => 1,
-        Dialect::Signed(Flavour::Standard) => 2,
+        Reader::Legacy | Reader::Any => 0,
+        Reader::Signed(Flavour::RustLibp2p) => 1,
+        Reader::Signed(Flavour::Standard) => 2,
     }
 }
 
 impl Index {
     fn insert(&mut self, dialect: Dialect, seq: u64, slot: usize) {
         self.0[0].insert(seq, slot);
-        if dialect != Dialect::Legacy {
-            self.0[view(dialect)].insert(seq, slot);
+        if let Dialect::Signed(_) = dialect {
+            self.0[view(dialect.into())].insert(seq, slot);
         }
     }
 
     fn remove(&mut self, dialect: Dialect, seq: u64) {
         self.0[0].remove(&seq);
-        if dialect != Dialect::Legacy {
-            self.0[view(dialect)].remove(&seq);
+        if let Dialect::Signed(_) = dialect {
+            self.0[view(dialect.into())].remove(&seq);
         }
     }
 }
@@ -254,7 +257,7 @@ impl Registry {
     /// in sequence order.
     pub(crate) fn page<'a>(
         &'a self,
-        reader: Dialect,
+        reader: Reader,
         namespace: Option<&Namespace>,
         position: u64,
     ) -> impl Iterator<Item = &'a Entry> + 'a {

@@ -12,7 +12,7 @@ use crate::cookie::{Cookie, CookieError};
 use crate::limits::{Limits, LimitsError, REGISTRATION_OVERHEAD, ServerConfig};
 use crate::namespace::{Namespace, NamespaceError};
 use crate::proto::{self, MessageType, ResponseStatus};
-use crate::record::{Dialect, Record, encode_peer_info};
+use crate::record::{Dialect, Reader, Record, encode_peer_info};
 use crate::registry::{Inserted, Registry, StoredRecord};
 use crate::time::Timestamp;
 
@@ -46,7 +46,9 @@ use crate::time::Timestamp;
 pub struct Server {
     config: ServerConfig,
     registry: Registry,
-    readers: HashMap<PeerId, Dialect>,
+    /// What each peer reads, and whether the adapter said so (which a
+    /// REGISTER does not override) or a REGISTER showed it.
+    readers: HashMap<PeerId, (Reader, bool)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     now: Timestamp,
@@ -265,12 +267,13 @@ impl Server {
         self.advance(now);
     }
 
-    /// Tells the server which dialect `peer` reads, e.g. from identify's agent
-    /// version (py-libp2p and go read [`Dialect::Legacy`], rust-libp2p reads
-    /// [`Flavour::RustLibp2p`](crate::Flavour::RustLibp2p) envelopes). A
-    /// REGISTER from the peer overrides it with the dialect it used.
-    pub fn set_reader_dialect(&mut self, peer: PeerId, dialect: Dialect) {
-        self.remember_reader(peer, dialect);
+    /// Tells the server what `peer` reads, e.g. from identify's agent version
+    /// (py-libp2p and go read [`Reader::Legacy`], rust-libp2p reads
+    /// [`Flavour::RustLibp2p`](crate::Flavour::RustLibp2p) envelopes, this
+    /// crate's client reads [`Reader::Any`]). Without it, the dialect of the
+    /// peer's own REGISTERs is taken as what it reads.
+    pub fn set_reader_dialect(&mut self, peer: PeerId, reader: impl Into<Reader>) {
+        self.remember_reader(peer, reader.into(), true);
     }
 
     /// The adapter's last connection to `peer` closed: forget its dialect.
@@ -379,7 +382,7 @@ impl Server {
             Duration::from_secs(ttl),
             record,
         );
-        self.remember_reader(peer, dialect);
+        self.remember_reader(peer, dialect.into(), false);
         self.push_event(match inserted {
             Inserted::New => Event::Registered { peer, namespace, ttl, dialect },
             Inserted::Replaced => Event::Refreshed { peer, namespace, ttl, dialect },
@@ -446,7 +449,7 @@ impl Server {
                 .check_cookie(&bytes, namespace.as_ref())
                 .map_err(|err| Refusal::new(ResponseStatus::EInvalidCookie, err))?,
         };
-        let reader = self.readers.get(&peer).copied().unwrap_or(self.config.unknown_reader);
+        let reader = self.readers.get(&peer).map_or(self.config.unknown_reader, |(r, _)| *r);
         let budget = self.config.limits.response_budget();
         let mut used = 0;
         let mut last = position;
@@ -522,11 +525,15 @@ impl Server {
         self.push_event(Event::Refused { peer, request, status, reason });
     }
 
-    fn remember_reader(&mut self, peer: PeerId, dialect: Dialect) {
-        if self.readers.len() < self.config.max_remembered_readers
-            || self.readers.contains_key(&peer)
-        {
-            self.readers.insert(peer, dialect);
+    fn remember_reader(&mut self, peer: PeerId, reader: Reader, explicit: bool) {
+        let room = self.readers.len() < self.config.max_remembered_readers;
+        match self.readers.get_mut(&peer) {
+            Some((_, true)) if !explicit => {} // the adapter knows better
+            Some(known) => *known = (reader, explicit),
+            None if room => {
+                self.readers.insert(peer, (reader, explicit));
+            }
+            None => {}
         }
     }
 

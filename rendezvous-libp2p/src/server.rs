@@ -26,7 +26,7 @@ use libp2p_swarm::{
 };
 use rendezvous_core::codec::FrameDecoder;
 use rendezvous_core::{
-    Dialect, LimitsError, RequestId, Server, ServerConfig, ServerEvent, Stats, Timestamp,
+    LimitsError, Reader, RequestId, Server, ServerConfig, ServerEvent, Stats, Timestamp,
 };
 
 use crate::PROTOCOL;
@@ -114,10 +114,10 @@ impl Behaviour {
         self.core.stats()
     }
 
-    /// Tells the server which dialect `peer` reads, e.g. from identify's agent
-    /// version via [`dialect_from_agent_version`].
-    pub fn set_reader_dialect(&mut self, peer: PeerId, dialect: Dialect) {
-        self.core.set_reader_dialect(peer, dialect);
+    /// Tells the server what `peer` reads, e.g. from identify's agent version
+    /// via [`reader_from_agent_version`].
+    pub fn set_reader_dialect(&mut self, peer: PeerId, reader: impl Into<Reader>) {
+        self.core.set_reader_dialect(peer, reader);
     }
 
     fn drain_core(&mut self) {
@@ -132,21 +132,28 @@ impl Behaviour {
     }
 }
 
-/// The dialect a peer reads, told by its identify agent version: py-libp2p
-/// and go-libp2p read the legacy `PeerInfo`, rust-libp2p its own signed
-/// flavour, nim-libp2p the standard one.
-pub fn dialect_from_agent_version(agent_version: &str) -> Option<Dialect> {
+/// The agent version prefix of hosts running this crate's client, which
+/// reads both dialects.
+pub const AGENT_PREFIX: &str = "rendezvous-rs/";
+
+/// What a peer reads, told by its identify agent version: this crate's
+/// client ([`AGENT_PREFIX`]) reads everything, py-libp2p and go-libp2p read
+/// the legacy `PeerInfo`, rust-libp2p its own signed flavour, nim-libp2p the
+/// standard one.
+pub fn reader_from_agent_version(agent_version: &str) -> Option<Reader> {
     use rendezvous_core::Flavour;
     let agent = agent_version.to_ascii_lowercase();
-    if agent.starts_with("py-libp2p")
+    if agent.starts_with(AGENT_PREFIX) {
+        Some(Reader::Any)
+    } else if agent.starts_with("py-libp2p")
         || agent.starts_with("go-libp2p")
         || agent.contains("libp2p/go")
     {
-        Some(Dialect::Legacy)
+        Some(Reader::Legacy)
     } else if agent.starts_with("rust-libp2p") {
-        Some(Dialect::Signed(Flavour::RustLibp2p))
+        Some(Reader::Signed(Flavour::RustLibp2p))
     } else if agent.starts_with("nim-libp2p") {
-        Some(Dialect::Signed(Flavour::Standard))
+        Some(Reader::Signed(Flavour::Standard))
     } else {
         None
     }

@@ -16,13 +16,22 @@ use rendezvous_core::cookie::Cookie;
 use rendezvous_core::proto::{self, ResponseStatus, read_status};
 use rendezvous_core::testing::{self, DIALECTS, TestPeer};
 use rendezvous_core::{
-    Dialect, Flavour, Limits, Namespace, RequestId, Server, ServerConfig, ServerEvent, Timestamp,
+    Dialect, Flavour, Limits, Namespace, Reader, RequestId, Server, ServerConfig, ServerEvent,
+    Timestamp,
 };
 
 /// Peers taking part; small so that they collide on namespaces and limits.
 pub const PEERS: usize = 6;
 /// Namespaces used: three valid, the empty one and one over the limit.
 const NAMESPACES: [&str; 5] = ["a", "b", "c", "", "namespace-too-long"];
+
+/// Every kind of reader.
+const READERS: [Reader; 4] = [
+    Reader::Signed(Flavour::RustLibp2p),
+    Reader::Signed(Flavour::Standard),
+    Reader::Legacy,
+    Reader::Any,
+];
 
 /// The tiny limits the model runs under, so every limit is hit often.
 pub fn limits() -> Limits {
@@ -95,12 +104,12 @@ pub enum Op {
     },
     /// The adapter's timer fires at the current time.
     Timeout,
-    /// The adapter tells the server which dialect `peer` reads.
+    /// The adapter tells the server what `peer` reads.
     SetReader {
         /// Index into the peers.
         peer: u8,
-        /// Index into the dialects.
-        dialect: u8,
+        /// Index into [`READERS`].
+        reader: u8,
     },
     /// `peer`'s last connection closed.
     Disconnect {
@@ -148,7 +157,8 @@ struct Model {
     now: Timestamp,
     regs: BTreeMap<(usize, String), Reg>,
     last_seq: u64,
-    readers: BTreeMap<usize, Dialect>,
+    /// What each peer reads, and whether the adapter said so.
+    readers: BTreeMap<usize, (Reader, bool)>,
     cookies: BTreeMap<(usize, Option<String>), Bytes>,
 }
 
@@ -168,14 +178,14 @@ impl Model {
         }
     }
 
-    fn reader(&self, peer: usize) -> Dialect {
-        self.readers.get(&peer).copied().unwrap_or(Dialect::Signed(Flavour::RustLibp2p))
+    fn reader(&self, peer: usize) -> Reader {
+        self.readers.get(&peer).map_or(Reader::Signed(Flavour::RustLibp2p), |(r, _)| *r)
     }
 
     /// Live registrations `reader` can read, after `position`, in order.
     fn visible(
         &self,
-        reader: Dialect,
+        reader: Reader,
         ns: Option<&str>,
         position: u64,
     ) -> Vec<(usize, String, Reg)> {
@@ -185,7 +195,10 @@ impl Model {
             .filter(|((_, n), r)| {
                 ns.is_none_or(|ns| ns == n)
                     && r.seq > position
-                    && (reader == Dialect::Legacy || reader == r.dialect)
+                    && match reader {
+                        Reader::Legacy | Reader::Any => true,
+                        Reader::Signed(f) => r.dialect == Dialect::Signed(f),
+                    }
             })
             .map(|((p, n), r)| (*p, n.clone(), r.clone()))
             .collect();
@@ -325,11 +338,11 @@ impl Sim {
                     check!(next > self.model.now, "the timeout must move past now");
                 }
             }
-            Op::SetReader { peer, dialect } => {
+            Op::SetReader { peer, reader } => {
                 let peer = peer as usize % PEERS;
-                let dialect = DIALECTS[dialect as usize % DIALECTS.len()];
-                self.server.set_reader_dialect(peers()[peer].id, dialect);
-                self.model.readers.insert(peer, dialect);
+                let reader = READERS[reader as usize % READERS.len()];
+                self.server.set_reader_dialect(peers()[peer].id, reader);
+                self.model.readers.insert(peer, (reader, true));
             }
             Op::Disconnect { peer } => {
                 let peer = peer as usize % PEERS;
@@ -399,7 +412,9 @@ impl Sim {
         self.model.last_seq += 1;
         let expires = self.model.now + Duration::from_secs(ttl);
         let old = self.model.regs.insert(key, Reg { dialect, expires, seq: self.model.last_seq });
-        self.model.readers.insert(peer, dialect);
+        if !self.model.readers.get(&peer).is_some_and(|(_, explicit)| *explicit) {
+            self.model.readers.insert(peer, (dialect.into(), false));
+        }
         let (peer, namespace) = (peers()[peer].id, ns(name));
         events.push(match old {
             None => ServerEvent::Registered { peer, namespace, ttl, dialect },
@@ -469,7 +484,7 @@ impl Sim {
 
     fn check_page(
         &self,
-        reader: Dialect,
+        reader: Reader,
         body: &proto::DiscoverResponse,
         expected: &[(usize, String, Reg)],
     ) -> Result<(), String> {
@@ -480,7 +495,7 @@ impl Sim {
             expected.len()
         );
         for (got, (peer, name, reg)) in body.registrations.iter().zip(expected) {
-            let record = peers()[*peer].record(if reader == Dialect::Legacy {
+            let record = peers()[*peer].record(if reader == Reader::Legacy {
                 Dialect::Legacy
             } else {
                 reg.dialect

@@ -5,7 +5,7 @@ use libp2p_identity::PeerId;
 
 use super::*;
 use crate::proto::{DiscoverResponse, RegisterResponse, read_status};
-use crate::record::Flavour;
+use crate::record::{Flavour, Reader};
 use crate::testing::{self, DIALECTS, TestPeer};
 
 const RUST: Dialect = Dialect::Signed(Flavour::RustLibp2p);
@@ -532,4 +532,18 @@ fn a_cookie_from_before_a_restart_with_a_later_initial_sequence_sees_the_new_reg
     let page = h.discover(&b.id, Some("x"), None, old_cookie);
     assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok));
     assert_eq!(page.registrations.iter().map(record_peer).collect::<Vec<_>>(), vec![a.id]);
+}
+
+#[test]
+fn a_reader_of_any_dialect_gets_every_registration_as_registered() {
+    let mut h = Harness::new();
+    let (r, l, reader) = (TestPeer::new(1), TestPeer::new(2), TestPeer::new(3));
+    h.register_ok(&r, "x", RUST);
+    h.register_ok(&l, "x", LEGACY);
+    h.server.set_reader_dialect(reader.id, Reader::Any);
+    // Its own signed REGISTER does not narrow what the adapter said it reads.
+    h.register_ok(&reader, "y", RUST);
+    let page = h.discover(&reader.id, Some("x"), None, None);
+    let got: Vec<_> = page.registrations.iter().map(|x| x.signed_peer_record.clone()).collect();
+    assert_eq!(got, vec![Some(r.record(RUST)), Some(l.record(LEGACY))]);
 }

@@ -167,8 +167,8 @@ async fn run_server(args: &Args) -> Result<(), Fatal> {
                 SwarmEvent::Behaviour(HostServerEvent::Identify(event)) => {
                     if let libp2p_identify::Event::Received { peer_id, info, .. } = *event {
                         debug!(target: t, "{peer_id} runs {}", info.agent_version);
-                        if let Some(dialect) = server::dialect_from_agent_version(&info.agent_version) {
-                            swarm.behaviour_mut().rendezvous.set_reader_dialect(peer_id, dialect);
+                        if let Some(reader) = server::reader_from_agent_version(&info.agent_version) {
+                            swarm.behaviour_mut().rendezvous.set_reader_dialect(peer_id, reader);
                         }
                     }
                 }

@@ -1,0 +1,127 @@
+//! Running processes (the binary, py-libp2p peers) and reading their output,
+//! with every wait bounded.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // shared by several test files
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+/// Bound on every wait for a line or an exit.
+pub(crate) const LIMIT: Duration = Duration::from_secs(30);
+
+pub(crate) struct Proc {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    /// Runs the `rendezvous` binary with `args`.
+    pub(crate) fn start(args: &[&str]) -> Proc {
+        Self::spawn(Command::new(env!("CARGO_BIN_EXE_rendezvous")).args(args))
+    }
+
+    /// Runs `command`, collecting its output lines.
+    pub(crate) fn spawn(command: &mut Command) -> Proc {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let (tx, lines) = channel();
+        for pipe in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Proc { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    pub(crate) fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no line with {needle:?} in time; saw:\n{}", self.seen.join("\n"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("exited before {needle:?}; saw:\n{}", self.seen.join("\n"))
+                }
+            }
+        }
+    }
+
+    pub(crate) fn interrupt(&self) {
+        let status =
+            Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the exit and collects every line printed.
+    pub(crate) fn finish(mut self) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + LIMIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not exit in time; saw:\n{}",
+                self.seen.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        (status, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server on loopback; returns it and the address clients should use.
+pub(crate) fn server(extra: &[&str]) -> (Proc, String) {
+    let mut args = vec!["--mode", "server", "--listen", "127.0.0.1", "--stats-interval", "0"];
+    args.extend_from_slice(extra);
+    let mut server = Proc::start(&args);
+    server.expect("Rendezvous server started with peer ID: ");
+    let line = server.expect("  rendezvous --mode client --address ");
+    let address = line.rsplit(' ').next().unwrap().to_owned();
+    assert!(address.starts_with("/ip4/127.0.0.1/tcp/") && address.contains("/p2p/"), "{address}");
+    server.expect("Press Ctrl+C to stop...");
+    (server, address)
+}
+
+pub(crate) fn client(address: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["--mode", "client", "--listen", "127.0.0.1", "--address", address];
+    args.extend_from_slice(extra);
+    Proc::start(&args)
+}
+
+pub(crate) fn peer_id(line: &str) -> String {
+    line.rsplit(' ').next().unwrap().to_owned()
+}
