@@ -386,6 +386,10 @@ impl NetworkBehaviour for Behaviour {
     }
 }
 
+/// Longest wait for a server to close a substream that carried a request
+/// without a response.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Peers whose addresses are remembered before any request names them.
 const MAX_REMEMBERED_SERVERS: usize = 256;
 
@@ -438,6 +442,16 @@ impl Handler {
         let result: io::Result<Option<Bytes>> = timeout(config.timeout, async {
             write_frame(&mut stream, &request.frame).await?;
             if !request.expects_response {
+                // No answer comes (UNREGISTER). Half-close and wait for the
+                // server to close its side: then it has read past our frame,
+                // and closing the connection right after cannot lose it.
+                futures::AsyncWriteExt::close(&mut stream).await?;
+                let mut sink = [0u8; 64];
+                let drained = timeout(DRAIN_TIMEOUT, async {
+                    while futures::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
+                    Ok(())
+                });
+                let _ = drained.await; // written either way; this only waits
                 return Ok(None);
             }
             let mut decoder = FrameDecoder::new(config.max_frame);

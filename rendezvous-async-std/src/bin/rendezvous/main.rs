@@ -383,7 +383,7 @@ async fn run_client(args: &Args) -> Result<(), Fatal> {
                             }
                             if left.is_empty() {
                                 info!(target: t, "✓ Unregistered successfully");
-                                return Ok(());
+                                return close(&mut swarm, server_id).await;
                             }
                         }
                     }
@@ -406,6 +406,29 @@ async fn run_client(args: &Args) -> Result<(), Fatal> {
             },
         }
     }
+}
+
+/// Closes the connection to the server gracefully, so that what was written
+/// (the UNREGISTER) is flushed to the socket before the process exits.
+async fn close(swarm: &mut Swarm<ClientBehaviour>, server: PeerId) -> Result<(), Fatal> {
+    if swarm.disconnect_peer_id(server).is_err() {
+        return Ok(());
+    }
+    let closed = async {
+        loop {
+            if let SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } =
+                swarm.select_next_some().await
+                && peer_id == server
+            {
+                return;
+            }
+        }
+    };
+    select! {
+        () = closed.fuse() => {},
+        () = sleep(SHUTDOWN_TIMEOUT) => debug!(target: "rendezvous::client", "the connection did not close in time"),
+    }
+    Ok(())
 }
 
 fn start_unregister(
