@@ -734,11 +734,6 @@ impl Client {
         Ok(record)
     }
 
-    fn push_pending(&mut self, id: RequestId, pending: Pending) {
-        self.deadlines.insert((pending.deadline, id), ());
-        self.pending.insert(id, pending);
-    }
-
     fn take_pending(&mut self, id: RequestId) -> Option<Pending> {
         let pending = self.pending.remove(&id)?;
         self.deadlines.remove(&(pending.deadline, id));
@@ -785,16 +780,9 @@ impl Client {
             }),
             ..Default::default()
         };
-        let deadline = self.now + self.config.request_timeout;
         let kind =
             Kind::Register { namespace, dialect, fallback_tried: dialect == Dialect::Legacy };
-        self.push_pending(id, Pending { server, command, deadline, kind });
-        self.transmits.push_back(ClientTransmit {
-            server,
-            request_id: id,
-            message,
-            expects_response: true,
-        });
+        self.send(id, server, command, kind, message);
     }
 
     /// Sends a fresh REGISTER; one still in flight is superseded (its answer
@@ -821,17 +809,7 @@ impl Client {
             }),
             ..Default::default()
         };
-        let deadline = self.now + self.config.request_timeout;
-        self.push_pending(
-            id,
-            Pending { server, command, deadline, kind: Kind::Unregister { namespace } },
-        );
-        self.transmits.push_back(ClientTransmit {
-            server,
-            request_id: id,
-            message,
-            expects_response: false,
-        });
+        self.send(id, server, command, Kind::Unregister { namespace }, message);
     }
 
     fn start_discover(
@@ -877,16 +855,27 @@ impl Client {
             }),
             ..Default::default()
         };
+        self.send(id, server, Some(command), Kind::Discover(discovering), message);
+    }
+
+    /// Queues `message` and waits for its outcome until the request timeout.
+    fn send(
+        &mut self,
+        id: RequestId,
+        server: PeerId,
+        command: Option<RequestId>,
+        kind: Kind,
+        message: proto::Message,
+    ) {
+        let expects_response = !matches!(kind, Kind::Unregister { .. });
         let deadline = self.now + self.config.request_timeout;
-        self.push_pending(
-            id,
-            Pending { server, command: Some(command), deadline, kind: Kind::Discover(discovering) },
-        );
+        self.deadlines.insert((deadline, id), ());
+        self.pending.insert(id, Pending { server, command, deadline, kind });
         self.transmits.push_back(ClientTransmit {
             server,
             request_id: id,
             message,
-            expects_response: true,
+            expects_response,
         });
     }
 

@@ -134,17 +134,22 @@ async fn their_client(
 ) -> Swarm<theirs::client::Behaviour> {
     let mut c = swarm(|key| theirs::client::Behaviour::new(key.clone()));
     c.add_external_address(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap());
-    c.dial(server_addr.clone().with(Protocol::P2p(server))).unwrap();
+    connect(&mut c, server, server_addr).await;
+    c
+}
+
+/// Dials `server` and drives `swarm` until the connection is up.
+async fn connect<B: NetworkBehaviour>(swarm: &mut Swarm<B>, server: PeerId, addr: &Multiaddr) {
+    swarm.dial(addr.clone().with(Protocol::P2p(server))).unwrap();
     tokio::time::timeout(LIMIT, async {
         loop {
-            if let SwarmEvent::ConnectionEstablished { .. } = c.select_next_some().await {
+            if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
                 return;
             }
         }
     })
     .await
     .expect("connected in time");
-    c
 }
 
 async fn register_ours(
@@ -426,16 +431,7 @@ async fn a_malformed_frame_ends_its_substream_only() {
     let mut raw = swarm(|_| libp2p_stream::Behaviour::new());
     let raw_id = *raw.local_peer_id();
     let mut control = raw.behaviour().new_control();
-    raw.dial(addr.clone().with(Protocol::P2p(server_id))).unwrap();
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            if let SwarmEvent::ConnectionEstablished { .. } = raw.select_next_some().await {
-                return;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    connect(&mut raw, server_id, &addr).await;
     tokio::spawn(async move {
         loop {
             raw.select_next_some().await;
