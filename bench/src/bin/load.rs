@@ -5,7 +5,7 @@
 //!
 //! `cargo build --release --bins && target/release/load [--quick] [--fresh]
 //!  [--sizes 1000,10000,100000] [--py-sizes 1000] [--servers ours,rust,py]
-//!  [--connections 20] [--inflight 8] [--svg PATH]`
+//!  [--connections 20] [--inflight 8] [--svg PATH] [--sustain SECONDS --rate PER_S]`
 //!
 //! For each server and size N: C connections (one identity each) register N
 //! times in all (N/C namespaces each, W requests in flight per connection,
@@ -33,6 +33,9 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, SwarmBuilder, noise, tcp, yamux}
 use rendezvous_core::codec::{self, FrameDecoder};
 use rendezvous_core::record::{Record, encode_peer_info};
 use rendezvous_core::{Flavour, testing};
+
+/// Paging through everything stops here, so a slow server cannot stall the run.
+const PAGE_ALL_LIMIT: Duration = Duration::from_secs(30);
 
 const PROTOCOL: StreamProtocol = StreamProtocol::new("/rendezvous/1.0.0");
 
@@ -64,6 +67,10 @@ struct Options {
     fresh: bool,
     pages: usize,
     svg: Option<PathBuf>,
+    /// Seconds of sustained, paced refreshes (0: skip).
+    sustain: u64,
+    /// Refreshes per second in the sustained run.
+    rate: u64,
 }
 
 fn options() -> Result<Options, Error> {
@@ -76,6 +83,8 @@ fn options() -> Result<Options, Error> {
         fresh: false,
         pages: 2_000,
         svg: None,
+        sustain: 0,
+        rate: 10_000,
     };
     let mut args = std::env::args().skip(1);
     let list = |v: Option<String>| -> Result<Vec<usize>, Error> {
@@ -95,6 +104,8 @@ fn options() -> Result<Options, Error> {
             "--connections" => o.connections = args.next().ok_or("missing value")?.parse()?,
             "--inflight" => o.inflight = args.next().ok_or("missing value")?.parse()?,
             "--svg" => o.svg = Some(args.next().ok_or("missing value")?.into()),
+            "--sustain" => o.sustain = args.next().ok_or("missing value")?.parse()?,
+            "--rate" => o.rate = args.next().ok_or("missing value")?.parse()?,
             "--servers" => {
                 o.servers = args
                     .next()
@@ -282,6 +293,12 @@ struct Run {
     page_p50_ms: f64,
     page_p99_ms: f64,
     cpu_per_registration_us: f64,
+    refreshes_per_s: f64,
+    refresh_p99_ms: f64,
+    cpu_per_refresh_us: f64,
+    /// Seconds spent paging through all N registrations, and how many were
+    /// seen before [`PAGE_ALL_LIMIT`] (not for py-libp2p).
+    page_all_s: Option<(f64, usize)>,
     cpu_s: f64,
     peak_rss_mib: f64,
 }
@@ -294,33 +311,29 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-async fn run(kind: Kind, n: usize, o: &Options) -> Result<Run, Error> {
-    let server = start(kind)?;
-    let pid = server.child.id();
-    let mut conns = Vec::new();
-    for _ in 0..o.connections {
-        conns.push(connect(&server).await?);
-    }
-    let per_conn = n.div_ceil(o.connections);
+/// Every connection registers in its `per_conn` namespaces, `inflight`
+/// requests at a time; returns the latencies. `seq` numbers fresh records.
+async fn register_round(
+    kind: Kind,
+    server: &Server,
+    conns: &[Conn],
+    per_conn: usize,
+    inflight: usize,
+    fresh: bool,
+    seq: u64,
+) -> Result<Vec<Duration>, Error> {
     let addr: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse()?;
-    let (cpu_before, _) = usage(pid);
-    let started = Instant::now();
+    let fresh = fresh && kind != Kind::Py;
     let mut tasks = Vec::new();
-    for conn in conns.iter() {
+    for conn in conns {
         let record = match kind {
             Kind::Py => {
                 encode_peer_info(&conn.keypair.public().to_peer_id(), std::slice::from_ref(&addr))
             }
             _ => Record::sign(&conn.keypair, std::slice::from_ref(&addr), 1, Flavour::RustLibp2p)?,
         };
-        let (keypair, control, peer, addr, fresh) = (
-            conn.keypair.clone(),
-            conn.control.clone(),
-            server.peer,
-            addr.clone(),
-            o.fresh && kind != Kind::Py,
-        );
-        let inflight = o.inflight;
+        let (keypair, control, peer, addr) =
+            (conn.keypair.clone(), conn.control.clone(), server.peer, addr.clone());
         tasks.push(tokio::spawn(async move {
             let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(per_conn)));
             futures::stream::iter(0..per_conn)
@@ -330,20 +343,18 @@ async fn run(kind: Kind, n: usize, o: &Options) -> Result<Run, Error> {
                     let record = record.clone();
                     async move {
                         let record = if fresh {
+                            let seq = seq + k as u64;
                             Record::sign(
                                 &keypair,
                                 std::slice::from_ref(&addr),
-                                2 + k as u64,
+                                seq,
                                 Flavour::RustLibp2p,
                             )?
                         } else {
                             record
                         };
-                        let frame = codec::frame(&testing::register(
-                            &format!("ns-{k}"),
-                            record,
-                            Some(7200),
-                        ));
+                        let message = testing::register(&format!("ns-{k}"), record, Some(7200));
+                        let frame = codec::frame(&message);
                         let t = Instant::now();
                         let body = exchange(&mut control, peer, &frame).await?;
                         latencies.lock().map_err(|_| "poisoned")?.push(t.elapsed());
@@ -366,14 +377,38 @@ async fn run(kind: Kind, n: usize, o: &Options) -> Result<Run, Error> {
             Ok::<_, Error>(latencies)
         }));
     }
-    let mut register_latencies = Vec::new();
+    let mut latencies = Vec::new();
     for task in tasks {
-        register_latencies.extend(task.await??);
+        latencies.extend(task.await??);
     }
+    Ok(latencies)
+}
+
+async fn run(kind: Kind, n: usize, o: &Options) -> Result<Run, Error> {
+    let server = start(kind)?;
+    let pid = server.child.id();
+    let mut conns = Vec::new();
+    for _ in 0..o.connections {
+        conns.push(connect(&server).await?);
+    }
+    let per_conn = n.div_ceil(o.connections);
+    let (cpu_before, _) = usage(pid);
+    let started = Instant::now();
+    let mut register_latencies =
+        register_round(kind, &server, &conns, per_conn, o.inflight, o.fresh, 2).await?;
     let register_time = started.elapsed();
     let (cpu_after_register, _) = usage(pid);
     let total = register_latencies.len();
     register_latencies.sort();
+
+    // Everyone refreshes, with N already registered: the steady state.
+    let started = Instant::now();
+    let mut refresh_latencies =
+        register_round(kind, &server, &conns, per_conn, o.inflight, o.fresh, 2 + per_conn as u64)
+            .await?;
+    let refresh_time = started.elapsed();
+    let (cpu_after_refresh, _) = usage(pid);
+    refresh_latencies.sort();
 
     // Discover pages of 100 in one namespace (py-libp2p needs one).
     let started = Instant::now();
@@ -421,8 +456,39 @@ async fn run(kind: Kind, n: usize, o: &Options) -> Result<Run, Error> {
     }
     let page_time = started.elapsed();
     page_latencies.sort();
+    // Page through the whole registry, all namespaces, 100 at a time,
+    // following cookies (py-libp2p's server needs a namespace: skipped).
+    let page_all_s = if kind == Kind::Py {
+        None
+    } else {
+        let mut control = conns[0].control.clone();
+        let (started, mut cookie, mut seen) = (Instant::now(), None, 0usize);
+        loop {
+            let frame = codec::frame(&testing::discover(None, Some(100), cookie.take()));
+            let body = exchange(&mut control, server.peer, &frame).await?;
+            let page =
+                codec::decode_message(&body)?.discover_response.ok_or("not a discover response")?;
+            if page.status.unwrap_or(0) != 0 {
+                return Err(format!("paging refused with status {:?}", page.status).into());
+            }
+            if page.registrations.is_empty()
+                || seen > 2 * total
+                || started.elapsed() > PAGE_ALL_LIMIT
+            {
+                break;
+            }
+            seen += page.registrations.len();
+            cookie = page.cookie;
+        }
+        if seen > total || (seen < total && started.elapsed() <= PAGE_ALL_LIMIT) {
+            return Err(format!("paging through everything returned {seen} of {total}").into());
+        }
+        Some((started.elapsed().as_secs_f64(), seen))
+    };
+
     let (cpu_total, peak_rss_mib) = usage(pid);
     Ok(Run {
+        page_all_s,
         kind,
         n: total,
         registrations_per_s: total as f64 / register_time.as_secs_f64(),
@@ -432,28 +498,156 @@ async fn run(kind: Kind, n: usize, o: &Options) -> Result<Run, Error> {
         page_p50_ms: percentile(&page_latencies, 0.5),
         page_p99_ms: percentile(&page_latencies, 0.99),
         cpu_per_registration_us: (cpu_after_register - cpu_before) / total as f64 * 1e6,
+        refreshes_per_s: refresh_latencies.len() as f64 / refresh_time.as_secs_f64(),
+        refresh_p99_ms: percentile(&refresh_latencies, 0.99),
+        cpu_per_refresh_us: (cpu_after_refresh - cpu_after_register)
+            / refresh_latencies.len() as f64
+            * 1e6,
         cpu_s: cpu_total,
         peak_rss_mib,
     })
 }
 
+/// Registers a pool (the first size), then refreshes it at `o.rate` per
+/// second for `o.sustain` seconds, open loop (latency counted from when a
+/// request was due), printing each 10 s window: rate, p50/p99, server RSS.
+async fn sustain(kind: Kind, o: &Options) -> Result<(), Error> {
+    let server = start(kind)?;
+    let pid = server.child.id();
+    let mut conns = Vec::new();
+    for _ in 0..o.connections {
+        conns.push(connect(&server).await?);
+    }
+    let pool = o.sizes.first().copied().unwrap_or(100_000);
+    let per_conn = pool.div_ceil(o.connections);
+    register_round(kind, &server, &conns, per_conn, o.inflight, false, 2).await?;
+    println!(
+        "{}: {} registrations, refreshed at {}/s for {} s by {} connections",
+        kind.name(),
+        per_conn * conns.len(),
+        o.rate,
+        o.sustain,
+        conns.len()
+    );
+    println!("| window end s | refreshes | per s | p50 ms | p99 ms | server RSS MiB |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Duration, String>>();
+    let interval = Duration::from_secs_f64(conns.len() as f64 / o.rate as f64);
+    let end = Instant::now() + Duration::from_secs(o.sustain);
+    let addr: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse()?;
+    for conn in &conns {
+        let record = match kind {
+            Kind::Py => {
+                encode_peer_info(&conn.keypair.public().to_peer_id(), std::slice::from_ref(&addr))
+            }
+            _ => Record::sign(&conn.keypair, std::slice::from_ref(&addr), 1, Flavour::RustLibp2p)?,
+        };
+        let frames: Vec<Bytes> = (0..per_conn)
+            .map(|k| {
+                codec::frame(&testing::register(&format!("ns-{k}"), record.clone(), Some(7200)))
+            })
+            .collect();
+        let (control, peer, tx) = (conn.control.clone(), server.peer, tx.clone());
+        tokio::spawn(async move {
+            let mut due = Instant::now();
+            let mut k = 0;
+            while due < end {
+                tokio::time::sleep_until(due.into()).await;
+                let (mut control, tx, frame, scheduled) =
+                    (control.clone(), tx.clone(), frames[k % frames.len()].clone(), due);
+                tokio::spawn(async move {
+                    let result = exchange(&mut control, peer, &frame)
+                        .await
+                        .map(|_| scheduled.elapsed())
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send(result);
+                });
+                k += 1;
+                due += interval;
+            }
+        });
+    }
+    drop(tx);
+    let started = Instant::now();
+    let mut window = Vec::new();
+    let mut all = Vec::new();
+    let mut failures = 0usize;
+    let mut next_report = Duration::from_secs(10);
+    loop {
+        let deadline = tokio::time::Instant::from_std(started + next_report);
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Ok(latency))) => window.push(latency),
+            Ok(Some(Err(_))) => failures += 1,
+            Ok(None) => break,
+            Err(_) => {
+                window.sort();
+                let (_, rss) = usage(pid);
+                println!(
+                    "| {} | {} | {:.0} | {:.2} | {:.2} | {:.1} |",
+                    next_report.as_secs(),
+                    window.len(),
+                    window.len() as f64 / 10.0,
+                    percentile(&window, 0.5),
+                    percentile(&window, 0.99),
+                    rss_now(pid).unwrap_or(rss)
+                );
+                all.append(&mut window);
+                next_report += Duration::from_secs(10);
+            }
+        }
+    }
+    all.append(&mut window);
+    all.sort();
+    println!(
+        "total: {} refreshes in {:.0} s ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms, {failures} failed",
+        all.len(),
+        started.elapsed().as_secs_f64(),
+        all.len() as f64 / started.elapsed().as_secs_f64(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99)
+    );
+    Ok(())
+}
+
+/// Current resident set of a process in MiB.
+fn rss_now(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
 fn table(runs: &[Run]) {
     println!(
-        "| server | N | registrations/s | register p50 / p99 ms | server CPU µs/registration | discover pages/s | page p50 / p99 ms | server CPU s | peak RSS MiB |"
+        "| server | N | registrations/s | register p50 / p99 ms | server CPU µs/registration | refreshes/s with N registered | refresh p99 ms | server CPU µs/refresh | discover pages/s | page p50 / p99 ms | page through all N s | server CPU s | peak RSS MiB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in runs {
         println!(
-            "| {} | {} | {:.0} | {:.2} / {:.2} | {:.1} | {:.0} | {:.2} / {:.2} | {:.2} | {:.1} |",
+            "| {} | {} | {:.0} | {:.2} / {:.2} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} | {:.2} / {:.2} | {} | {:.2} | {:.1} |",
             r.kind.name(),
             r.n,
             r.registrations_per_s,
             r.register_p50_ms,
             r.register_p99_ms,
             r.cpu_per_registration_us,
+            r.refreshes_per_s,
+            r.refresh_p99_ms,
+            r.cpu_per_refresh_us,
             r.pages_per_s,
             r.page_p50_ms,
             r.page_p99_ms,
+            match r.page_all_s {
+                None => "n/a".to_owned(),
+                Some((s, seen)) if seen == r.n => format!("{s:.2}"),
+                Some((s, seen)) => format!("> {s:.0} ({seen} seen)"),
+            },
             r.cpu_s,
             r.peak_rss_mib
         );
@@ -468,12 +662,13 @@ fn table(runs: &[Run]) {
             continue;
         };
         println!(
-            "ours (N={}) vs {} (N={}): registrations/s x{:.1}, server CPU per registration /{:.1}, discover pages/s x{:.1}",
+            "ours (N={}) vs {} (N={}): registrations/s x{:.1}, server CPU per registration /{:.1}, per refresh with N registered /{:.1}, discover pages/s x{:.1}",
             ours.n,
             theirs.kind.name(),
             theirs.n,
             ours.registrations_per_s / theirs.registrations_per_s,
             theirs.cpu_per_registration_us / ours.cpu_per_registration_us.max(f64::MIN_POSITIVE),
+            theirs.cpu_per_refresh_us / ours.cpu_per_refresh_us.max(f64::MIN_POSITIVE),
             ours.pages_per_s / theirs.pages_per_s,
         );
     }
@@ -576,6 +771,12 @@ async fn real_main() -> Result<(), Error> {
         },
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    if o.sustain > 0 {
+        for &kind in &o.servers {
+            sustain(kind, &o).await?;
+        }
+        return Ok(());
+    }
     let mut runs = Vec::new();
     for &kind in &o.servers {
         let sizes = if kind == Kind::Py { &o.py_sizes } else { &o.sizes };
