@@ -299,6 +299,9 @@ struct Run {
     /// Seconds spent paging through all N registrations, and how many were
     /// seen before [`PAGE_ALL_LIMIT`] (not for py-libp2p).
     page_all_s: Option<(f64, usize)>,
+    /// Half refreshes, half discovers.
+    mixed_per_s: f64,
+    mixed_p99_ms: f64,
     cpu_s: f64,
     peak_rss_mib: f64,
 }
@@ -364,6 +367,70 @@ async fn register_round(
                             .unwrap_or(0);
                         if status != 0 {
                             return Err(format!("registration refused with status {status}").into());
+                        }
+                        Ok::<(), Error>(())
+                    }
+                })
+                .buffer_unordered(inflight)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<(), Error>>()?;
+            let latencies = std::mem::take(&mut *latencies.lock().map_err(|_| "poisoned")?);
+            Ok::<_, Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(latencies)
+}
+
+/// Half refreshes, half discovers of a random-ish namespace, interleaved,
+/// `inflight` at a time per connection; returns the latencies.
+async fn mixed_round(
+    kind: Kind,
+    server: &Server,
+    conns: &[Conn],
+    per_conn: usize,
+    operations: usize,
+    inflight: usize,
+) -> Result<Vec<Duration>, Error> {
+    let addr: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse()?;
+    let mut tasks = Vec::new();
+    for conn in conns {
+        let record = match kind {
+            Kind::Py => {
+                encode_peer_info(&conn.keypair.public().to_peer_id(), std::slice::from_ref(&addr))
+            }
+            _ => Record::sign(&conn.keypair, std::slice::from_ref(&addr), 1, Flavour::RustLibp2p)?,
+        };
+        let (control, peer) = (conn.control.clone(), server.peer);
+        tasks.push(tokio::spawn(async move {
+            let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(operations)));
+            futures::stream::iter(0..operations)
+                .map(|i| {
+                    let (mut control, latencies) = (control.clone(), latencies.clone());
+                    let ns = format!("ns-{}", (i * 7919) % per_conn);
+                    let message = if i % 2 == 0 {
+                        testing::register(&ns, record.clone(), Some(7200))
+                    } else {
+                        testing::discover(Some(&ns), Some(100), None)
+                    };
+                    async move {
+                        let frame = codec::frame(&message);
+                        let t = Instant::now();
+                        let body = exchange(&mut control, peer, &frame).await?;
+                        latencies.lock().map_err(|_| "poisoned")?.push(t.elapsed());
+                        let reply = codec::decode_message(&body)?;
+                        let status = reply
+                            .register_response
+                            .and_then(|r| r.status)
+                            .or(reply.discover_response.and_then(|d| d.status))
+                            .unwrap_or(0);
+                        if status != 0 {
+                            return Err(format!("mixed load refused with status {status}").into());
                         }
                         Ok::<(), Error>(())
                     }
@@ -486,9 +553,18 @@ async fn run(kind: Kind, n: usize, o: &Options) -> Result<Run, Error> {
         Some((started.elapsed().as_secs_f64(), seen))
     };
 
+    let started = Instant::now();
+    let mut mixed =
+        mixed_round(kind, &server, &conns, per_conn, o.pages.div_ceil(conns.len()), o.inflight)
+            .await?;
+    let mixed_time = started.elapsed();
+    mixed.sort();
+
     let (cpu_total, peak_rss_mib) = usage(pid);
     Ok(Run {
         page_all_s,
+        mixed_per_s: mixed.len() as f64 / mixed_time.as_secs_f64(),
+        mixed_p99_ms: percentile(&mixed, 0.99),
         kind,
         n: total,
         registrations_per_s: total as f64 / register_time.as_secs_f64(),
@@ -625,12 +701,12 @@ fn rss_now(pid: u32) -> Option<f64> {
 
 fn table(runs: &[Run]) {
     println!(
-        "| server | N | registrations/s | register p50 / p99 ms | server CPU µs/registration | refreshes/s with N registered | refresh p99 ms | server CPU µs/refresh | discover pages/s | page p50 / p99 ms | page through all N s | server CPU s | peak RSS MiB |"
+        "| server | N | registrations/s | register p50 / p99 ms | server CPU µs/registration | refreshes/s with N registered | refresh p99 ms | server CPU µs/refresh | discover pages/s | page p50 / p99 ms | page through all N s | mixed ops/s | mixed p99 ms | server CPU s | peak RSS MiB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in runs {
         println!(
-            "| {} | {} | {:.0} | {:.2} / {:.2} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} | {:.2} / {:.2} | {} | {:.2} | {:.1} |",
+            "| {} | {} | {:.0} | {:.2} / {:.2} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} | {:.2} / {:.2} | {} | {:.0} | {:.2} | {:.2} | {:.1} |",
             r.kind.name(),
             r.n,
             r.registrations_per_s,
@@ -648,6 +724,8 @@ fn table(runs: &[Run]) {
                 Some((s, seen)) if seen == r.n => format!("{s:.2}"),
                 Some((s, seen)) => format!("> {s:.0} ({seen} seen)"),
             },
+            r.mixed_per_s,
+            r.mixed_p99_ms,
             r.cpu_s,
             r.peak_rss_mib
         );
