@@ -1113,29 +1113,29 @@ impl Client {
 }
 
 fn register_result(message: proto::Message) -> Result<u64, RequestError> {
-    if message.message_type() != Ok(MessageType::RegisterResponse) {
-        return Err(RequestError::Malformed(format!(
-            "expected REGISTER_RESPONSE, got type {:?}",
-            message.r#type
-        )));
-    }
+    expect_type(&message, MessageType::RegisterResponse)?;
     let body = message.register_response.unwrap_or_default();
-    match read_status(body.status) {
-        Ok(ResponseStatus::Ok) => Ok(body.ttl.unwrap_or(0)),
-        status => Err(RequestError::Refused { status, text: body.status_text.unwrap_or_default() }),
-    }
+    check_status(body.status, body.status_text)?;
+    Ok(body.ttl.unwrap_or(0))
 }
 
 fn discover_page(message: proto::Message) -> Result<proto::DiscoverResponse, RequestError> {
-    if message.message_type() != Ok(MessageType::DiscoverResponse) {
-        return Err(RequestError::Malformed(format!(
-            "expected DISCOVER_RESPONSE, got type {:?}",
-            message.r#type
-        )));
+    expect_type(&message, MessageType::DiscoverResponse)?;
+    let mut body = message.discover_response.unwrap_or_default();
+    check_status(body.status, body.status_text.take())?;
+    Ok(body)
+}
+
+fn expect_type(message: &proto::Message, want: MessageType) -> Result<(), RequestError> {
+    if message.message_type() == Ok(want) {
+        return Ok(());
     }
-    let body = message.discover_response.unwrap_or_default();
-    match read_status(body.status) {
-        Ok(ResponseStatus::Ok) => Ok(body),
-        status => Err(RequestError::Refused { status, text: body.status_text.unwrap_or_default() }),
+    Err(RequestError::Malformed(format!("expected {want:?}, got type {:?}", message.r#type)))
+}
+
+fn check_status(status: Option<i32>, text: Option<String>) -> Result<(), RequestError> {
+    match read_status(status) {
+        Ok(ResponseStatus::Ok) => Ok(()),
+        status => Err(RequestError::Refused { status, text: text.unwrap_or_default() }),
     }
 }

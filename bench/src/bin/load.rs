@@ -32,7 +32,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, SwarmBuilder, noise, tcp, yamux};
 use rendezvous_core::codec::{self, FrameDecoder};
 use rendezvous_core::record::{Record, encode_peer_info};
-use rendezvous_core::{Flavour, testing};
+use rendezvous_core::{Flavour, proto, testing};
 
 /// Paging through everything stops here, so a slow server cannot stall the run.
 const PAGE_ALL_LIMIT: Duration = Duration::from_secs(30);
@@ -314,69 +314,60 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-/// Every connection registers in its `per_conn` namespaces, `inflight`
-/// requests at a time; returns the latencies. `seq` numbers fresh records.
-async fn register_round(
-    kind: Kind,
+/// Each connection's record: signed with its identity (legacy `PeerInfo`
+/// for py-libp2p, which reads nothing else).
+fn records(kind: Kind, conns: &[Conn]) -> Result<Vec<Bytes>, Error> {
+    let addr = [ADDRESS.parse::<Multiaddr>()?];
+    conns
+        .iter()
+        .map(|conn| match kind {
+            Kind::Py => Ok(encode_peer_info(&conn.keypair.public().to_peer_id(), &addr)),
+            _ => Ok(Record::sign(&conn.keypair, &addr, 1, Flavour::RustLibp2p)?),
+        })
+        .collect()
+}
+
+/// The address our made-up registrations announce.
+const ADDRESS: &str = "/ip4/127.0.0.1/tcp/4001";
+
+/// Sends `operations` requests on every connection, `inflight` at a time per
+/// connection, one substream each; `request(connection, i)` builds each and
+/// `check` judges each answer. Returns the latencies.
+async fn round<R, C>(
     server: &Server,
     conns: &[Conn],
-    per_conn: usize,
+    operations: usize,
     inflight: usize,
-    fresh: bool,
-    seq: u64,
-) -> Result<Vec<Duration>, Error> {
-    let addr: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse()?;
-    let fresh = fresh && kind != Kind::Py;
+    request: R,
+    check: C,
+) -> Result<Vec<Duration>, Error>
+where
+    R: Fn(usize, usize) -> Result<proto::Message, Error> + Send + Sync + 'static,
+    C: Fn(proto::Message) -> Result<(), Error> + Send + Sync + 'static,
+{
+    let (request, check) = (Arc::new(request), Arc::new(check));
     let mut tasks = Vec::new();
-    for conn in conns {
-        let record = match kind {
-            Kind::Py => {
-                encode_peer_info(&conn.keypair.public().to_peer_id(), std::slice::from_ref(&addr))
-            }
-            _ => Record::sign(&conn.keypair, std::slice::from_ref(&addr), 1, Flavour::RustLibp2p)?,
-        };
-        let (keypair, control, peer, addr) =
-            (conn.keypair.clone(), conn.control.clone(), server.peer, addr.clone());
+    for (j, conn) in conns.iter().enumerate() {
+        let (control, peer, request, check) =
+            (conn.control.clone(), server.peer, request.clone(), check.clone());
         tasks.push(tokio::spawn(async move {
-            let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(per_conn)));
-            futures::stream::iter(0..per_conn)
-                .map(|k| {
-                    let (mut control, latencies, keypair, addr) =
-                        (control.clone(), latencies.clone(), keypair.clone(), addr.clone());
-                    let record = record.clone();
+            let mut latencies = Vec::with_capacity(operations);
+            let mut answers = futures::stream::iter(0..operations)
+                .map(|i| {
+                    let (mut control, message) = (control.clone(), request(j, i));
                     async move {
-                        let record = if fresh {
-                            let seq = seq + k as u64;
-                            Record::sign(
-                                &keypair,
-                                std::slice::from_ref(&addr),
-                                seq,
-                                Flavour::RustLibp2p,
-                            )?
-                        } else {
-                            record
-                        };
-                        let message = testing::register(&format!("ns-{k}"), record, Some(7200));
-                        let frame = codec::frame(&message);
+                        let frame = codec::frame(&message?);
                         let t = Instant::now();
                         let body = exchange(&mut control, peer, &frame).await?;
-                        latencies.lock().map_err(|_| "poisoned")?.push(t.elapsed());
-                        let status = codec::decode_message(&body)?
-                            .register_response
-                            .and_then(|r| r.status)
-                            .unwrap_or(0);
-                        if status != 0 {
-                            return Err(format!("registration refused with status {status}").into());
-                        }
-                        Ok::<(), Error>(())
+                        Ok::<_, Error>((t.elapsed(), codec::decode_message(&body)?))
                     }
                 })
-                .buffer_unordered(inflight)
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect::<Result<(), Error>>()?;
-            let latencies = std::mem::take(&mut *latencies.lock().map_err(|_| "poisoned")?);
+                .buffer_unordered(inflight);
+            while let Some(answer) = answers.next().await {
+                let (latency, reply) = answer?;
+                check(reply)?;
+                latencies.push(latency);
+            }
             Ok::<_, Error>(latencies)
         }));
     }
@@ -387,8 +378,45 @@ async fn register_round(
     Ok(latencies)
 }
 
-/// Half refreshes, half discovers of a random-ish namespace, interleaved,
-/// `inflight` at a time per connection; returns the latencies.
+fn status_ok(reply: proto::Message) -> Result<(), Error> {
+    let status = reply
+        .register_response
+        .and_then(|r| r.status)
+        .or(reply.discover_response.and_then(|d| d.status))
+        .unwrap_or(0);
+    if status != 0 {
+        return Err(format!("request refused with status {status}").into());
+    }
+    Ok(())
+}
+
+/// Every connection registers in its `per_conn` namespaces. `fresh` signs a
+/// new record for each request, numbered from `seq`.
+async fn register_round(
+    kind: Kind,
+    server: &Server,
+    conns: &[Conn],
+    per_conn: usize,
+    inflight: usize,
+    fresh: bool,
+    seq: u64,
+) -> Result<Vec<Duration>, Error> {
+    let records = records(kind, conns)?;
+    let keypairs: Vec<Keypair> = conns.iter().map(|c| c.keypair.clone()).collect();
+    let fresh = fresh && kind != Kind::Py;
+    let request = move |j: usize, k: usize| {
+        let record = if fresh {
+            let addr = [ADDRESS.parse::<Multiaddr>()?];
+            Record::sign(&keypairs[j], &addr, seq + k as u64, Flavour::RustLibp2p)?
+        } else {
+            records[j].clone()
+        };
+        Ok(testing::register(&format!("ns-{k}"), record, Some(7200)))
+    };
+    round(server, conns, per_conn, inflight, request, status_ok).await
+}
+
+/// Half refreshes, half discovers of a spread of namespaces, interleaved.
 async fn mixed_round(
     kind: Kind,
     server: &Server,
@@ -397,58 +425,16 @@ async fn mixed_round(
     operations: usize,
     inflight: usize,
 ) -> Result<Vec<Duration>, Error> {
-    let addr: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse()?;
-    let mut tasks = Vec::new();
-    for conn in conns {
-        let record = match kind {
-            Kind::Py => {
-                encode_peer_info(&conn.keypair.public().to_peer_id(), std::slice::from_ref(&addr))
-            }
-            _ => Record::sign(&conn.keypair, std::slice::from_ref(&addr), 1, Flavour::RustLibp2p)?,
-        };
-        let (control, peer) = (conn.control.clone(), server.peer);
-        tasks.push(tokio::spawn(async move {
-            let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(operations)));
-            futures::stream::iter(0..operations)
-                .map(|i| {
-                    let (mut control, latencies) = (control.clone(), latencies.clone());
-                    let ns = format!("ns-{}", (i * 7919) % per_conn);
-                    let message = if i % 2 == 0 {
-                        testing::register(&ns, record.clone(), Some(7200))
-                    } else {
-                        testing::discover(Some(&ns), Some(100), None)
-                    };
-                    async move {
-                        let frame = codec::frame(&message);
-                        let t = Instant::now();
-                        let body = exchange(&mut control, peer, &frame).await?;
-                        latencies.lock().map_err(|_| "poisoned")?.push(t.elapsed());
-                        let reply = codec::decode_message(&body)?;
-                        let status = reply
-                            .register_response
-                            .and_then(|r| r.status)
-                            .or(reply.discover_response.and_then(|d| d.status))
-                            .unwrap_or(0);
-                        if status != 0 {
-                            return Err(format!("mixed load refused with status {status}").into());
-                        }
-                        Ok::<(), Error>(())
-                    }
-                })
-                .buffer_unordered(inflight)
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect::<Result<(), Error>>()?;
-            let latencies = std::mem::take(&mut *latencies.lock().map_err(|_| "poisoned")?);
-            Ok::<_, Error>(latencies)
-        }));
-    }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    Ok(latencies)
+    let records = records(kind, conns)?;
+    let request = move |j: usize, i: usize| {
+        let ns = format!("ns-{}", (i * 7919) % per_conn);
+        Ok(if i.is_multiple_of(2) {
+            testing::register(&ns, records[j].clone(), Some(7200))
+        } else {
+            testing::discover(Some(&ns), Some(100), None)
+        })
+    };
+    round(server, conns, operations, inflight, request, status_ok).await
 }
 
 async fn run(kind: Kind, n: usize, o: &Options) -> Result<Run, Error> {
@@ -480,47 +466,17 @@ async fn run(kind: Kind, n: usize, o: &Options) -> Result<Run, Error> {
     // Discover pages of 100 in one namespace (py-libp2p needs one).
     let started = Instant::now();
     let per = o.pages.div_ceil(conns.len());
-    let mut tasks = Vec::new();
-    for conn in &conns {
-        let (control, peer, inflight) = (conn.control.clone(), server.peer, o.inflight);
-        tasks.push(tokio::spawn(async move {
-            let frame = codec::frame(&testing::discover(Some("ns-0"), Some(100), None));
-            let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
-            futures::stream::iter(0..per)
-                .map(|_| {
-                    let (mut control, latencies, frame) =
-                        (control.clone(), latencies.clone(), frame.clone());
-                    async move {
-                        let t = Instant::now();
-                        let body = exchange(&mut control, peer, &frame).await?;
-                        latencies.lock().map_err(|_| "poisoned")?.push(t.elapsed());
-                        let page = codec::decode_message(&body)?
-                            .discover_response
-                            .ok_or("not a discover response")?;
-                        if page.status.unwrap_or(0) != 0 || page.registrations.is_empty() {
-                            return Err(format!(
-                                "bad page: status {:?}, {} entries",
-                                page.status,
-                                page.registrations.len()
-                            )
-                            .into());
-                        }
-                        Ok::<(), Error>(())
-                    }
-                })
-                .buffer_unordered(inflight)
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect::<Result<(), Error>>()?;
-            let latencies = std::mem::take(&mut *latencies.lock().map_err(|_| "poisoned")?);
-            Ok::<_, Error>(latencies)
-        }));
-    }
-    let mut page_latencies = Vec::new();
-    for task in tasks {
-        page_latencies.extend(task.await??);
-    }
+    let request = |_: usize, _: usize| Ok(testing::discover(Some("ns-0"), Some(100), None));
+    let nonempty_page = |reply: proto::Message| {
+        let page = reply.discover_response.ok_or("not a discover response")?;
+        if page.status.unwrap_or(0) != 0 || page.registrations.is_empty() {
+            let entries = page.registrations.len();
+            return Err(format!("bad page: status {:?}, {entries} entries", page.status).into());
+        }
+        Ok(())
+    };
+    let mut page_latencies =
+        round(&server, &conns, per, o.inflight, request, nonempty_page).await?;
     let page_time = started.elapsed();
     page_latencies.sort();
     // Page through the whole registry, all namespaces, 100 at a time,
@@ -610,14 +566,7 @@ async fn sustain(kind: Kind, o: &Options) -> Result<(), Error> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Duration, String>>();
     let interval = Duration::from_secs_f64(conns.len() as f64 / o.rate as f64);
     let end = Instant::now() + Duration::from_secs(o.sustain);
-    let addr: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse()?;
-    for conn in &conns {
-        let record = match kind {
-            Kind::Py => {
-                encode_peer_info(&conn.keypair.public().to_peer_id(), std::slice::from_ref(&addr))
-            }
-            _ => Record::sign(&conn.keypair, std::slice::from_ref(&addr), 1, Flavour::RustLibp2p)?,
-        };
+    for (conn, record) in conns.iter().zip(records(kind, &conns)?) {
         let frames: Vec<Bytes> = (0..per_conn)
             .map(|k| {
                 codec::frame(&testing::register(&format!("ns-{k}"), record.clone(), Some(7200)))
