@@ -49,7 +49,9 @@ impl StoredRecord {
 /// One registration.
 #[derive(Clone, Debug)]
 pub(crate) struct Entry {
-    pub(crate) peer: PeerId,
+    /// The owner's slot in the peer table (a peer id is 80 bytes; it is
+    /// stored once per peer, not once per registration).
+    peer: usize,
     pub(crate) namespace: Namespace,
     pub(crate) seq: u64,
     pub(crate) expires: Timestamp,
@@ -101,10 +103,12 @@ struct NamespaceState {
 
 #[derive(Debug)]
 struct PeerState {
+    id: PeerId,
     registrations: usize,
-    /// The last record this peer registered, so that registering the same
-    /// bytes again (a refresh, or another namespace) needs no signature check.
-    last_record: StoredRecord,
+    /// The entry holding the last record this peer registered, so that
+    /// registering the same bytes again (a refresh, or another namespace)
+    /// needs no signature check.
+    last_record: Option<usize>,
 }
 
 /// What [`Registry::insert`] did.
@@ -117,11 +121,13 @@ pub(crate) enum Inserted {
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     entries: Slab<Entry>,
-    by_key: HashMap<(PeerId, Namespace), usize>,
+    /// (peer slot, namespace) to entry slot.
+    by_key: HashMap<(usize, Namespace), usize>,
     namespaces: BTreeMap<Namespace, NamespaceState>,
     all: Index,
     expiry: BTreeMap<(Timestamp, u64), usize>,
-    peers: HashMap<PeerId, PeerState>,
+    peers: Slab<PeerState>,
+    peer_slots: HashMap<PeerId, usize>,
     last_seq: u64,
 }
 
@@ -141,7 +147,7 @@ impl Registry {
     }
 
     pub(crate) fn peer_len(&self, peer: &PeerId) -> usize {
-        self.peers.get(peer).map_or(0, |p| p.registrations)
+        self.peer_slots.get(peer).map_or(0, |&p| self.peers[p].registrations)
     }
 
     pub(crate) fn peer_count(&self) -> usize {
@@ -161,13 +167,14 @@ impl Registry {
     }
 
     pub(crate) fn get(&self, peer: &PeerId, namespace: &Namespace) -> Option<&Entry> {
-        let key = (*peer, namespace.clone());
+        let key = (*self.peer_slots.get(peer)?, namespace.clone());
         self.by_key.get(&key).map(|&slot| &self.entries[slot])
     }
 
     /// The peer's last registered record, if its bytes are `bytes`.
     pub(crate) fn cached_record(&self, peer: &PeerId, bytes: &[u8]) -> Option<&StoredRecord> {
-        self.peers.get(peer).map(|p| &p.last_record).filter(|r| r.bytes == bytes)
+        let last = self.peers[*self.peer_slots.get(peer)?].last_record?;
+        Some(&self.entries[last].record).filter(|r| r.bytes == bytes)
     }
 
     pub(crate) fn next_expiry(&self) -> Option<Timestamp> {
@@ -189,54 +196,55 @@ impl Registry {
         let seq = self.last_seq;
         let expires = now + ttl;
         let dialect = record.dialect;
-        let slot = self.entries.insert(Entry {
-            peer,
-            namespace: namespace.clone(),
-            seq,
-            expires,
-            record: record.clone(),
-        });
+        let owner = match self.peer_slots.get(&peer) {
+            Some(&slot) => slot,
+            None => {
+                let slot = self.peers.insert(PeerState { id: peer, registrations: 0, last_record: None });
+                self.peer_slots.insert(peer, slot);
+                slot
+            }
+        };
+        let slot =
+            self.entries.insert(Entry { peer: owner, namespace: namespace.clone(), seq, expires, record });
         self.all.insert(dialect, seq, slot);
         let ns = self.namespaces.entry(namespace.clone()).or_default();
         ns.index.insert(dialect, seq, slot);
         ns.len += 1;
         self.expiry.insert((expires, seq), slot);
-        self.by_key.insert((peer, namespace), slot);
-        let state = self
-            .peers
-            .entry(peer)
-            .or_insert_with(|| PeerState { registrations: 0, last_record: record.clone() });
+        self.by_key.insert((owner, namespace), slot);
+        let state = &mut self.peers[owner];
         state.registrations += 1;
-        state.last_record = record;
+        state.last_record = Some(slot);
         if replaced { Inserted::Replaced } else { Inserted::New }
     }
 
     /// Removes the registration of `peer` in `namespace`, if any.
     pub(crate) fn remove(&mut self, peer: &PeerId, namespace: &Namespace) -> Option<Entry> {
-        let slot = self.by_key.remove(&(*peer, namespace.clone()))?;
-        Some(self.remove_slot(slot))
+        let owner = *self.peer_slots.get(peer)?;
+        let slot = *self.by_key.get(&(owner, namespace.clone()))?;
+        Some(self.remove_slot(slot).1)
     }
 
     /// Removes every registration whose deadline is at or before `now`,
-    /// earliest first, handing each to `on_expired`.
-    pub(crate) fn expire(&mut self, now: Timestamp, mut on_expired: impl FnMut(Entry)) {
+    /// earliest first, handing each and its owner to `on_expired`.
+    pub(crate) fn expire(&mut self, now: Timestamp, mut on_expired: impl FnMut(PeerId, Entry)) {
         while let Some(entry) = self.expiry.first_entry() {
             if entry.key().0 > now {
                 break;
             }
             let slot = *entry.get();
-            let removed = self.remove_slot(slot);
-            self.by_key.remove(&(removed.peer, removed.namespace.clone()));
-            on_expired(removed);
+            let (peer, removed) = self.remove_slot(slot);
+            on_expired(peer, removed);
         }
     }
 
-    /// Unlinks `slot` from every index but `by_key` (callers hold that key).
-    fn remove_slot(&mut self, slot: usize) -> Entry {
+    /// Unlinks `slot` from every index and its owner; returns the owner too.
+    fn remove_slot(&mut self, slot: usize) -> (PeerId, Entry) {
         let entry = self.entries.remove(slot);
         let dialect = entry.record.dialect;
         self.all.remove(dialect, entry.seq);
         self.expiry.remove(&(entry.expires, entry.seq));
+        self.by_key.remove(&(entry.peer, entry.namespace.clone()));
         if let Some(ns) = self.namespaces.get_mut(&entry.namespace) {
             ns.index.remove(dialect, entry.seq);
             ns.len -= 1;
@@ -244,13 +252,17 @@ impl Registry {
                 self.namespaces.remove(&entry.namespace);
             }
         }
-        if let Some(state) = self.peers.get_mut(&entry.peer) {
-            state.registrations -= 1;
-            if state.registrations == 0 {
-                self.peers.remove(&entry.peer);
-            }
+        let state = &mut self.peers[entry.peer];
+        let peer = state.id;
+        state.registrations -= 1;
+        if state.last_record == Some(slot) {
+            state.last_record = None;
         }
-        entry
+        if state.registrations == 0 {
+            self.peers.remove(entry.peer);
+            self.peer_slots.remove(&peer);
+        }
+        (peer, entry)
     }
 
     /// Entries after `position` in `namespace` (or all), readable by `reader`,

@@ -322,9 +322,9 @@ impl Server {
     fn advance(&mut self, now: Timestamp) {
         self.now = self.now.max(now);
         let mut expired = Vec::new();
-        self.registry.expire(self.now, |entry| expired.push(entry));
-        for entry in expired {
-            self.push_event(Event::Expired { peer: entry.peer, namespace: entry.namespace });
+        self.registry.expire(self.now, |peer, entry| expired.push((peer, entry.namespace)));
+        for (peer, namespace) in expired {
+            self.push_event(Event::Expired { peer, namespace });
         }
     }
 
