@@ -199,13 +199,19 @@ impl Registry {
         let owner = match self.peer_slots.get(&peer) {
             Some(&slot) => slot,
             None => {
-                let slot = self.peers.insert(PeerState { id: peer, registrations: 0, last_record: None });
+                let slot =
+                    self.peers.insert(PeerState { id: peer, registrations: 0, last_record: None });
                 self.peer_slots.insert(peer, slot);
                 slot
             }
         };
-        let slot =
-            self.entries.insert(Entry { peer: owner, namespace: namespace.clone(), seq, expires, record });
+        let slot = self.entries.insert(Entry {
+            peer: owner,
+            namespace: namespace.clone(),
+            seq,
+            expires,
+            record,
+        });
         self.all.insert(dialect, seq, slot);
         let ns = self.namespaces.entry(namespace.clone()).or_default();
         ns.index.insert(dialect, seq, slot);
