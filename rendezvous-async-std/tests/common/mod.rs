@@ -105,7 +105,8 @@ impl Drop for Proc {
 
 /// A server on loopback; returns it and the address clients should use.
 pub(crate) fn server(extra: &[&str]) -> (Proc, String) {
-    let mut args = vec!["--mode", "server", "--listen", "127.0.0.1", "--stats-interval", "0"];
+    // -v: the tests read the per-registration lines, logged at DEBUG.
+    let mut args = vec!["--mode", "server", "-v", "--listen", "127.0.0.1", "--stats-interval", "0"];
     args.extend_from_slice(extra);
     let mut server = Proc::start(&args);
     server.expect("Rendezvous server started with peer ID: ");

@@ -209,20 +209,23 @@ fn sleep(duration: Duration) -> futures::future::Fuse<futures::future::BoxFuture
     FutureExt::map(async_io::Timer::after(duration), drop).boxed().fuse()
 }
 
+/// One line per registration change at DEBUG (`-v`): at INFO a busy server
+/// would spend its time formatting peer ids and writing logs; the periodic
+/// namespace statistics say how many there are.
 fn log_server_event(event: server::Event) {
     let t = "rendezvous::server";
     match event {
         server::Event::Core(ServerEvent::Registered { peer, namespace, ttl, dialect }) => {
-            info!(target: t, "Registered {peer} in '{namespace}' for {ttl}s ({dialect:?})");
+            debug!(target: t, "Registered {peer} in '{namespace}' for {ttl}s ({dialect:?})");
         }
         server::Event::Core(ServerEvent::Refreshed { peer, namespace, ttl, .. }) => {
-            info!(target: t, "Refreshed {peer} in '{namespace}' for {ttl}s");
+            debug!(target: t, "Refreshed {peer} in '{namespace}' for {ttl}s");
         }
         server::Event::Core(ServerEvent::Unregistered { peer, namespace }) => {
-            info!(target: t, "Unregistered {peer} from '{namespace}'");
+            debug!(target: t, "Unregistered {peer} from '{namespace}'");
         }
         server::Event::Core(ServerEvent::Expired { peer, namespace }) => {
-            info!(target: t, "Registration of {peer} in '{namespace}' expired");
+            debug!(target: t, "Registration of {peer} in '{namespace}' expired");
         }
         server::Event::Core(ServerEvent::Refused { peer, request, status, reason }) => {
             warn!(target: t, "Refused {request:?} from {peer}: {status:?}: {reason}");
