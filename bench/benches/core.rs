@@ -159,8 +159,12 @@ fn discover(c: &mut Criterion) {
                     RequestId(0),
                     testing::discover(Some("big"), Some(1000), cookie.take()),
                 );
-                let page =
-                    s.poll_transmit().expect("answered").message.discover_response.expect("a page");
+                let page = s
+                    .poll_transmit()
+                    .and_then(|t| t.message)
+                    .expect("answered")
+                    .discover_response
+                    .expect("a page");
                 drain(&mut s);
                 if page.registrations.is_empty() {
                     break;

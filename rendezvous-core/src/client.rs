@@ -123,16 +123,28 @@ pub struct Discovery {
     pub dialect: Dialect,
 }
 
-/// How an adapter failed to carry a request.
+/// How an adapter failed to carry a request, and so whether the server may
+/// have acted on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Failure {
-    /// The server could not be dialed or the connection dropped.
+    /// The server could not be dialed, or the connection closed before the
+    /// outcome was known. A request already written may have been applied.
     Unreachable,
-    /// The server does not speak `/rendezvous/1.0.0`.
+    /// The server does not speak `/rendezvous/1.0.0`; nothing was sent.
     Unsupported,
-    /// The stream closed (or reset) before a response was read.
-    StreamClosed,
+    /// The substream closed or was reset before a response was read. With
+    /// `written`, the whole request had gone out: the server read it and may
+    /// have acted on it, and a server that rejects a record by closing the
+    /// substream (rust-libp2p's on a record it cannot parse, canvas-js's on
+    /// any error) looks like this. Without, it was cut off while writing.
+    StreamClosed {
+        /// Whether the request was written whole.
+        written: bool,
+    },
+    /// The adapter's own time limit passed with no response; the server
+    /// may have acted on the request.
+    TimedOut,
     /// The response frame was over the size limit or cut short.
     InvalidResponse,
 }
@@ -181,7 +193,7 @@ impl RequestError {
                     ResponseStatus::EInvalidSignedPeerRecord | ResponseStatus::ENotAuthorized
                 ),
                 ..
-            } | RequestError::Transport(Failure::StreamClosed)
+            } | RequestError::Transport(Failure::StreamClosed { written: true })
         )
     }
 }
@@ -777,6 +789,7 @@ impl Client {
                 ns: Some(namespace.to_string()),
                 signed_peer_record: Some(record),
                 ttl,
+                other_records: Vec::new(),
             }),
             ..Default::default()
         };

@@ -12,6 +12,9 @@ use crate::proto::Message;
 /// The longest unsigned varint that can encode a `u64`.
 const MAX_VARINT_LEN: usize = 10;
 
+/// What a body buffer starts with; most requests fit.
+const INITIAL_BODY_CAPACITY: usize = 1024;
+
 /// Why a frame could not be read. Every variant is the remote peer's fault;
 /// the adapter should end the stream it came from (and only that stream).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,8 +132,11 @@ impl FrameDecoder {
                         self.state = State::Failed;
                         return Err(CodecError::FrameTooLarge { claimed, max: self.max_frame });
                     };
+                    // Grow with what arrives: a claim costs nothing until
+                    // the bytes behind it do.
+                    let initial = body_len.min(INITIAL_BODY_CAPACITY);
                     self.state =
-                        State::Body { buf: BytesMut::with_capacity(body_len), len: body_len };
+                        State::Body { buf: BytesMut::with_capacity(initial), len: body_len };
                 }
                 State::Body { buf, len } => {
                     let take = (*len - buf.len()).min(input.len());

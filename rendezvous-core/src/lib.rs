@@ -50,7 +50,7 @@ pub use client::{
 };
 pub use limits::{Limits, LimitsError, ServerConfig};
 pub use namespace::{Namespace, NamespaceError};
-pub use record::{Dialect, Flavour, Reader};
+pub use record::{AGENT_PREFIX, Dialect, Flavour, Reader};
 pub use server::{Event as ServerEvent, Server, Stats, Transmit};
 pub use time::Timestamp;
 

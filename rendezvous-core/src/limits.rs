@@ -157,9 +157,13 @@ pub struct ServerConfig {
     /// Default: rust-libp2p's signed flavour, the spec's dialect and the most
     /// common client.
     pub unknown_reader: Reader,
-    /// Most peers whose dialect the server remembers without them holding a
-    /// registration (cleared by
-    /// [`Server::handle_disconnected`](crate::Server::handle_disconnected)).
+    /// Most peers whose reader dialect the server remembers; when full, the
+    /// one used least recently is forgotten (and reads `unknown_reader`
+    /// until the adapter or a REGISTER tells again). A peer is forgotten
+    /// when its last connection closes
+    /// ([`Server::handle_disconnected`](crate::Server::handle_disconnected)),
+    /// so this only matters with more connected peers than this.
+    /// Default: 65 536 (about 6 MiB).
     pub max_remembered_readers: usize,
     /// Most events queued for [`Server::poll_event`](crate::Server::poll_event);
     /// beyond it new events are counted in [`Stats::dropped_events`](crate::Stats)

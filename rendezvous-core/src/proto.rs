@@ -86,6 +86,13 @@ pub struct Register {
     /// Seconds; `0` or absent means the server's default.
     #[prost(uint64, optional, tag = "3")]
     pub ttl: Option<u64>,
+    /// This crate's extension: the same peer record in other envelope
+    /// flavours, so that one REGISTER reaches readers of every stack. A
+    /// server that does not know field 100 skips it, as protobuf decoders
+    /// do with unknown fields; ours stores each flavour and serves every
+    /// reader the one it verifies.
+    #[prost(bytes = "bytes", repeated, tag = "100")]
+    pub other_records: Vec<Bytes>,
 }
 
 /// `Message.RegisterResponse`.

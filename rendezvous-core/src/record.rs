@@ -44,6 +44,60 @@ pub enum Reader {
     Any,
 }
 
+/// The agent version prefix of hosts running this project's client, which
+/// reads every dialect.
+pub const AGENT_PREFIX: &str = "rendezvous-rs/";
+
+impl Reader {
+    /// What a peer reads, told by its identify agent version; `None` when the
+    /// agent says nothing about it (the server then uses its default, or the
+    /// peer's own REGISTERs).
+    ///
+    /// | agent version starts with | stack | reads |
+    /// |---|---|---|
+    /// | `rendezvous-rs/` | this project's client | every dialect ([`Reader::Any`]) |
+    /// | `rust-libp2p/` (identify's default, e.g. `rust-libp2p/0.48.0`) | rust-libp2p | rust-libp2p's envelope |
+    /// | `js-libp2p/` (`js-libp2p/2.10.0 node/20.20.2`, `… browser/…`), `helia/`, `lodestar/`, `js-waku` | js-libp2p | the standard envelope |
+    /// | `github.com/` (go-libp2p's default: the main module's path and version), `go-libp2p`, `kubo/`, `go-ipfs/`, `go-waku` | go-libp2p | the standard envelope |
+    /// | `nim-libp2p`, `nimbus`, `nwaku`, `nim-waku` | nim-libp2p | the standard envelope |
+    /// | `py-libp2p/` | py-libp2p | the legacy `PeerInfo` |
+    ///
+    /// Matching ignores case. rust-libp2p applications that set their own
+    /// agent are unknown here and get the server's default, which is
+    /// rust-libp2p's envelope. A go-libp2p-rendezvous client of the legacy
+    /// dialect is told apart by its own REGISTER, which overrides the agent.
+    pub fn from_agent_version(agent_version: &str) -> Option<Reader> {
+        const STANDARD: &[&str] = &[
+            "js-libp2p/",
+            "helia/",
+            "lodestar/",
+            "js-waku",
+            "github.com/",
+            "go-libp2p",
+            "kubo/",
+            "go-ipfs/",
+            "go-waku",
+            "nim-libp2p",
+            "nimbus",
+            "nwaku",
+            "nim-waku",
+        ];
+        let agent = agent_version.trim().to_ascii_lowercase();
+        let starts = |prefixes: &[&str]| prefixes.iter().any(|p| agent.starts_with(p));
+        if agent.starts_with(AGENT_PREFIX) {
+            Some(Reader::Any)
+        } else if agent.starts_with("rust-libp2p/") {
+            Some(Reader::Signed(Flavour::RustLibp2p))
+        } else if starts(STANDARD) {
+            Some(Reader::Signed(Flavour::Standard))
+        } else if agent.starts_with("py-libp2p") {
+            Some(Reader::Legacy)
+        } else {
+            None
+        }
+    }
+}
+
 impl From<Dialect> for Reader {
     /// A peer that writes a dialect reads it.
     fn from(dialect: Dialect) -> Reader {
@@ -68,6 +122,14 @@ pub enum Flavour {
 impl Flavour {
     /// Both flavours, in index order.
     pub const ALL: [Flavour; 2] = [Flavour::RustLibp2p, Flavour::Standard];
+
+    /// Position in [`Flavour::ALL`].
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Flavour::RustLibp2p => 0,
+            Flavour::Standard => 1,
+        }
+    }
 
     fn payload_type(self) -> &'static [u8] {
         match self {

@@ -23,26 +23,75 @@ use crate::namespace::Namespace;
 use crate::record::{Dialect, Flavour, Reader};
 use crate::time::Timestamp;
 
-/// A record as stored: the bytes served to readers of its own dialect, and a
-/// `PeerInfo` encoding for legacy readers.
+/// A registration's record as stored: every envelope flavour the peer
+/// registered with the same addresses, and those addresses as a `PeerInfo`
+/// for legacy readers (a signed record can always be served that way; an
+/// envelope cannot be re-signed in another flavour).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StoredRecord {
-    pub(crate) dialect: Dialect,
-    pub(crate) bytes: Bytes,
-    pub(crate) peer_info: Bytes,
+    /// Indexed by [`Flavour::index`].
+    envelopes: [Option<Bytes>; 2],
+    peer_info: Bytes,
 }
 
 impl StoredRecord {
-    /// The bytes `reader` gets, if it can read this record.
+    /// A legacy record: only the `PeerInfo`.
+    pub(crate) fn legacy(peer_info: Bytes) -> Self {
+        StoredRecord { envelopes: [None, None], peer_info }
+    }
+
+    /// A verified envelope of `flavour` whose addresses are `peer_info`.
+    pub(crate) fn signed(flavour: Flavour, envelope: Bytes, peer_info: Bytes) -> Self {
+        let mut envelopes = [None, None];
+        envelopes[flavour.index()] = Some(envelope);
+        StoredRecord { envelopes, peer_info }
+    }
+
+    /// Whether both announce the same addresses (so their envelopes can be
+    /// served side by side).
+    pub(crate) fn same_addresses(&self, other: &StoredRecord) -> bool {
+        self.peer_info == other.peer_info
+    }
+
+    /// `newer` on top of `self`: with the same addresses, the flavours
+    /// `newer` lacks are kept; with other addresses, `newer` replaces
+    /// everything, since an older envelope would send its readers to
+    /// addresses the peer no longer announces.
+    pub(crate) fn merged(self, newer: StoredRecord) -> StoredRecord {
+        if !self.same_addresses(&newer) {
+            return newer;
+        }
+        let [a, b] = self.envelopes;
+        let [x, y] = newer.envelopes;
+        StoredRecord { envelopes: [x.or(a), y.or(b)], peer_info: newer.peer_info }
+    }
+
+    /// The bytes `reader` gets, if it can verify this record.
     pub(crate) fn bytes_for(&self, reader: Reader) -> Option<&Bytes> {
         match reader {
             Reader::Legacy => Some(&self.peer_info),
-            Reader::Any => Some(&self.bytes),
-            Reader::Signed(flavour) if self.dialect == Dialect::Signed(flavour) => {
-                Some(&self.bytes)
-            }
-            Reader::Signed(_) => None,
+            Reader::Any => Some(self.envelopes.iter().flatten().next().unwrap_or(&self.peer_info)),
+            Reader::Signed(flavour) => self.envelopes[flavour.index()].as_ref(),
         }
+    }
+
+    /// Whether an envelope of `flavour` is stored.
+    pub(crate) fn has(&self, flavour: Flavour) -> bool {
+        self.envelopes[flavour.index()].is_some()
+    }
+
+    /// The part of this record whose bytes are `bytes`, with its dialect:
+    /// what verifying `bytes` again would give.
+    pub(crate) fn part(&self, bytes: &[u8]) -> Option<(Dialect, StoredRecord)> {
+        for flavour in Flavour::ALL {
+            if self.envelopes[flavour.index()].as_deref() == Some(bytes) {
+                let envelope = self.envelopes[flavour.index()].clone()?;
+                let part = StoredRecord::signed(flavour, envelope, self.peer_info.clone());
+                return Some((Dialect::Signed(flavour), part));
+            }
+        }
+        (self.peer_info == bytes)
+            .then(|| (Dialect::Legacy, StoredRecord::legacy(self.peer_info.clone())))
     }
 }
 
@@ -74,23 +123,22 @@ struct Index([BTreeMap<u64, usize>; 3]);
 fn view(reader: Reader) -> usize {
     match reader {
         Reader::Legacy | Reader::Any => 0,
-        Reader::Signed(Flavour::RustLibp2p) => 1,
-        Reader::Signed(Flavour::Standard) => 2,
+        Reader::Signed(flavour) => 1 + flavour.index(),
     }
 }
 
 impl Index {
-    fn insert(&mut self, dialect: Dialect, seq: u64, slot: usize) {
+    /// Lists `slot` under `seq` in every view that can read `record`.
+    fn insert(&mut self, record: &StoredRecord, seq: u64, slot: usize) {
         self.0[0].insert(seq, slot);
-        if let Dialect::Signed(_) = dialect {
-            self.0[view(dialect.into())].insert(seq, slot);
+        for flavour in Flavour::ALL.into_iter().filter(|f| record.has(*f)) {
+            self.0[view(Reader::Signed(flavour))].insert(seq, slot);
         }
     }
 
-    fn remove(&mut self, dialect: Dialect, seq: u64) {
-        self.0[0].remove(&seq);
-        if let Dialect::Signed(_) = dialect {
-            self.0[view(dialect.into())].remove(&seq);
+    fn remove(&mut self, seq: u64) {
+        for view in &mut self.0 {
+            view.remove(&seq);
         }
     }
 }
@@ -171,10 +219,15 @@ impl Registry {
         self.by_key.get(&key).map(|&slot| &self.entries[slot])
     }
 
-    /// The peer's last registered record, if its bytes are `bytes`.
-    pub(crate) fn cached_record(&self, peer: &PeerId, bytes: &[u8]) -> Option<&StoredRecord> {
+    /// `bytes` as already verified, if they are part of the peer's last
+    /// registered record.
+    pub(crate) fn cached_record(
+        &self,
+        peer: &PeerId,
+        bytes: &[u8],
+    ) -> Option<(Dialect, StoredRecord)> {
         let last = self.peers[*self.peer_slots.get(peer)?].last_record?;
-        Some(&self.entries[last].record).filter(|r| r.bytes == bytes)
+        self.entries[last].record.part(bytes)
     }
 
     pub(crate) fn next_expiry(&self) -> Option<Timestamp> {
@@ -195,7 +248,6 @@ impl Registry {
         self.last_seq += 1;
         let seq = self.last_seq;
         let expires = now + ttl;
-        let dialect = record.dialect;
         let owner = match self.peer_slots.get(&peer) {
             Some(&slot) => slot,
             None => {
@@ -212,9 +264,10 @@ impl Registry {
             expires,
             record,
         });
-        self.all.insert(dialect, seq, slot);
+        let record = &self.entries[slot].record;
+        self.all.insert(record, seq, slot);
         let ns = self.namespaces.entry(namespace.clone()).or_default();
-        ns.index.insert(dialect, seq, slot);
+        ns.index.insert(record, seq, slot);
         ns.len += 1;
         self.expiry.insert((expires, seq), slot);
         self.by_key.insert((owner, namespace), slot);
@@ -247,12 +300,11 @@ impl Registry {
     /// Unlinks `slot` from every index and its owner; returns the owner too.
     fn remove_slot(&mut self, slot: usize) -> (PeerId, Entry) {
         let entry = self.entries.remove(slot);
-        let dialect = entry.record.dialect;
-        self.all.remove(dialect, entry.seq);
+        self.all.remove(entry.seq);
         self.expiry.remove(&(entry.expires, entry.seq));
         self.by_key.remove(&(entry.peer, entry.namespace.clone()));
         if let Some(ns) = self.namespaces.get_mut(&entry.namespace) {
-            ns.index.remove(dialect, entry.seq);
+            ns.index.remove(entry.seq);
             ns.len -= 1;
             if ns.len == 0 {
                 self.namespaces.remove(&entry.namespace);

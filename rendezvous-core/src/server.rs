@@ -1,6 +1,8 @@
 //! The rendezvous point: answers REGISTER, UNREGISTER and DISCOVER.
 
-use std::collections::{HashMap, VecDeque};
+mod readers;
+
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,9 +14,10 @@ use crate::cookie::{Cookie, CookieError};
 use crate::limits::{Limits, LimitsError, REGISTRATION_OVERHEAD, ServerConfig};
 use crate::namespace::{Namespace, NamespaceError};
 use crate::proto::{self, MessageType, ResponseStatus};
-use crate::record::{Dialect, Reader, Record, encode_peer_info};
+use crate::record::{Dialect, Flavour, Reader, Record, encode_peer_info};
 use crate::registry::{Inserted, Registry, StoredRecord};
 use crate::time::Timestamp;
+use readers::Readers;
 
 /// A rendezvous point, as a state machine that does no I/O and reads no clock.
 ///
@@ -30,10 +33,12 @@ use crate::time::Timestamp;
 ///   about peers.
 ///
 /// After every input, drain the outputs in this order:
-/// 1. [`poll_transmit`](Self::poll_transmit) until `None`: responses to write,
-///    each on the substream of its request id. A request gets at most one
-///    response, synchronously (UNREGISTER gets none), so an adapter reading
-///    several requests from one substream can answer them in order.
+/// 1. [`poll_transmit`](Self::poll_transmit) until `None`: one per request,
+///    each for the substream of its request id: a response to write, or
+///    (UNREGISTER, which has no response) nothing to write. Either way the
+///    request is done and that substream may carry the next one, so an
+///    adapter reading several requests from one substream answers them in
+///    order.
 /// 2. [`poll_event`](Self::poll_event) until `None`: what happened, for logs
 ///    and metrics.
 /// 3. [`poll_timeout`](Self::poll_timeout): when to call `handle_timeout` next
@@ -46,31 +51,31 @@ use crate::time::Timestamp;
 pub struct Server {
     config: ServerConfig,
     registry: Registry,
-    /// What each peer reads, and whether the adapter said so (which a
-    /// REGISTER does not override) or a REGISTER showed it.
-    readers: HashMap<PeerId, (Reader, bool)>,
+    /// What each peer reads, as the adapter said and its REGISTERs showed.
+    readers: Readers,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     now: Timestamp,
     dropped_events: u64,
     records_verified: u64,
+    busy_refusals: u64,
 }
 
-/// A response to write.
+/// The outcome of one request: a response to write, or nothing to write.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Transmit {
     /// Who asked.
     pub peer: PeerId,
     /// The id the adapter gave the request.
     pub request_id: RequestId,
-    /// The response.
-    pub message: proto::Message,
+    /// The response; `None` for a request that has none (UNREGISTER).
+    pub message: Option<proto::Message>,
 }
 
 impl Transmit {
-    /// The response as a length-prefixed frame.
-    pub fn to_frame(&self) -> Bytes {
-        codec::frame(&self.message)
+    /// The response as a length-prefixed frame, if there is one.
+    pub fn to_frame(&self) -> Option<Bytes> {
+        self.message.as_ref().map(codec::frame)
     }
 }
 
@@ -159,6 +164,13 @@ pub struct Stats {
     /// Records parsed and, for envelopes, signature-checked; a re-registration
     /// of the same bytes does not count.
     pub records_verified: u64,
+    /// Peers whose reader dialect is remembered.
+    pub remembered_readers: usize,
+    /// Remembered readers forgotten to make room for newer ones.
+    pub readers_evicted: u64,
+    /// Requests answered `E_UNAVAILABLE` because the adapter was over a
+    /// bound ([`Server::handle_frame_busy`]).
+    pub busy_refusals: u64,
 }
 
 /// A refusal: the status to answer with and the text saying why.
@@ -180,13 +192,14 @@ impl Server {
         config.limits.validate()?;
         Ok(Server {
             registry: Registry::starting_at(config.initial_sequence),
+            readers: Readers::new(config.max_remembered_readers),
             config,
-            readers: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             now: Timestamp::ZERO,
             dropped_events: 0,
             records_verified: 0,
+            busy_refusals: 0,
         })
     }
 
@@ -213,6 +226,46 @@ impl Server {
         }
         let message = codec::decode_message(body)?;
         self.handle_request(now, peer, request_id, message);
+        Ok(())
+    }
+
+    /// Answers a request the adapter cannot take now (it is over one of its
+    /// bounds, named by `reason`) with `E_UNAVAILABLE` and `reason` as the
+    /// `statusText`, so that the requester learns it at once instead of
+    /// timing out. An UNREGISTER is applied all the same: it gets no answer,
+    /// so refusing it would lose it silently.
+    pub fn handle_frame_busy(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        request_id: RequestId,
+        body: &[u8],
+        reason: &str,
+    ) -> Result<(), CodecError> {
+        if body.len() > self.config.limits.max_request_frame {
+            return Err(CodecError::FrameTooLarge {
+                claimed: body.len() as u64,
+                max: self.config.limits.max_request_frame,
+            });
+        }
+        let message = codec::decode_message(body)?;
+        let kind = match message.message_type() {
+            Ok(MessageType::Unregister) | Err(_) => {
+                self.handle_request(now, peer, request_id, message);
+                return Ok(());
+            }
+            Ok(kind) => kind,
+        };
+        self.advance(now);
+        self.busy_refusals += 1;
+        let status = ResponseStatus::EUnavailable;
+        let reason = reason.to_owned();
+        let response = match kind {
+            MessageType::Register => register_response(status, Some(reason.clone()), None),
+            _ => discover_error(status, reason.clone()),
+        };
+        self.refused(peer, kind, status, reason);
+        self.transmits.push_back(Transmit { peer, request_id, message: Some(response) });
         Ok(())
     }
 
@@ -257,9 +310,7 @@ impl Server {
             Ok(other) => Some(self.unsupported(peer, other as i32, Some(other))),
             Err(raw) => Some(self.unsupported(peer, raw, None)),
         };
-        if let Some(message) = response {
-            self.transmits.push_back(Transmit { peer, request_id, message });
-        }
+        self.transmits.push_back(Transmit { peer, request_id, message: response });
     }
 
     /// Expires what is due at `now`.
@@ -267,19 +318,20 @@ impl Server {
         self.advance(now);
     }
 
-    /// Tells the server what `peer` reads, e.g. from identify's agent version
-    /// (py-libp2p and go read [`Reader::Legacy`], rust-libp2p reads
-    /// [`Flavour::RustLibp2p`](crate::Flavour::RustLibp2p) envelopes, this
-    /// crate's client reads [`Reader::Any`]). Without it, the dialect of the
-    /// peer's own REGISTERs is taken as what it reads.
+    /// Tells the server what `peer` reads, usually from identify's agent
+    /// version through [`Reader::from_agent_version`]. The dialect of the
+    /// peer's own REGISTERs overrides it (a peer reads what it writes), but
+    /// never narrows [`Reader::Any`]. A peer nothing is known of reads
+    /// [`ServerConfig::unknown_reader`].
     pub fn set_reader_dialect(&mut self, peer: PeerId, reader: impl Into<Reader>) {
-        self.remember_reader(peer, reader.into(), true);
+        self.readers.told(peer, reader.into());
     }
 
     /// The adapter's last connection to `peer` closed: forget its dialect.
     /// Its registrations stay until they expire or are unregistered.
-    pub fn handle_disconnected(&mut self, peer: &PeerId) {
-        self.readers.remove(peer);
+    pub fn handle_disconnected(&mut self, now: Timestamp, peer: &PeerId) {
+        self.advance(now);
+        self.readers.forget(peer);
     }
 
     /// The next response to write.
@@ -306,6 +358,9 @@ impl Server {
             peers: self.registry.peer_count(),
             dropped_events: self.dropped_events,
             records_verified: self.records_verified,
+            remembered_readers: self.readers.len(),
+            readers_evicted: self.readers.evicted(),
+            busy_refusals: self.busy_refusals,
         }
     }
 
@@ -346,9 +401,12 @@ impl Server {
                 ));
             }
         };
-        let record = self.verify_record(peer, register.signed_peer_record.unwrap_or_default())?;
+        let (dialect, mut record) =
+            self.verify_record(peer, register.signed_peer_record.unwrap_or_default())?;
+        self.add_other_records(peer, &mut record, register.other_records)?;
         let limits = &self.config.limits;
-        if self.registry.get(&peer, &namespace).is_none() {
+        let existing = self.registry.get(&peer, &namespace).map(|e| e.record.clone());
+        if existing.is_none() {
             if self.registry.peer_len(&peer) >= limits.max_registrations_per_peer {
                 return Err(Refusal::new(
                     ResponseStatus::ENotAuthorized,
@@ -374,7 +432,11 @@ impl Server {
                 ));
             }
         }
-        let dialect = record.dialect;
+        // Another flavour of the same record joins the registration.
+        let record = match existing {
+            Some(older) => older.merged(record),
+            None => record,
+        };
         let inserted = self.registry.insert(
             self.now,
             peer,
@@ -382,7 +444,7 @@ impl Server {
             Duration::from_secs(ttl),
             record,
         );
-        self.remember_reader(peer, dialect.into(), false);
+        self.readers.registered(peer, dialect.into());
         self.push_event(match inserted {
             Inserted::New => Event::Registered { peer, namespace, ttl, dialect },
             Inserted::Replaced => Event::Refreshed { peer, namespace, ttl, dialect },
@@ -390,11 +452,55 @@ impl Server {
         Ok(ttl)
     }
 
-    /// Parses and verifies a record, unless `peer` registered these very
-    /// bytes last time (then the stored, already verified form is reused).
-    fn verify_record(&mut self, peer: PeerId, bytes: Bytes) -> Result<StoredRecord, Refusal> {
+    /// Verifies the extension's other flavours of the same record and adds
+    /// them: each must be an envelope of a flavour not yet present, signed by
+    /// the sender, announcing the same addresses.
+    fn add_other_records(
+        &mut self,
+        peer: PeerId,
+        record: &mut StoredRecord,
+        others: Vec<Bytes>,
+    ) -> Result<(), Refusal> {
+        if others.len() > Flavour::ALL.len() {
+            return Err(Refusal::new(
+                ResponseStatus::EInvalidSignedPeerRecord,
+                format!(
+                    "{} other records, more than the {} flavours",
+                    others.len(),
+                    Flavour::ALL.len()
+                ),
+            ));
+        }
+        for (i, bytes) in others.into_iter().enumerate() {
+            let (dialect, other) = self
+                .verify_record(peer, bytes)
+                .map_err(|Refusal(s, text)| Refusal(s, format!("other record {i}: {text}")))?;
+            let fits = match dialect {
+                Dialect::Signed(flavour) => !record.has(flavour) && record.same_addresses(&other),
+                Dialect::Legacy => false,
+            };
+            if !fits {
+                return Err(Refusal::new(
+                    ResponseStatus::EInvalidSignedPeerRecord,
+                    format!(
+                        "other record {i} must be an envelope of another flavour with the same addresses"
+                    ),
+                ));
+            }
+            *record = record.clone().merged(other);
+        }
+        Ok(())
+    }
+
+    /// Parses and verifies a record, unless it is part of what `peer`
+    /// registered last (then the stored, already verified form is reused).
+    fn verify_record(
+        &mut self,
+        peer: PeerId,
+        bytes: Bytes,
+    ) -> Result<(Dialect, StoredRecord), Refusal> {
         if let Some(cached) = self.registry.cached_record(&peer, &bytes) {
-            return Ok(cached.clone());
+            return Ok(cached);
         }
         self.records_verified += 1;
         let invalid = |err| Refusal::new(ResponseStatus::EInvalidSignedPeerRecord, err);
@@ -409,11 +515,11 @@ impl Server {
             _ => {}
         }
         let peer_info = encode_peer_info(&peer, &record.addresses);
-        let bytes = match record.dialect {
-            Dialect::Legacy => peer_info.clone(),
-            Dialect::Signed(_) => record.bytes,
+        let stored = match record.dialect {
+            Dialect::Legacy => StoredRecord::legacy(peer_info),
+            Dialect::Signed(flavour) => StoredRecord::signed(flavour, record.bytes, peer_info),
         };
-        Ok(StoredRecord { dialect: record.dialect, bytes, peer_info })
+        Ok((record.dialect, stored))
     }
 
     fn unregister(&mut self, peer: PeerId, unregister: proto::Unregister) {
@@ -449,7 +555,7 @@ impl Server {
                 .check_cookie(&bytes, namespace.as_ref())
                 .map_err(|err| Refusal::new(ResponseStatus::EInvalidCookie, err))?,
         };
-        let reader = self.readers.get(&peer).map_or(self.config.unknown_reader, |(r, _)| *r);
+        let reader = self.readers.get(&peer).unwrap_or(self.config.unknown_reader);
         let budget = self.config.limits.response_budget();
         let mut used = 0;
         let mut last = position;
@@ -469,6 +575,7 @@ impl Server {
                 ns: Some(entry.namespace.as_str().to_owned()),
                 signed_peer_record: Some(bytes.clone()),
                 ttl: Some(entry.ttl_left(self.now)),
+                other_records: Vec::new(),
             });
         }
         let count = registrations.len();
@@ -492,7 +599,9 @@ impl Server {
         namespace: Option<&Namespace>,
     ) -> Result<u64, CookieError> {
         let cookie = Cookie::parse(bytes, self.config.limits.max_namespace_len)?;
-        if cookie.namespace.as_ref() != namespace {
+        // A position in all namespaces is a position in each of them too
+        // (sequence numbers are global); rust-libp2p's server takes it.
+        if cookie.namespace.is_some() && cookie.namespace.as_ref() != namespace {
             return Err(CookieError::WrongNamespace);
         }
         if cookie.position > self.registry.last_seq() {
@@ -523,18 +632,6 @@ impl Server {
         reason: String,
     ) {
         self.push_event(Event::Refused { peer, request, status, reason });
-    }
-
-    fn remember_reader(&mut self, peer: PeerId, reader: Reader, explicit: bool) {
-        let room = self.readers.len() < self.config.max_remembered_readers;
-        match self.readers.get_mut(&peer) {
-            Some((_, true)) if !explicit => {} // the adapter knows better
-            Some(known) => *known = (reader, explicit),
-            None if room => {
-                self.readers.insert(peer, (reader, explicit));
-            }
-            None => {}
-        }
     }
 
     fn push_event(&mut self, event: Event) {

@@ -67,6 +67,7 @@ pub fn register(ns: &str, record: Bytes, ttl: Option<u64>) -> proto::Message {
             ns: Some(ns.to_owned()),
             signed_peer_record: Some(record),
             ttl,
+            other_records: Vec::new(),
         }),
         ..Default::default()
     }

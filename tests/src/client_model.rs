@@ -204,7 +204,7 @@ impl Sim {
                 return Err(format!("request to unknown server {server}"));
             }
             self.server.handle_request(self.now, self.me.id, request_id, message);
-            let answer = self.server.poll_transmit().map(|t| t.message);
+            let answer = self.server.poll_transmit().and_then(|t| t.message);
             if answer.is_some() != expects_response {
                 return Err(format!("expects_response {expects_response} but answer {answer:?}"));
             }

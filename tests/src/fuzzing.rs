@@ -39,7 +39,7 @@ pub fn decode_frames(data: &[u8]) {
                     if server.handle_frame(Timestamp::from_secs(n as u64), peer, id, &body).is_ok()
                     {
                         let answered = std::iter::from_fn(|| server.poll_transmit()).count();
-                        assert!(answered <= 1, "one request, {answered} answers");
+                        assert_eq!(answered, 1, "one request, {answered} outcomes");
                     }
                 }
                 Ok(None) => {}
@@ -113,14 +113,18 @@ pub fn client_responses(data: &[u8]) {
         }
         for t in transmits {
             let Some((&len, rest)) = input.split_first() else {
-                client.handle_failure(now, t.request_id, Failure::StreamClosed);
+                client.handle_failure(now, t.request_id, Failure::StreamClosed { written: true });
                 continue;
             };
             let take = usize::from(len).min(rest.len());
             let (body, rest) = rest.split_at(take);
             input = rest;
             match len % 8 {
-                0 => client.handle_failure(now, t.request_id, Failure::StreamClosed),
+                0 => client.handle_failure(
+                    now,
+                    t.request_id,
+                    Failure::StreamClosed { written: true },
+                ),
                 1 => client.handle_sent(now, t.request_id),
                 _ => client.handle_response_frame(now, t.request_id, body),
             }

@@ -6,7 +6,7 @@
 //! (`tests/server_model.rs`) and the fuzz target (`fuzz/fuzz_targets/server_ops.rs`)
 //! share one generator, and a fuzz finding replays as an ordinary test.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -60,6 +60,16 @@ pub enum Op {
         ns: u8,
         /// Index into the dialects.
         dialect: u8,
+        /// Asked TTL in seconds (0: default).
+        ttl: u16,
+    },
+    /// `peer` registers in `ns` with one REGISTER carrying both envelope
+    /// flavours (this project's extension).
+    RegisterBoth {
+        /// Index into the peers.
+        peer: u8,
+        /// Index into the namespaces.
+        ns: u8,
         /// Asked TTL in seconds (0: default).
         ttl: u16,
     },
@@ -146,7 +156,9 @@ fn peers() -> &'static [TestPeer] {
 
 #[derive(Clone, Debug)]
 struct Reg {
-    dialect: Dialect,
+    /// Envelope flavours held (a peer's records all announce the same
+    /// address, so every flavour it registers joins the registration).
+    flavours: BTreeSet<Flavour>,
     expires: Timestamp,
     seq: u64,
 }
@@ -157,8 +169,8 @@ struct Model {
     now: Timestamp,
     regs: BTreeMap<(usize, String), Reg>,
     last_seq: u64,
-    /// What each peer reads, and whether the adapter said so.
-    readers: BTreeMap<usize, (Reader, bool)>,
+    /// What each peer reads: what the adapter said, what its REGISTERs showed.
+    readers: BTreeMap<usize, (Option<Reader>, Option<Reader>)>,
     cookies: BTreeMap<(usize, Option<String>), Bytes>,
 }
 
@@ -178,8 +190,14 @@ impl Model {
         }
     }
 
+    /// A REGISTER overrides the adapter, except that nothing narrows `Any`.
     fn reader(&self, peer: usize) -> Reader {
-        self.readers.get(&peer).map_or(Reader::Signed(Flavour::RustLibp2p), |(r, _)| *r)
+        let known = match self.readers.get(&peer) {
+            Some((Some(Reader::Any), _)) => Some(Reader::Any),
+            Some((told, registered)) => registered.or(*told),
+            None => None,
+        };
+        known.unwrap_or(Reader::Signed(Flavour::RustLibp2p))
     }
 
     /// Live registrations `reader` can read, after `position`, in order.
@@ -197,7 +215,7 @@ impl Model {
                     && r.seq > position
                     && match reader {
                         Reader::Legacy | Reader::Any => true,
-                        Reader::Signed(f) => r.dialect == Dialect::Signed(f),
+                        Reader::Signed(f) => r.flavours.contains(&f),
                     }
             })
             .map(|((p, n), r)| (*p, n.clone(), r.clone()))
@@ -255,18 +273,15 @@ impl Sim {
         self.next_id += 1;
         let id = RequestId(self.next_id);
         self.server.handle_request(self.model.now, peers()[peer].id, id, message);
-        let transmit = self.server.poll_transmit();
-        assert!(self.server.poll_transmit().is_none(), "at most one response per request");
-        transmit.map(|t| {
-            assert_eq!(t.request_id, id);
-            t.message
-        })
+        let transmit = self.server.poll_transmit().expect("every request completes at once");
+        assert!(self.server.poll_transmit().is_none(), "one outcome per request");
+        assert_eq!(transmit.request_id, id);
+        transmit.message
     }
 
     fn step(&mut self, op: &Op) -> Result<(), String> {
         let mut expected_events = Vec::new();
-        let touches_server =
-            !matches!(op, Op::Advance { .. } | Op::SetReader { .. } | Op::Disconnect { .. });
+        let touches_server = !matches!(op, Op::Advance { .. } | Op::SetReader { .. });
         if touches_server {
             self.model.expire(&mut expected_events);
         }
@@ -279,7 +294,22 @@ impl Sim {
                 let response =
                     self.request(peer, testing::register(name, record, Some(ttl.into())));
                 let expected =
-                    self.model_register(peer, name, dialect, ttl.into(), &mut expected_events);
+                    self.model_register(peer, name, &[dialect], ttl.into(), &mut expected_events);
+                check_register(response, expected)?;
+            }
+            Op::RegisterBoth { peer, ns: n, ttl } => {
+                let peer = peer as usize % PEERS;
+                let name = NAMESPACES[n as usize % NAMESPACES.len()];
+                let dialects =
+                    [Dialect::Signed(Flavour::Standard), Dialect::Signed(Flavour::RustLibp2p)];
+                let mut message =
+                    testing::register(name, peers()[peer].record(dialects[0]), Some(ttl.into()));
+                if let Some(register) = message.register.as_mut() {
+                    register.other_records = vec![peers()[peer].record(dialects[1])];
+                }
+                let response = self.request(peer, message);
+                let expected =
+                    self.model_register(peer, name, &dialects, ttl.into(), &mut expected_events);
                 check_register(response, expected)?;
             }
             Op::RegisterForeign { peer, owner } => {
@@ -290,7 +320,7 @@ impl Sim {
                     self.model_register(
                         peer,
                         "a",
-                        Dialect::Signed(Flavour::RustLibp2p),
+                        &[Dialect::Signed(Flavour::RustLibp2p)],
                         0,
                         &mut expected_events,
                     )
@@ -342,11 +372,11 @@ impl Sim {
                 let peer = peer as usize % PEERS;
                 let reader = READERS[reader as usize % READERS.len()];
                 self.server.set_reader_dialect(peers()[peer].id, reader);
-                self.model.readers.insert(peer, (reader, true));
+                self.model.readers.entry(peer).or_default().0 = Some(reader);
             }
             Op::Disconnect { peer } => {
                 let peer = peer as usize % PEERS;
-                self.server.handle_disconnected(&peers()[peer].id);
+                self.server.handle_disconnected(self.model.now, &peers()[peer].id);
                 self.model.readers.remove(&peer);
             }
         }
@@ -376,12 +406,13 @@ impl Sim {
         Ok(())
     }
 
-    /// The model's verdict on a REGISTER: the granted TTL or the status.
+    /// The model's verdict on a REGISTER of `dialects` (the record, then the
+    /// extension's others): the granted TTL or the status.
     fn model_register(
         &mut self,
         peer: usize,
         name: &str,
-        dialect: Dialect,
+        dialects: &[Dialect],
         ttl: u64,
         events: &mut Vec<ServerEvent>,
     ) -> Result<u64, ResponseStatus> {
@@ -411,10 +442,14 @@ impl Sim {
         }
         self.model.last_seq += 1;
         let expires = self.model.now + Duration::from_secs(ttl);
-        let old = self.model.regs.insert(key, Reg { dialect, expires, seq: self.model.last_seq });
-        if !self.model.readers.get(&peer).is_some_and(|(_, explicit)| *explicit) {
-            self.model.readers.insert(peer, (dialect.into(), false));
-        }
+        let mut flavours = regs.get(&key).map(|r| r.flavours.clone()).unwrap_or_default();
+        flavours.extend(dialects.iter().filter_map(|d| match d {
+            Dialect::Signed(f) => Some(*f),
+            Dialect::Legacy => None,
+        }));
+        let old = self.model.regs.insert(key, Reg { flavours, expires, seq: self.model.last_seq });
+        let dialect = dialects[0];
+        self.model.readers.entry(peer).or_default().1 = Some(dialect.into());
         let (peer, namespace) = (peers()[peer].id, ns(name));
         events.push(match old {
             None => ServerEvent::Registered { peer, namespace, ttl, dialect },
@@ -445,6 +480,8 @@ impl Sim {
             CookieChoice::Garbage => (Some(Bytes::from_static(b"crumbs")), None),
             CookieChoice::Foreign => {
                 match self.model.cookies.iter().find(|((p, q), _)| *p == peer && *q != query) {
+                    // A position in all namespaces continues any one of them.
+                    Some(((_, None), c)) => (Some(c.clone()), Some(cookie_position(c))),
                     Some((_, c)) => (Some(c.clone()), None),
                     None => (None, Some(0)),
                 }
@@ -495,11 +532,14 @@ impl Sim {
             expected.len()
         );
         for (got, (peer, name, reg)) in body.registrations.iter().zip(expected) {
-            let record = peers()[*peer].record(if reader == Reader::Legacy {
-                Dialect::Legacy
-            } else {
-                reg.dialect
-            });
+            let served = match reader {
+                Reader::Legacy => Dialect::Legacy,
+                Reader::Signed(f) => Dialect::Signed(f),
+                Reader::Any => {
+                    reg.flavours.first().map_or(Dialect::Legacy, |f| Dialect::Signed(*f))
+                }
+            };
+            let record = peers()[*peer].record(served);
             check!(got.ns.as_deref() == Some(name.as_str()), "ns {:?} != {name}", got.ns);
             check!(
                 got.signed_peer_record.as_ref() == Some(&record),

@@ -105,7 +105,7 @@ fn our_responses_decode_in_py_libp2p_as_meant() {
     let mut ask = |server: &mut Server, peer: PeerId, message: Message| {
         server.handle_request(Timestamp::ZERO, peer, RequestId(0), message);
         let transmit: Transmit = server.poll_transmit().expect("answered");
-        frames.push(transmit.to_frame());
+        frames.push(transmit.to_frame().expect("a response"));
     };
     ask(&mut server, py_peer, decode(&golden("01-request-register.hex")));
     ask(

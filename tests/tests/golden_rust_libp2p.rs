@@ -67,7 +67,7 @@ fn our_server_cookies_parse_in_rust_libp2p_with_the_namespace_asked_for() {
             RequestId(1),
             testing::discover(ns, None, None),
         );
-        let page = server.poll_transmit().unwrap().message.discover_response.unwrap();
+        let page = server.poll_transmit().unwrap().message.unwrap().discover_response.unwrap();
         assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok));
         let theirs =
             libp2p_rendezvous::Cookie::from_wire_encoding(page.cookie.unwrap().to_vec()).unwrap();

@@ -33,7 +33,7 @@ fn server(n: usize) -> Server {
 fn register(server: &mut Server, peer: PeerId, ns: &str, record: bytes::Bytes) {
     server.handle_request(Timestamp::ZERO, peer, RequestId(0), testing::register(ns, record, None));
     let ok =
-        server.poll_transmit().and_then(|t| t.message.register_response).and_then(|r| r.status);
+        server.poll_transmit().and_then(|t| t.message?.register_response).and_then(|r| r.status);
     assert_eq!(ok, Some(0), "registration refused");
     while server.poll_event().is_some() {}
 }

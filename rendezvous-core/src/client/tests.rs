@@ -63,10 +63,10 @@ impl World {
                 Some(Outcome::Drop) => {}
                 None => {
                     self.server.handle_request(self.now, me, t.request_id, t.message);
-                    match self.server.poll_transmit() {
+                    match self.server.poll_transmit().and_then(|r| r.message) {
                         Some(response) => {
                             assert!(t.expects_response);
-                            self.client.handle_response(self.now, t.request_id, response.message);
+                            self.client.handle_response(self.now, t.request_id, response);
                         }
                         None => self.client.handle_sent(self.now, t.request_id),
                     }
@@ -479,7 +479,7 @@ fn new_addresses_are_announced_everywhere_with_a_newer_record() {
         RequestId(0),
         crate::testing::discover(Some("a"), None, None),
     );
-    let page = w.server.poll_transmit().unwrap().message.discover_response.unwrap();
+    let page = w.server.poll_transmit().unwrap().message.unwrap().discover_response.unwrap();
     let limits = RecordLimits { max_bytes: 4096, max_addresses: 8 };
     let record =
         Record::parse(page.registrations[0].signed_peer_record.clone().unwrap(), &limits).unwrap();
@@ -513,7 +513,7 @@ fn a_server_reading_neither_dialect_goes_back_to_signed_records() {
     // rust-libp2p's server closes the stream on a request it cannot decode.
     w.intercept = Some(Box::new(|t| {
         (t.message.register.as_ref()?.ns.as_deref() == Some("bad"))
-            .then_some(Outcome::Fail(Failure::StreamClosed))
+            .then_some(Outcome::Fail(Failure::StreamClosed { written: true }))
     }));
     w.register("bad", None);
     let events = w.take_events();
@@ -532,7 +532,7 @@ fn a_server_reading_neither_dialect_goes_back_to_signed_records() {
         RequestId(0),
         crate::testing::discover(Some("good"), None, None),
     );
-    let page = w.server.poll_transmit().unwrap().message.discover_response.unwrap();
+    let page = w.server.poll_transmit().unwrap().message.unwrap().discover_response.unwrap();
     let limits = RecordLimits { max_bytes: 4096, max_addresses: 8 };
     let record =
         Record::parse(page.registrations[0].signed_peer_record.clone().unwrap(), &limits).unwrap();

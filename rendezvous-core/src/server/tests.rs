@@ -37,11 +37,10 @@ impl Harness {
         self.next_id += 1;
         let id = RequestId(self.next_id);
         self.server.handle_request(self.now, *peer, id, message);
-        let response = self.server.poll_transmit().inspect(|t| {
-            assert_eq!((t.peer, t.request_id), (*peer, id));
-        });
-        assert!(self.server.poll_transmit().is_none(), "one response per request");
-        response.map(|t| t.message)
+        let transmit = self.server.poll_transmit().expect("every request completes at once");
+        assert_eq!((transmit.peer, transmit.request_id), (*peer, id));
+        assert!(self.server.poll_transmit().is_none(), "one outcome per request");
+        transmit.message
     }
 
     fn register(
@@ -188,7 +187,9 @@ fn the_timeout_is_the_earliest_expiry_and_moves_forward_after_it_fires() {
     let expired: Vec<_> =
         h.events().into_iter().filter(|e| matches!(e, Event::Expired { .. })).collect();
     assert_eq!(expired.len(), 2);
-    assert_eq!(h.server.stats(), Stats { records_verified: 2, ..Stats::default() });
+    // Their readers are remembered until they disconnect, not until expiry.
+    let stats = Stats { records_verified: 2, remembered_readers: 2, ..Stats::default() };
+    assert_eq!(h.server.stats(), stats);
 }
 
 #[test]
@@ -424,7 +425,7 @@ fn each_reader_gets_only_what_it_can_parse() {
     assert_eq!(h.discover_peers(&stranger.id, Some("x")), vec![r.id]);
     h.server.set_reader_dialect(stranger.id, STANDARD);
     assert_eq!(h.discover_peers(&stranger.id, Some("x")), vec![s.id]);
-    h.server.handle_disconnected(&stranger.id);
+    h.server.handle_disconnected(h.now, &stranger.id);
     assert_eq!(h.discover_peers(&stranger.id, Some("x")), vec![r.id]);
 }
 
@@ -459,7 +460,7 @@ fn a_page_stops_before_the_response_frame_limit_and_the_cookie_continues_it() {
             RequestId(h.next_id),
             testing::discover(Some("x"), Some(1000), cookie.take()),
         );
-        let frame = h.server.poll_transmit().unwrap().to_frame();
+        let frame = h.server.poll_transmit().unwrap().to_frame().unwrap();
         assert!(frame.len() <= limits.max_response_frame, "{} bytes", frame.len());
         let body = codec::FrameDecoder::new(limits.max_response_frame)
             .feed(&mut &frame[..])
@@ -546,4 +547,167 @@ fn a_reader_of_any_dialect_gets_every_registration_as_registered() {
     let page = h.discover(&reader.id, Some("x"), None, None);
     let got: Vec<_> = page.registrations.iter().map(|x| x.signed_peer_record.clone()).collect();
     assert_eq!(got, vec![Some(r.record(RUST)), Some(l.record(LEGACY))]);
+}
+
+fn served_records(page: &DiscoverResponse) -> Vec<Bytes> {
+    page.registrations.iter().map(|r| r.signed_peer_record.clone().unwrap()).collect()
+}
+
+#[test]
+fn a_peer_registered_in_two_flavours_is_found_by_rust_and_by_standard_readers() {
+    let mut h = Harness::new();
+    let (a, rust_reader, standard_reader) = (TestPeer::new(1), TestPeer::new(2), TestPeer::new(3));
+    h.register_ok(&a, "x", RUST);
+    h.register_ok(&a, "x", STANDARD);
+    h.server.set_reader_dialect(rust_reader.id, Reader::Signed(Flavour::RustLibp2p));
+    h.server.set_reader_dialect(standard_reader.id, Reader::Signed(Flavour::Standard));
+    let page = h.discover(&rust_reader.id, Some("x"), None, None);
+    assert_eq!(served_records(&page), vec![a.record(RUST)]);
+    let page = h.discover(&standard_reader.id, Some("x"), None, None);
+    assert_eq!(served_records(&page), vec![a.record(STANDARD)]);
+    let page = h.discover(&TestPeer::new(4).id, Some("x"), None, None);
+    assert_eq!(served_records(&page), vec![a.record(RUST)], "unknown readers get rust's");
+    h.server.set_reader_dialect(TestPeer::new(5).id, Reader::Legacy);
+    let page = h.discover(&TestPeer::new(5).id, Some("x"), None, None);
+    assert_eq!(served_records(&page), vec![a.record(LEGACY)]);
+    assert_eq!(h.server.stats().registrations, 1, "one registration, two envelopes");
+}
+
+#[test]
+fn one_register_carrying_both_flavours_serves_every_reader_and_refreshes_without_verifying() {
+    let mut h = Harness::new();
+    let a = TestPeer::new(1);
+    let mut message = testing::register("x", a.record(RUST), None);
+    message.register.as_mut().unwrap().other_records = vec![a.record(STANDARD)];
+    let response = h.request(&a.id, message.clone()).unwrap().register_response.unwrap();
+    assert_eq!(read_status(response.status), Ok(ResponseStatus::Ok), "{response:?}");
+    for (reader, dialect) in [(2, RUST), (3, STANDARD), (4, LEGACY)] {
+        let peer = TestPeer::new(reader).id;
+        h.server.set_reader_dialect(peer, dialect);
+        let page = h.discover(&peer, Some("x"), None, None);
+        assert_eq!(served_records(&page), vec![a.record(dialect)], "{dialect:?}");
+    }
+    let verified = h.server.stats().records_verified;
+    assert_eq!(verified, 2);
+    h.advance(3600);
+    let response = h.request(&a.id, message).unwrap().register_response.unwrap();
+    assert_eq!(read_status(response.status), Ok(ResponseStatus::Ok));
+    assert_eq!(h.server.stats().records_verified, verified, "a refresh reuses both checks");
+}
+
+#[test]
+fn a_flavour_with_other_addresses_replaces_the_registration_instead_of_joining_it() {
+    let mut h = Harness::new();
+    let (a, standard_reader) = (TestPeer::new(1), TestPeer::new(2));
+    h.register_ok(&a, "x", STANDARD);
+    let moved: multiaddr::Multiaddr = "/ip4/127.0.0.2/tcp/9".parse().unwrap();
+    let record = Record::sign(&a.keypair, &[moved], 2, Flavour::RustLibp2p).unwrap();
+    let response = h.request(&a.id, testing::register("x", record.clone(), None)).unwrap();
+    assert_eq!(read_status(response.register_response.unwrap().status), Ok(ResponseStatus::Ok));
+    h.server.set_reader_dialect(standard_reader.id, Reader::Signed(Flavour::Standard));
+    assert!(served_records(&h.discover(&standard_reader.id, Some("x"), None, None)).is_empty());
+    let page = h.discover(&TestPeer::new(3).id, Some("x"), None, None);
+    assert_eq!(served_records(&page), vec![record]);
+}
+
+#[test]
+fn an_other_record_that_is_not_a_matching_envelope_refuses_the_register() {
+    let mut h = Harness::new();
+    let (a, b) = (TestPeer::new(1), TestPeer::new(2));
+    let cases = [
+        (vec![a.record(LEGACY)], "must be an envelope of another flavour"),
+        (vec![a.record(RUST)], "must be an envelope of another flavour"),
+        (vec![b.record(STANDARD)], "other record 0: peer record is for"),
+        (vec![Bytes::from_static(b"junk")], "other record 0: malformed"),
+        (vec![a.record(STANDARD); 3], "3 other records"),
+    ];
+    for (others, why) in cases {
+        let mut message = testing::register("x", a.record(RUST), None);
+        message.register.as_mut().unwrap().other_records = others;
+        let response = h.request(&a.id, message).unwrap().register_response.unwrap();
+        let (status, text) = status(&response);
+        assert!(
+            matches!(
+                status,
+                ResponseStatus::EInvalidSignedPeerRecord | ResponseStatus::ENotAuthorized
+            ),
+            "{status:?}"
+        );
+        assert!(text.contains(why), "{text:?} lacks {why:?}");
+    }
+    assert_eq!(h.server.stats().registrations, 0);
+}
+
+#[test]
+fn a_discover_all_cookie_continues_a_namespaced_discover() {
+    let mut h = Harness::new();
+    let (a, b, c) = (TestPeer::new(1), TestPeer::new(2), TestPeer::new(3));
+    h.register_ok(&a, "x", RUST);
+    let all = h.discover(&c.id, None, None, None);
+    h.register_ok(&b, "x", RUST);
+    let page = h.discover(&c.id, Some("x"), None, all.cookie.clone());
+    assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok), "{page:?}");
+    assert_eq!(page.registrations.iter().map(record_peer).collect::<Vec<_>>(), vec![b.id]);
+    // The other way round stays refused: a namespace's position says
+    // nothing about the others.
+    let page = h.discover(&c.id, None, None, page.cookie);
+    assert_eq!(read_status(page.status), Ok(ResponseStatus::EInvalidCookie));
+}
+
+#[test]
+fn a_busy_adapter_gets_every_answerable_request_refused_and_unregisters_applied() {
+    let mut h = Harness::new();
+    let a = TestPeer::new(1);
+    h.register_ok(&a, "x", RUST);
+    let busy = |h: &mut Harness, message: proto::Message| {
+        h.next_id += 1;
+        let body = prost::Message::encode_to_vec(&message);
+        let id = RequestId(h.next_id);
+        h.server.handle_frame_busy(h.now, a.id, id, &body, "256 requests in flight").unwrap();
+        h.server.poll_transmit().and_then(|t| t.message)
+    };
+    let answer = busy(&mut h, testing::register("y", a.record(RUST), None)).unwrap();
+    let (status, text) = status(&answer.register_response.unwrap());
+    assert_eq!((status, text.as_str()), (ResponseStatus::EUnavailable, "256 requests in flight"));
+    let answer = busy(&mut h, testing::discover(Some("x"), None, None)).unwrap();
+    let page = answer.discover_response.unwrap();
+    assert_eq!(read_status(page.status), Ok(ResponseStatus::EUnavailable));
+    assert!(busy(&mut h, testing::unregister("x")).is_none(), "UNREGISTER has no answer");
+    assert_eq!(h.server.stats().registrations, 0, "but it was applied");
+    assert_eq!(h.server.stats().busy_refusals, 2);
+}
+
+#[test]
+fn agent_versions_map_to_the_flavour_their_stack_verifies() {
+    let standard = Some(Reader::Signed(Flavour::Standard));
+    for agent in [
+        "js-libp2p/2.8.0 UserAgent=v20.11.1",
+        "helia/5.0.0 libp2p/2.1.0 UserAgent=linux",
+        "github.com/libp2p/go-libp2p@v0.36.0",
+        "kubo/0.30.0/",
+        "nim-libp2p",
+        "nimbus",
+    ] {
+        assert_eq!(Reader::from_agent_version(agent), standard, "{agent}");
+    }
+    assert_eq!(Reader::from_agent_version("py-libp2p/0.8.1"), Some(Reader::Legacy));
+    assert_eq!(
+        Reader::from_agent_version("rust-libp2p/0.47.0"),
+        Some(Reader::Signed(Flavour::RustLibp2p))
+    );
+    assert_eq!(Reader::from_agent_version("rendezvous-rs/0.1.0"), Some(Reader::Any));
+    assert_eq!(Reader::from_agent_version("my-app/1.0"), None);
+}
+
+#[test]
+fn a_js_agent_that_never_registered_gets_only_standard_entries() {
+    let mut h = Harness::new();
+    let (r, s, l, js) = (TestPeer::new(1), TestPeer::new(2), TestPeer::new(3), TestPeer::new(4));
+    h.register_ok(&r, "x", RUST);
+    h.register_ok(&s, "x", STANDARD);
+    h.register_ok(&l, "x", LEGACY);
+    let reader = Reader::from_agent_version("js-libp2p/2.8.0 UserAgent=v20").unwrap();
+    h.server.set_reader_dialect(js.id, reader);
+    let page = h.discover(&js.id, Some("x"), None, None);
+    assert_eq!(served_records(&page), vec![s.record(STANDARD)]);
 }
