@@ -15,8 +15,13 @@ use rendezvous_libp2p::{client, server};
 use crate::transport::TcpTransport;
 
 /// What this host announces in identify: the prefix our server reads as
-/// "understands both dialects" (`rendezvous_libp2p::server::AGENT_PREFIX`).
+/// "reads every dialect" ([`rendezvous_libp2p::core::AGENT_PREFIX`]).
 pub const AGENT_VERSION: &str = concat!("rendezvous-rs/", env!("CARGO_PKG_VERSION"));
+
+/// Inbound substreams negotiating at once on one connection (libp2p's
+/// default is 128): room for the server's 256 concurrent rendezvous
+/// substreams and its 32 answered busy, with identify and ping beside them.
+pub const MAX_NEGOTIATING_INBOUND_STREAMS: usize = 512;
 
 /// How long an idle connection stays open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -174,7 +179,9 @@ pub fn build<B: NetworkBehaviour>(
     behaviour: B,
     executor: impl Executor + Send + 'static,
 ) -> Result<Swarm<B>, libp2p_noise::Error> {
-    let config = Config::with_executor(executor).with_idle_connection_timeout(IDLE_TIMEOUT);
+    let config = Config::with_executor(executor)
+        .with_idle_connection_timeout(IDLE_TIMEOUT)
+        .with_max_negotiating_inbound_streams(MAX_NEGOTIATING_INBOUND_STREAMS);
     Ok(Swarm::new(transport(keypair)?, behaviour, keypair.public().to_peer_id(), config))
 }
 
@@ -184,7 +191,7 @@ mod tests {
 
     #[test]
     fn our_agent_version_tells_our_server_we_read_both_dialects() {
-        let reader = server::reader_from_agent_version(AGENT_VERSION);
+        let reader = rendezvous_libp2p::core::Reader::from_agent_version(AGENT_VERSION);
         assert_eq!(reader, Some(rendezvous_libp2p::core::Reader::Any));
     }
 }

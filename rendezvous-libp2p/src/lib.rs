@@ -3,25 +3,32 @@
 //!
 //! - [`server::Behaviour`]: a rendezvous point. Answers every request read
 //!   from an inbound `/rendezvous/1.0.0` substream, in order, until the remote
-//!   closes it (go-libp2p-rendezvous clients keep one substream for all their
-//!   requests; rust-libp2p and py-libp2p open one per request).
+//!   closes it (canvas-js clients keep one substream for all their requests;
+//!   rust-libp2p, go and py-libp2p open one per request). Up to 256
+//!   substreams per connection are served at once; beyond that, requests are
+//!   answered `E_UNAVAILABLE`, never dropped in silence.
 //! - [`client::Behaviour`]: registers, refreshes, discovers. Opens one
 //!   substream per request, dials servers it is not connected to, follows the
 //!   swarm's external addresses and re-registers when they change, and hands
 //!   discovered addresses to the swarm.
 //!
 //! The behaviours own the protocol logic and the one timer; the connection
-//! handlers only move frames between substreams and the behaviour. Nothing
-//! here depends on a runtime: timers come from `futures-timer`, so the
-//! behaviours run under tokio, async-std or smol alike.
+//! handlers only move frames between substreams and the behaviour, through
+//! [`framed::Framed`], with every substream bounded in number and time.
+//! Nothing here depends on a runtime: timers come from `futures-timer`, so
+//! the behaviours run under tokio, async-std or smol alike. [`Clock`] maps
+//! the system's time to the core's timestamps (Unix time, monotonic within a
+//! process).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod client;
 mod clock;
-mod io;
+pub mod framed;
 pub mod server;
+
+pub use clock::Clock;
 
 use libp2p_swarm::StreamProtocol;
 

@@ -6,10 +6,12 @@
 //!   `fuzz/fuzz_targets/server_ops.rs`.
 //! - [`client_model`]: the client core against the server core over a lossy
 //!   virtual network (`tests/client_model.rs`, `fuzz/fuzz_targets/client_ops.rs`).
+//! - [`net`]: swarms on loopback for the network tests, every wait bounded.
 //! - [`py`]: the py-libp2p 0.8.1 virtualenv the interop tests use.
 //! - [`fuzzing`]: the fuzz targets' bodies, so their corpus replays on stable.
 
 pub mod client_model;
 pub mod fuzzing;
+pub mod net;
 pub mod py;
 pub mod server_model;

@@ -4,105 +4,18 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::collections::BTreeSet;
-use std::fmt::Debug;
-use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::identity::Keypair;
-use libp2p::multiaddr::Protocol;
 use libp2p::rendezvous as theirs;
-use libp2p::swarm::{NetworkBehaviour, Swarm, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, SwarmBuilder, noise, tcp, yamux};
+use libp2p::swarm::Swarm;
+use libp2p::{Multiaddr, PeerId};
 use rendezvous_libp2p::core::proto::ResponseStatus;
 use rendezvous_libp2p::core::{
     ClientEvent, CommandError, Limits, Namespace, RequestError, ServerConfig, ServerEvent,
 };
 use rendezvous_libp2p::{PROTOCOL, client, server};
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-
-/// Bound on every wait: a test fails rather than hangs.
-const LIMIT: Duration = Duration::from_secs(20);
-
-fn swarm<B: NetworkBehaviour>(make: impl FnOnce(&Keypair) -> B) -> Swarm<B> {
-    SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .unwrap()
-        .with_behaviour(|key| make(key))
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-        .build()
-}
-
-async fn listen<B: NetworkBehaviour>(swarm: &mut Swarm<B>) -> Multiaddr {
-    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-                return address;
-            }
-        }
-    })
-    .await
-    .expect("a listen address in time")
-}
-
-/// Drives `swarm` until `f` picks an event out of its behaviour's events.
-async fn until<B: NetworkBehaviour, T>(
-    swarm: &mut Swarm<B>,
-    mut f: impl FnMut(B::ToSwarm) -> Option<T>,
-) -> T
-where
-    B::ToSwarm: Debug,
-{
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            if let SwarmEvent::Behaviour(event) = swarm.select_next_some().await
-                && let Some(t) = f(event)
-            {
-                return t;
-            }
-        }
-    })
-    .await
-    .expect("the expected event in time")
-}
-
-/// Runs a swarm in the background, forwarding its behaviour's events.
-fn spawn<B>(mut swarm: Swarm<B>) -> UnboundedReceiver<B::ToSwarm>
-where
-    B: NetworkBehaviour + Send + 'static,
-    B::ToSwarm: Send + 'static,
-{
-    let (tx, rx) = unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            if let SwarmEvent::Behaviour(event) = swarm.select_next_some().await
-                && tx.send(event).is_err()
-            {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits until `f` picks an event out of a background swarm's events.
-async fn expect<E: Debug, T>(
-    rx: &mut UnboundedReceiver<E>,
-    mut f: impl FnMut(E) -> Option<T>,
-) -> T {
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            let event = rx.recv().await.expect("the swarm runs");
-            if let Some(t) = f(event) {
-                return t;
-            }
-        }
-    })
-    .await
-    .expect("the expected event in time")
-}
+use rendezvous_tests::net::{LIMIT, connect, expect, listen, spawn, swarm, until};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 fn ns(name: &str) -> Namespace {
     Namespace::new(name, 255).unwrap()
@@ -136,20 +49,6 @@ async fn their_client(
     c.add_external_address(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap());
     connect(&mut c, server, server_addr).await;
     c
-}
-
-/// Dials `server` and drives `swarm` until the connection is up.
-async fn connect<B: NetworkBehaviour>(swarm: &mut Swarm<B>, server: PeerId, addr: &Multiaddr) {
-    swarm.dial(addr.clone().with(Protocol::P2p(server))).unwrap();
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("connected in time");
 }
 
 async fn register_ours(
@@ -446,7 +345,9 @@ async fn a_malformed_frame_ends_its_substream_only() {
     let read = tokio::time::timeout(LIMIT, bad.read_to_end(&mut rest)).await.unwrap();
     assert!(read.is_err() || rest.is_empty(), "nothing but a close comes back: {read:?} {rest:?}");
     let (peer, error) = expect(&mut server_events, |e| match e {
-        server::Event::BadStream { peer, error } => Some((peer, error)),
+        server::Event::StreamRejected { peer, reason: server::Rejection::Malformed(error) } => {
+            Some((peer, error))
+        }
         _ => None,
     })
     .await;

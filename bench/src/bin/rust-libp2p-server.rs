@@ -20,7 +20,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
         .with_behaviour(|_| server::Behaviour::new(config))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+        // The same swarm settings as ours: idle connections stay, and many
+        // substreams may negotiate at once.
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_secs(600))
+                .with_max_negotiating_inbound_streams(512)
+        })
         .build();
     swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
     let id = *swarm.local_peer_id();

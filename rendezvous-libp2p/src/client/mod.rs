@@ -15,43 +15,50 @@
 //! its listen addresses while none is confirmed (what a LAN or loopback
 //! deployment has); every change re-registers everywhere.
 
+mod handler;
+
 use std::collections::{BTreeMap, VecDeque};
-use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
-use libp2p_core::upgrade::ReadyUpgrade;
 use libp2p_core::{Endpoint, Multiaddr, transport::PortUse};
 use libp2p_identity::{Keypair, PeerId};
 use libp2p_swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p_swarm::handler::{ConnectionEvent, DialUpgradeError, FullyNegotiatedOutbound};
 use libp2p_swarm::{
-    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
-    NetworkBehaviour, NotifyHandler, Stream, StreamUpgradeError, SubstreamProtocol, THandler,
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandler,
     THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
-use rendezvous_core::codec::FrameDecoder;
 use rendezvous_core::{
     Client, ClientConfig, ClientEvent, ClientTransmit, CommandError, Discovery, Failure, Namespace,
     RequestId,
 };
 
-use crate::PROTOCOL;
-use crate::clock::Clock;
-use crate::io::{read_frame, timeout, write_frame};
+use crate::clock::{Clock, Timer};
+pub use handler::Handler;
+use handler::{Outcome, Request};
 
 /// Configuration of the client behaviour.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Config {
-    /// The core's policies: refresh, timeouts, retries, bounds.
+    /// The core's policies: refresh, timeouts, retries, bounds. Defaults to
+    /// [`ClientConfig::default`] with
+    /// [`record_seq`](ClientConfig::record_seq) set to the Unix time in
+    /// milliseconds, so that a restarted client's records supersede the
+    /// ones it signed before.
     pub core: ClientConfig,
-    /// Seed of the retry jitter; give each process its own.
+    /// Seed of the retry jitter. Defaults to one drawn from the system clock,
+    /// so that clients started together spread their retries.
     pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let clock = Clock::new();
+        let micros = clock.unix_micros();
+        let core = ClientConfig { record_seq: micros / 1000, ..ClientConfig::default() };
+        let nanos = std::time::Instant::now().elapsed().as_nanos() as u64;
+        Config { core, seed: micros ^ nanos.rotate_left(32) ^ u64::from(std::process::id()) }
+    }
 }
 
 /// What the client behaviour reports: the core's events (see
@@ -62,8 +69,8 @@ pub type Event = ClientEvent;
 /// The rendezvous client.
 pub struct Behaviour {
     core: Client,
-    clock: Clock,
-    handler_config: Arc<HandlerConfig>,
+    timer: Timer,
+    limits: Arc<handler::Limits>,
     connections: BTreeMap<PeerId, Vec<ConnectionId>>,
     /// Requests waiting for a connection to their server.
     waiting: BTreeMap<PeerId, Vec<ClientTransmit>>,
@@ -79,14 +86,15 @@ pub struct Behaviour {
 impl Behaviour {
     /// A client for `keypair` (the swarm's own key).
     pub fn new(keypair: Keypair, config: Config) -> Self {
-        let handler_config = Arc::new(HandlerConfig {
+        let limits = Arc::new(handler::Limits {
             timeout: config.core.request_timeout,
             max_frame: config.core.max_response_frame,
+            max_in_flight: config.core.max_pending,
         });
         Behaviour {
             core: Client::new(config.core, keypair, Vec::new(), config.seed),
-            clock: Clock::new(),
-            handler_config,
+            timer: Timer::new(Clock::new()),
+            limits,
             connections: BTreeMap::new(),
             waiting: BTreeMap::new(),
             in_flight: BTreeMap::new(),
@@ -117,7 +125,7 @@ impl Behaviour {
         namespace: Namespace,
         ttl: Option<u64>,
     ) -> Result<RequestId, CommandError> {
-        let id = self.core.register(self.clock.now(), server, namespace, ttl)?;
+        let id = self.core.register(self.timer.now(), server, namespace, ttl)?;
         self.flush();
         Ok(id)
     }
@@ -128,14 +136,14 @@ impl Behaviour {
         server: PeerId,
         namespace: Namespace,
     ) -> Result<RequestId, CommandError> {
-        let id = self.core.unregister(self.clock.now(), server, namespace)?;
+        let id = self.core.unregister(self.timer.now(), server, namespace)?;
         self.flush();
         Ok(id)
     }
 
     /// Unregisters everything (for shutdown); one id per registration.
     pub fn unregister_all(&mut self) -> Vec<RequestId> {
-        let ids = self.core.unregister_all(self.clock.now());
+        let ids = self.core.unregister_all(self.timer.now());
         self.flush();
         ids
     }
@@ -148,7 +156,7 @@ impl Behaviour {
         namespace: Option<Namespace>,
         limit: Option<u64>,
     ) -> Result<RequestId, CommandError> {
-        let id = self.core.discover(self.clock.now(), server, namespace, limit)?;
+        let id = self.core.discover(self.timer.now(), server, namespace, limit)?;
         self.flush();
         Ok(id)
     }
@@ -160,7 +168,7 @@ impl Behaviour {
         namespace: Option<Namespace>,
         limit: Option<u64>,
     ) -> Result<RequestId, CommandError> {
-        let id = self.core.discover_all(self.clock.now(), server, namespace, limit)?;
+        let id = self.core.discover_all(self.timer.now(), server, namespace, limit)?;
         self.flush();
         Ok(id)
     }
@@ -211,7 +219,7 @@ impl Behaviour {
             }
             self.actions.push_back(ToSwarm::GenerateEvent(event));
         }
-        self.clock.set(self.core.poll_timeout());
+        self.timer.set(self.core.poll_timeout());
     }
 
     fn send(&mut self, connection: ConnectionId, transmit: ClientTransmit) {
@@ -230,7 +238,7 @@ impl Behaviour {
     fn announce(&mut self) {
         let addresses =
             if self.external.is_empty() { self.listening.clone() } else { self.external.clone() };
-        self.core.set_addresses(self.clock.now(), addresses);
+        self.core.set_addresses(self.timer.now(), addresses);
         self.flush();
     }
 }
@@ -246,7 +254,7 @@ impl NetworkBehaviour for Behaviour {
         _: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(Handler::new(self.handler_config.clone()))
+        Ok(Handler::new(self.limits.clone()))
     }
 
     fn handle_pending_outbound_connection(
@@ -267,11 +275,11 @@ impl NetworkBehaviour for Behaviour {
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(Handler::new(self.handler_config.clone()))
+        Ok(Handler::new(self.limits.clone()))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        let now = self.clock.now();
+        let now = self.timer.now();
         match event {
             FromSwarm::ConnectionEstablished(established) => {
                 let peer = established.peer_id;
@@ -357,7 +365,7 @@ impl NetworkBehaviour for Behaviour {
         _: ConnectionId,
         event: THandlerOutEvent<Self>,
     ) {
-        let now = self.clock.now();
+        let now = self.timer.now();
         let id = event.id;
         if self.in_flight.remove(&id).is_none() {
             return; // its connection closed and the core was already told
@@ -375,7 +383,7 @@ impl NetworkBehaviour for Behaviour {
             if let Some(action) = self.actions.pop_front() {
                 return Poll::Ready(action);
             }
-            match self.clock.poll(cx) {
+            match self.timer.poll(cx) {
                 Poll::Ready(now) => {
                     self.core.handle_timeout(now);
                     self.flush();
@@ -386,149 +394,8 @@ impl NetworkBehaviour for Behaviour {
     }
 }
 
-/// Longest wait for a server to close a substream that carried a request
-/// without a response.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Peers whose addresses are remembered before any request names them.
 const MAX_REMEMBERED_SERVERS: usize = 256;
 
 /// Addresses remembered per server (oldest forgotten first).
 pub const MAX_ADDRESSES_PER_SERVER: usize = 8;
-
-struct HandlerConfig {
-    timeout: Duration,
-    max_frame: usize,
-}
-
-/// A request for the handler to carry on a new substream.
-#[doc(hidden)]
-#[derive(Debug, Clone)]
-pub struct Request {
-    id: RequestId,
-    frame: Bytes,
-    expects_response: bool,
-}
-
-/// How a request went.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct Done {
-    id: RequestId,
-    outcome: Outcome,
-}
-
-#[derive(Debug)]
-enum Outcome {
-    Response(Bytes),
-    Sent,
-    Failed(Failure),
-}
-
-/// Opens one substream per request, writes it, reads the answer; holds no
-/// protocol state.
-pub struct Handler {
-    config: Arc<HandlerConfig>,
-    to_open: VecDeque<Request>,
-    running: FuturesUnordered<BoxFuture<'static, Done>>,
-}
-
-impl Handler {
-    fn new(config: Arc<HandlerConfig>) -> Self {
-        Handler { config, to_open: VecDeque::new(), running: FuturesUnordered::new() }
-    }
-
-    async fn exchange(config: Arc<HandlerConfig>, mut stream: Stream, request: Request) -> Done {
-        let result: io::Result<Option<Bytes>> = timeout(config.timeout, async {
-            write_frame(&mut stream, &request.frame).await?;
-            if !request.expects_response {
-                // No answer comes (UNREGISTER). Half-close and wait for the
-                // server to close its side: then it has read past our frame,
-                // and closing the connection right after cannot lose it.
-                futures::AsyncWriteExt::close(&mut stream).await?;
-                let mut sink = [0u8; 64];
-                let drained = timeout(DRAIN_TIMEOUT, async {
-                    while futures::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
-                    Ok(())
-                });
-                let _ = drained.await; // written either way; this only waits
-                return Ok(None);
-            }
-            let mut decoder = FrameDecoder::new(config.max_frame);
-            read_frame(&mut stream, &mut decoder, &mut Vec::new()).await
-        })
-        .await;
-        let _ = futures::AsyncWriteExt::close(&mut stream).await;
-        let outcome = match result {
-            Ok(Some(body)) => Outcome::Response(body),
-            Ok(None) if !request.expects_response => Outcome::Sent,
-            Ok(None) => Outcome::Failed(Failure::StreamClosed),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                Outcome::Failed(Failure::InvalidResponse)
-            }
-            Err(_) => Outcome::Failed(Failure::StreamClosed),
-        };
-        Done { id: request.id, outcome }
-    }
-}
-
-impl ConnectionHandler for Handler {
-    type FromBehaviour = Request;
-    type ToBehaviour = Done;
-    type InboundProtocol = libp2p_core::upgrade::DeniedUpgrade;
-    type OutboundProtocol = ReadyUpgrade<libp2p_swarm::StreamProtocol>;
-    type InboundOpenInfo = ();
-    type OutboundOpenInfo = Request;
-
-    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, ()> {
-        SubstreamProtocol::new(libp2p_core::upgrade::DeniedUpgrade, ())
-    }
-
-    fn connection_keep_alive(&self) -> bool {
-        !self.to_open.is_empty()
-    }
-
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, Request, Done>> {
-        if let Poll::Ready(Some(done)) = self.running.poll_next_unpin(cx) {
-            return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(done));
-        }
-        if let Some(request) = self.to_open.pop_front() {
-            let protocol = SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), request)
-                .with_timeout(self.config.timeout);
-            return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest { protocol });
-        }
-        Poll::Pending
-    }
-
-    fn on_behaviour_event(&mut self, request: Request) {
-        self.to_open.push_back(request);
-    }
-
-    fn on_connection_event(
-        &mut self,
-        event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol, (), Request>,
-    ) {
-        match event {
-            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
-                protocol: stream,
-                info,
-            }) => {
-                self.running.push(Self::exchange(self.config.clone(), stream, info).boxed());
-            }
-            ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error }) => {
-                let failure = match error {
-                    StreamUpgradeError::NegotiationFailed => Failure::Unsupported,
-                    _ => Failure::StreamClosed,
-                };
-                self.running.push(
-                    futures::future::ready(Done { id: info.id, outcome: Outcome::Failed(failure) })
-                        .boxed(),
-                );
-            }
-            _ => {}
-        }
-    }
-}

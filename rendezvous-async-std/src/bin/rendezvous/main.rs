@@ -20,9 +20,7 @@ use rendezvous_async_std::host::{
     ServerEvent as HostServerEvent, SpawnWith, Task,
 };
 use rendezvous_async_std::keyfile;
-use rendezvous_libp2p::core::{
-    ClientConfig, ClientEvent, Limits, Namespace, RequestError, ServerConfig, ServerEvent,
-};
+use rendezvous_libp2p::core::{ClientEvent, Limits, Namespace, RequestError, ServerEvent};
 use rendezvous_libp2p::{client, server};
 
 use cli::{Args, Mode};
@@ -130,17 +128,10 @@ async fn run_server(args: &Args) -> Result<(), Fatal> {
         ..Limits::default()
     };
     limits.validate().map_err(|e| Fatal(format!("invalid limits: {e}")))?;
-    // Cookies from before a restart must read as "before everything now".
-    let initial_sequence = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-    let core = ServerConfig { limits, initial_sequence, ..ServerConfig::default() };
+    let mut config = server::Config::default();
+    config.core.limits = limits;
     let keypair = keypair(args)?;
-    let behaviour = ServerBehaviour::new(
-        &keypair,
-        server::Config { core, ..server::Config::default() },
-        ConnectionLimits::default(),
-    )?;
+    let behaviour = ServerBehaviour::new(&keypair, config, ConnectionLimits::default())?;
     let mut swarm = host::build(&keypair, behaviour, executor())?;
     let local_id = *swarm.local_peer_id();
     let mut interrupts = interrupts()?;
@@ -167,9 +158,7 @@ async fn run_server(args: &Args) -> Result<(), Fatal> {
                 SwarmEvent::Behaviour(HostServerEvent::Identify(event)) => {
                     if let libp2p_identify::Event::Received { peer_id, info, .. } = *event {
                         debug!(target: t, "{peer_id} runs {}", info.agent_version);
-                        if let Some(reader) = server::reader_from_agent_version(&info.agent_version) {
-                            swarm.behaviour_mut().rendezvous.set_reader_dialect(peer_id, reader);
-                        }
+                        swarm.behaviour_mut().rendezvous.set_agent_version(peer_id, &info.agent_version);
                     }
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
@@ -180,19 +169,39 @@ async fn run_server(args: &Args) -> Result<(), Fatal> {
                 }
                 _ => {}
             },
-            _ = stats.select_next_some() => {
-                let counts: BTreeMap<_, _> = swarm.behaviour().rendezvous.core().namespaces().map(|(ns, n)| (ns.to_string(), n)).collect();
-                if counts.is_empty() {
-                    info!(target: t, "No active registrations");
-                } else {
-                    info!(target: t, "Namespace stats: {counts:?}");
-                }
-            },
+            _ = stats.select_next_some() => log_stats(&swarm.behaviour().rendezvous),
             _ = interrupts.select_next_some() => {
                 info!(target: t, "Shutting down rendezvous server...");
                 return Ok(());
             },
         }
+    }
+}
+
+/// The periodic statistics line, as the demo prints it, and on a second line
+/// what went wrong since the start, if anything did.
+fn log_stats(rendezvous: &server::Behaviour) {
+    let t = "rendezvous::server";
+    let counts: BTreeMap<_, _> =
+        rendezvous.core().namespaces().map(|(ns, n)| (ns.to_string(), n)).collect();
+    if counts.is_empty() {
+        info!(target: t, "No active registrations");
+    } else {
+        info!(target: t, "Namespace stats: {counts:?}");
+    }
+    let (core, streams) = (rendezvous.stats(), rendezvous.stream_stats());
+    if core.dropped_events
+        + core.busy_refusals
+        + streams.timed_out
+        + streams.over_limit
+        + streams.malformed
+        > 0
+    {
+        info!(
+            target: t,
+            "Dropped events: {}, requests refused as busy: {}, substreams rejected: {} timed out, {} over the limit, {} malformed, {} I/O errors",
+            core.dropped_events, core.busy_refusals, streams.timed_out, streams.over_limit, streams.malformed, streams.io
+        );
     }
 }
 
@@ -234,8 +243,11 @@ fn log_server_event(event: server::Event) {
             let ns = namespace.map_or_else(|| "all namespaces".to_owned(), |n| format!("'{n}'"));
             debug!(target: t, "Served {count} registrations of {ns} to {peer}");
         }
-        server::Event::BadStream { peer, error } => {
+        server::Event::StreamRejected { peer, reason: server::Rejection::Malformed(error) } => {
             warn!(target: t, "Closed a stream from {peer}: {error}")
+        }
+        server::Event::StreamRejected { peer, reason } => {
+            debug!(target: t, "Rejected a stream from {peer}: {}", reason.name())
         }
         other => debug!(target: t, "{other:?}"),
     }
@@ -271,12 +283,9 @@ async fn run_client(args: &Args) -> Result<(), Fatal> {
         .map_err(|e| Fatal(format!("Invalid namespace '{}': {e}", args.namespace)))?;
 
     let keypair = keypair(args)?;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let record_seq = seed / 1_000_000; // Unix milliseconds: newer runs supersede older records
-    let core = ClientConfig { refresh: args.refresh, record_seq, ..ClientConfig::default() };
-    let behaviour = ClientBehaviour::new(&keypair, client::Config { core, seed });
+    let mut config = client::Config::default();
+    config.core.refresh = args.refresh;
+    let behaviour = ClientBehaviour::new(&keypair, config);
     let mut swarm = host::build(&keypair, behaviour, executor())?;
     let local_id = *swarm.local_peer_id();
     let mut interrupts = interrupts()?;

@@ -1,0 +1,185 @@
+//! The tables, ratios and chart the runs print.
+
+use crate::phases::{InflightRun, ScaleRun};
+use crate::servers::Kind;
+
+/// The registry-size sweep, one row per server and size.
+pub(crate) fn scale_table(runs: &[ScaleRun]) {
+    println!(
+        "| server | N | registrations/s | register p50 / p99 ms | server CPU µs/registration | refreshes/s with N registered | refresh p99 ms | server CPU µs/refresh | discover pages/s | page p50 / p99 ms | page through all N s | mixed ops/s | mixed p99 ms | lost | server CPU s | load tool CPU s | peak RSS MiB |"
+    );
+    println!(
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in runs {
+        let page_all = match r.page_all_s {
+            None => "n/a".to_owned(),
+            Some((s, seen)) if seen == r.n => format!("{s:.2}"),
+            Some((s, seen)) => format!("> {s:.0} ({seen} seen)"),
+        };
+        println!(
+            "| {} | {} | {:.0} | {:.2} / {:.2} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} | {:.2} / {:.2} | {page_all} | {:.0} | {:.2} | {} | {:.2} | {:.2} | {:.1} |",
+            r.kind.name(),
+            r.n,
+            r.register.per_second(),
+            r.register.percentile_ms(0.5),
+            r.register.percentile_ms(0.99),
+            r.cpu_per_registration_us,
+            r.refresh.per_second(),
+            r.refresh.percentile_ms(0.99),
+            r.cpu_per_refresh_us,
+            r.pages.per_second(),
+            r.pages.percentile_ms(0.5),
+            r.pages.percentile_ms(0.99),
+            r.mixed.per_second(),
+            r.mixed.percentile_ms(0.99),
+            r.lost(),
+            r.cpu_s,
+            r.own_cpu_s,
+            r.peak_rss_mib
+        );
+    }
+    println!();
+    // Each of theirs against ours at the same N, or ours at its nearest N
+    // (py-libp2p runs smaller).
+    for theirs in runs.iter().filter(|r| r.kind != Kind::Ours) {
+        let Some(ours) =
+            runs.iter().filter(|r| r.kind == Kind::Ours).min_by_key(|r| r.n.abs_diff(theirs.n))
+        else {
+            continue;
+        };
+        println!(
+            "ours (N={}) vs {} (N={}): registrations/s x{:.1}, server CPU per registration /{:.1}, per refresh with N registered /{:.1}, discover pages/s x{:.1}",
+            ours.n,
+            theirs.kind.name(),
+            theirs.n,
+            ours.register.per_second() / theirs.register.per_second().max(f64::MIN_POSITIVE),
+            theirs.cpu_per_registration_us / ours.cpu_per_registration_us.max(f64::MIN_POSITIVE),
+            theirs.cpu_per_refresh_us / ours.cpu_per_refresh_us.max(f64::MIN_POSITIVE),
+            ours.pages.per_second() / theirs.pages.per_second().max(f64::MIN_POSITIVE),
+        );
+    }
+    println!();
+}
+
+/// Requests in flight on one connection: what each server acknowledged,
+/// refused and lost.
+pub(crate) fn inflight_table(runs: &[InflightRun]) {
+    println!(
+        "| server | client | in flight | registrations | acknowledged | refused | lost | registrations/s | p50 / p99 ms | refreshes acknowledged / lost | server CPU µs/refresh, all registered |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in runs {
+        let t = &r.register;
+        let refresh = match &r.refresh {
+            Some(f) => format!("{} / {}", f.acknowledged(), f.lost),
+            None => "n/a".to_owned(),
+        };
+        let cpu = match r.refresh {
+            Some(_) => format!("{:.1}", r.cpu_per_refresh_us),
+            None => "n/a".to_owned(),
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} / {:.2} | {refresh} | {cpu} |",
+            r.kind.name(),
+            r.client,
+            r.inflight,
+            t.acknowledged() + t.refused + t.lost,
+            t.acknowledged(),
+            t.refused,
+            t.lost,
+            t.per_second(),
+            t.percentile_ms(0.5),
+            t.percentile_ms(0.99),
+        );
+        if let Some(problem) = &t.first_problem {
+            println!("|  | first problem: {problem} | | | | | | | | | |");
+        }
+    }
+    println!();
+    for theirs in runs.iter().filter(|r| r.kind == Kind::Rust && r.refresh.is_some()) {
+        let ours = runs
+            .iter()
+            .find(|r| r.kind == Kind::Ours && r.inflight == theirs.inflight && r.refresh.is_some());
+        if let Some(ours) = ours {
+            println!(
+                "{} in flight, all registered: server CPU per refresh ours {:.1} µs vs rust-libp2p {:.1} µs (/{:.1})",
+                ours.inflight,
+                ours.cpu_per_refresh_us,
+                theirs.cpu_per_refresh_us,
+                theirs.cpu_per_refresh_us / ours.cpu_per_refresh_us.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+    println!();
+}
+
+/// A small line chart of registrations/s against N, one line per server.
+pub(crate) fn svg(runs: &[ScaleRun]) -> String {
+    let (w, h, left, bottom) = (640.0, 360.0, 70.0, 40.0);
+    let rate = |r: &ScaleRun| r.register.per_second();
+    let max_rate = runs.iter().map(rate).fold(1.0, f64::max) * 1.1;
+    let mut sizes: Vec<usize> = runs.iter().map(|r| r.n).collect();
+    sizes.sort();
+    sizes.dedup();
+    let x = |n: usize| {
+        let i = sizes.iter().position(|&s| s == n).unwrap_or(0) as f64;
+        left + 20.0 + i * (w - left - 60.0) / (sizes.len().max(2) - 1) as f64
+    };
+    let y = |rate: f64| h - bottom - rate / max_rate * (h - bottom - 30.0);
+    let mut out = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{}" y="18" text-anchor="middle">registrations/s against registry size (higher is better)</text>
+<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>
+<line x1="{left}" y1="20" x2="{left}" y2="{}" stroke="black"/>
+"#,
+        w / 2.0,
+        h - bottom,
+        w - 20.0,
+        h - bottom,
+        h - bottom
+    );
+    for n in &sizes {
+        out += &format!(
+            r#"<text x="{}" y="{}" text-anchor="middle">{n}</text>"#,
+            x(*n),
+            h - bottom + 16.0
+        );
+        out += "\n";
+    }
+    for i in 0..=4 {
+        let tick = max_rate * i as f64 / 4.0;
+        out += &format!(
+            r#"<text x="{}" y="{}" text-anchor="end">{tick:.0}</text>"#,
+            left - 6.0,
+            y(tick) + 4.0,
+        );
+        out += "\n";
+    }
+    for (kind, color, row) in
+        [(Kind::Ours, "#1b7f3b", 0), (Kind::Rust, "#b5651d", 1), (Kind::Py, "#3b5bdb", 2)]
+    {
+        let points: Vec<(f64, f64)> =
+            runs.iter().filter(|r| r.kind == kind).map(|r| (x(r.n), y(rate(r)))).collect();
+        if points.is_empty() {
+            continue;
+        }
+        let line: Vec<String> = points.iter().map(|(px, py)| format!("{px:.1},{py:.1}")).collect();
+        out += &format!(
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            line.join(" ")
+        );
+        for (px, py) in &points {
+            out += &format!(r#"<circle cx="{px:.1}" cy="{py:.1}" r="3" fill="{color}"/>"#);
+        }
+        out += &format!(
+            r#"<text x="{}" y="{}" fill="{color}">{}</text>"#,
+            w - 170.0,
+            40.0 + 16.0 * row as f64,
+            kind.name()
+        );
+        out += "\n";
+    }
+    out + "</svg>\n"
+}

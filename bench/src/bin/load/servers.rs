@@ -1,0 +1,171 @@
+//! The servers under load, each its own process on loopback, and what
+//! `/proc` says about a process's CPU and memory.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+
+use crate::Error;
+
+/// Which server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Kind {
+    Ours,
+    Rust,
+    Py,
+}
+
+impl Kind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Ours => "ours",
+            Kind::Rust => "rust-libp2p 0.18",
+            Kind::Py => "py-libp2p 0.8.1",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Kind, String> {
+        match s {
+            "ours" => Ok(Kind::Ours),
+            "rust" => Ok(Kind::Rust),
+            "py" => Ok(Kind::Py),
+            other => Err(format!("unknown server {other}")),
+        }
+    }
+}
+
+/// A server process and what the load needs of it.
+pub(crate) struct Server {
+    pub(crate) kind: Kind,
+    child: Child,
+    pub(crate) address: Multiaddr,
+    pub(crate) peer: PeerId,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sibling(name: &str) -> Result<PathBuf, Error> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().ok_or("no parent directory")?.join(name);
+    if !path.exists() {
+        return Err(format!(
+            "{} is missing: run `cargo build --release --bins` first",
+            path.display()
+        )
+        .into());
+    }
+    Ok(path)
+}
+
+impl Server {
+    /// Starts a server of `kind` with its limits opened up, so that the load
+    /// and not a limit is what is measured.
+    pub(crate) fn start(kind: Kind) -> Result<Server, Error> {
+        let mut command = match kind {
+            Kind::Ours => {
+                // `RENDEZVOUS_BIN` measures another build (say, the one before a change).
+                let binary = match std::env::var_os("RENDEZVOUS_BIN") {
+                    Some(path) => PathBuf::from(path),
+                    None => sibling("rendezvous")?,
+                };
+                let mut c = Command::new(binary);
+                c.args(["--mode", "server", "--listen", "127.0.0.1", "--stats-interval", "0"]);
+                c.args([
+                    "--max-total",
+                    "10000000",
+                    "--max-per-peer",
+                    "1000000",
+                    "--max-per-namespace",
+                    "1000000",
+                ]);
+                c
+            }
+            Kind::Rust => Command::new(sibling("rust-libp2p-server")?),
+            Kind::Py => {
+                let mut c = Command::new(rendezvous_tests::py::python());
+                c.arg(rendezvous_tests::py::script("interop.py")).arg("serve");
+                c
+            }
+        };
+        let mut child =
+            command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        for pipe in [
+            Box::new(child.stdout.take().ok_or("stdout")?) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().ok_or("stderr")?),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let address = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .map_err(|_| format!("{} did not start", kind.name()))?;
+            let found = match kind {
+                Kind::Ours => line.split(" --address ").nth(1),
+                Kind::Rust | Kind::Py => line.strip_prefix("ADDR "),
+            };
+            if let Some(address) = found.and_then(|a| a.split_whitespace().next()) {
+                break address.parse::<Multiaddr>()?;
+            }
+        };
+        let Some(Protocol::P2p(peer)) = address.iter().last() else {
+            return Err("server address without /p2p/".into());
+        };
+        Ok(Server { kind, child, address, peer })
+    }
+
+    /// The server's CPU seconds so far.
+    pub(crate) fn cpu(&self) -> f64 {
+        cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+    }
+
+    /// The server's peak resident set, in MiB.
+    pub(crate) fn peak_rss_mib(&self) -> f64 {
+        status_kib(self.child.id(), "VmHWM:") / 1024.0
+    }
+
+    /// The server's resident set now, in MiB.
+    pub(crate) fn rss_mib(&self) -> f64 {
+        status_kib(self.child.id(), "VmRSS:") / 1024.0
+    }
+}
+
+/// This process's CPU seconds so far: the load tool shares the cores with
+/// the server, and says what it took.
+pub(crate) fn own_cpu() -> f64 {
+    cpu_seconds("/proc/self/stat")
+}
+
+/// utime + stime of a `/proc/<pid>/stat` file, in seconds (10 ms ticks).
+fn cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn status_kib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}

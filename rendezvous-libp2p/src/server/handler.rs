@@ -1,0 +1,249 @@
+//! The server's connection handler: reads requests from inbound substreams,
+//! hands them to the behaviour, writes the answers back. It holds no
+//! protocol state, and everything it holds is bounded.
+//!
+//! A substream is in one of three places: reading its next request (after
+//! writing the previous answer), parked while the behaviour has its request,
+//! or closing (writing a last answer). At most
+//! [`Limits::max_streams`] are open at once; beyond that, up to
+//! [`Limits::max_busy_streams`] more are read once and answered
+//! `E_UNAVAILABLE` by the core, so that the client learns at once rather than
+//! timing out; beyond both, a substream is reset on arrival.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_bounded::{Delay, FuturesTupleSet};
+use libp2p_core::upgrade::{DeniedUpgrade, ReadyUpgrade};
+use libp2p_swarm::handler::{ConnectionEvent, FullyNegotiatedInbound};
+use libp2p_swarm::{ConnectionHandler, ConnectionHandlerEvent, Stream, SubstreamProtocol};
+
+use crate::PROTOCOL;
+use crate::framed::Framed;
+
+/// Bounds of one connection's substreams.
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    pub(crate) max_streams: usize,
+    pub(crate) max_busy_streams: usize,
+    pub(crate) request_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) max_frame: usize,
+}
+
+/// Identifies a substream within its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StreamId(u64);
+
+/// What the handler tells the behaviour.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum ToBehaviour {
+    /// A request arrived; answer it with [`FromBehaviour`]. `busy`: the
+    /// connection is over its substream bound, so answer `E_UNAVAILABLE`.
+    Request { stream: StreamId, body: Bytes, busy: bool },
+    /// A substream failed: a malformed frame or an I/O error.
+    Failed { error: io::Error },
+    /// A substream did not finish a request in time and was reset.
+    TimedOut,
+    /// A substream arrived over both bounds and was reset.
+    Refused,
+    /// A substream ended without delivering a request.
+    Empty,
+}
+
+/// The behaviour's answer to one request.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct FromBehaviour {
+    pub(crate) stream: StreamId,
+    /// The response frame, if the request has one.
+    pub(crate) frame: Option<Bytes>,
+    /// Close the substream after writing (a malformed request, or busy).
+    pub(crate) close: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Tag {
+    id: StreamId,
+    busy: bool,
+    /// At least one request was answered on it.
+    served: bool,
+}
+
+type Read = (Framed<Stream>, io::Result<Option<Bytes>>);
+
+/// Moves frames between inbound substreams and the behaviour.
+pub struct Handler {
+    limits: Arc<Limits>,
+    reading: FuturesTupleSet<Read, Tag>,
+    parked: HashMap<StreamId, (Framed<Stream>, bool)>,
+    /// Substreams writing a last answer and closing, tagged `busy`.
+    closing: FuturesTupleSet<(), bool>,
+    /// Open substreams within the bound, and over it, wherever they are
+    /// (reading, parked or closing), so that each set always has room.
+    open: usize,
+    busy: usize,
+    next_id: u64,
+    events: VecDeque<ToBehaviour>,
+}
+
+impl Handler {
+    pub(crate) fn new(limits: Arc<Limits>) -> Self {
+        let all = limits.max_streams + limits.max_busy_streams;
+        let (read_for, write_for) = (limits.request_timeout, limits.write_timeout);
+        Handler {
+            reading: FuturesTupleSet::new(move || Delay::futures_timer(read_for), all),
+            closing: FuturesTupleSet::new(move || Delay::futures_timer(write_for), all),
+            parked: HashMap::new(),
+            open: 0,
+            busy: 0,
+            next_id: 0,
+            events: VecDeque::new(),
+            limits,
+        }
+    }
+
+    fn accept(&mut self, stream: Stream) {
+        let busy = if self.open < self.limits.max_streams {
+            false
+        } else if self.busy < self.limits.max_busy_streams {
+            true
+        } else {
+            tracing::debug!("resetting an inbound rendezvous substream: {} open", self.open);
+            self.events.push_back(ToBehaviour::Refused);
+            return; // dropping it resets it
+        };
+        self.next_id += 1;
+        let tag = Tag { id: StreamId(self.next_id), busy, served: false };
+        let framed = Framed::new(stream, self.limits.max_frame);
+        if self.reading.try_push(answer_then_read(framed, None), tag).is_ok() {
+            self.count(busy, 1);
+        }
+    }
+
+    fn close(&mut self, framed: Framed<Stream>, answer: Option<Bytes>, busy: bool) {
+        if self.closing.try_push(finish(framed, answer), busy).is_err() {
+            self.count(busy, -1); // unreachable: the set has room for every open substream
+        }
+    }
+
+    fn count(&mut self, busy: bool, up: isize) {
+        let counter = if busy { &mut self.busy } else { &mut self.open };
+        *counter = counter.saturating_add_signed(up);
+    }
+
+    fn on_read(&mut self, result: Result<Read, futures_bounded::Timeout>, tag: Tag) {
+        match result {
+            Ok((framed, Ok(Some(body)))) => {
+                self.parked.insert(tag.id, (framed, tag.busy));
+                self.events.push_back(ToBehaviour::Request {
+                    stream: tag.id,
+                    body,
+                    busy: tag.busy,
+                });
+            }
+            Ok((framed, Ok(None))) => {
+                if !tag.served {
+                    self.events.push_back(ToBehaviour::Empty);
+                }
+                self.close(framed, None, tag.busy);
+            }
+            // A reset after the last answer is how go clients end a
+            // substream; anything else is a failure.
+            Ok((framed, Err(error))) => {
+                self.count(tag.busy, -1);
+                if !(tag.served && framed.is_between_frames())
+                    || error.kind() == io::ErrorKind::InvalidData
+                {
+                    self.events.push_back(ToBehaviour::Failed { error });
+                }
+            }
+            Err(_) => {
+                self.count(tag.busy, -1);
+                self.events.push_back(ToBehaviour::TimedOut);
+            }
+        }
+    }
+}
+
+/// Writes `answer` (if any), then reads the next request.
+async fn answer_then_read(mut framed: Framed<Stream>, answer: Option<Bytes>) -> Read {
+    if let Some(frame) = answer
+        && let Err(e) = framed.write_frame(&frame).await
+    {
+        return (framed, Err(e));
+    }
+    let next = framed.read_frame().await;
+    (framed, next)
+}
+
+/// Writes `answer` (if any) and closes.
+async fn finish(mut framed: Framed<Stream>, answer: Option<Bytes>) {
+    if let Some(frame) = answer {
+        let _ = framed.write_frame(&frame).await;
+    }
+    let _ = framed.close().await;
+}
+
+impl ConnectionHandler for Handler {
+    type FromBehaviour = FromBehaviour;
+    type ToBehaviour = ToBehaviour;
+    type InboundProtocol = ReadyUpgrade<libp2p_swarm::StreamProtocol>;
+    type OutboundProtocol = DeniedUpgrade;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = ();
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, ()> {
+        SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ())
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), Self::ToBehaviour>> {
+        while let Poll::Ready((_, busy)) = self.closing.poll_unpin(cx) {
+            self.count(busy, -1);
+        }
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event));
+            }
+            match self.reading.poll_unpin(cx) {
+                Poll::Ready((result, tag)) => self.on_read(result, tag),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn on_behaviour_event(&mut self, answer: FromBehaviour) {
+        let Some((framed, busy)) = self.parked.remove(&answer.stream) else {
+            return;
+        };
+        if answer.close || busy {
+            self.close(framed, answer.frame, busy);
+            return;
+        }
+        let tag = Tag { id: answer.stream, busy, served: true };
+        if self.reading.try_push(answer_then_read(framed, answer.frame), tag).is_err() {
+            self.count(busy, -1); // unreachable: the set has room for every open substream
+        }
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol, (), ()>,
+    ) {
+        if let ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
+            protocol: stream,
+            ..
+        }) = event
+        {
+            self.accept(stream);
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The rendezvous point as a `NetworkBehaviour`.
+//!
+//! ```no_run
+//! use rendezvous_libp2p::server;
+//! let behaviour = server::Behaviour::new(server::Config::default()).expect("valid limits");
+//! ```
+//!
+//! Give it what identify learns ([`Behaviour::set_agent_version`]) so that
+//! each peer is served the record flavour its stack verifies. Raise the
+//! swarm's `max_negotiating_inbound_streams` (default 128) to at least
+//! [`Config::max_streams_per_connection`], or bursts of new substreams wait
+//! in the muxer before the handler sees them.
+
+mod handler;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use libp2p_core::{Endpoint, Multiaddr, transport::PortUse};
+use libp2p_identity::PeerId;
+use libp2p_swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use rendezvous_core::{
+    LimitsError, Reader, RequestId, Server, ServerConfig, ServerEvent, Stats, Timestamp,
+};
+
+use crate::clock::{Clock, Timer};
+pub use handler::Handler;
+use handler::{FromBehaviour, StreamId, ToBehaviour};
+
+/// Configuration of the server behaviour.
+///
+/// Memory per connection is bounded by the substream limits: each open
+/// substream holds at most one request frame being read
+/// ([`Limits::max_request_frame`](rendezvous_core::Limits::max_request_frame),
+/// 8 KiB) and a 1 KiB read buffer, so with the defaults the handler holds at
+/// most (256 + 32) × 9 KiB ≈ 2.6 MiB. The muxer buffers what a peer sends
+/// ahead on a substream the handler is not reading; yamux allows 256 KiB per
+/// substream, so also bound its number of substreams (the host of
+/// `rendezvous-async-std` sets it to the two limits here plus a few).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The core's limits and policies. Defaults to [`ServerConfig::default`]
+    /// with [`initial_sequence`](ServerConfig::initial_sequence) set to the
+    /// Unix time in microseconds, so that cookies from an earlier run of the
+    /// same point read as "before everything now".
+    pub core: ServerConfig,
+    /// Most rendezvous substreams open at once on one connection. Defaults
+    /// to 256 (rust-libp2p clients keep up to 100 in flight, js-libp2p 64).
+    pub max_streams_per_connection: usize,
+    /// Substreams beyond that, each read once and answered `E_UNAVAILABLE`
+    /// with a `statusText` naming the limit, then closed; beyond these, a
+    /// substream is reset on arrival. Defaults to 32.
+    pub max_busy_streams_per_connection: usize,
+    /// Longest a substream may take to deliver a complete request, from its
+    /// opening or from the previous answer; then it is reset. Defaults to 10 s.
+    pub request_timeout: Duration,
+    /// Longest wait to write one response. Defaults to 10 s.
+    pub write_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let core = ServerConfig {
+            initial_sequence: Clock::new().unix_micros(),
+            ..ServerConfig::default()
+        };
+        Config {
+            core,
+            max_streams_per_connection: 256,
+            max_busy_streams_per_connection: 32,
+            request_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the server behaviour reports.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// Something happened in the registry (registered, refreshed, expired,
+    /// refused, discovered, ...).
+    Core(ServerEvent),
+    /// A substream was closed or reset without a request served on it;
+    /// nothing else was affected.
+    StreamRejected {
+        /// Whose.
+        peer: PeerId,
+        /// Why.
+        reason: Rejection,
+    },
+}
+
+/// Why a substream was rejected.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// It sent bytes that are not a rendezvous request.
+    Malformed(io::Error),
+    /// Reading or writing failed.
+    Io(io::Error),
+    /// It did not deliver a complete request within
+    /// [`Config::request_timeout`].
+    TimedOut,
+    /// It arrived while the connection was over both substream limits.
+    OverLimit,
+    /// It ended without sending a request.
+    Empty,
+}
+
+impl Rejection {
+    /// A short name, for logs and metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rejection::Malformed(_) => "malformed",
+            Rejection::Io(_) => "io",
+            Rejection::TimedOut => "timeout",
+            Rejection::OverLimit => "over_limit",
+            Rejection::Empty => "empty",
+        }
+    }
+}
+
+/// Substreams rejected since the start, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Sent something that is not a request.
+    pub malformed: u64,
+    /// Failed to read or write.
+    pub io: u64,
+    /// Too slow to deliver a request.
+    pub timed_out: u64,
+    /// Reset for being over the connection's limits.
+    pub over_limit: u64,
+    /// Ended without sending a request.
+    pub empty: u64,
+}
+
+/// Where a request's answer goes.
+#[derive(Debug)]
+struct Route {
+    peer: PeerId,
+    connection: ConnectionId,
+    stream: StreamId,
+}
+
+/// The rendezvous point.
+pub struct Behaviour {
+    core: Server,
+    timer: Timer,
+    limits: Arc<handler::Limits>,
+    busy_reason: String,
+    routes: HashMap<RequestId, Route>,
+    next_request: u64,
+    actions: VecDeque<ToSwarm<Event, FromBehaviour>>,
+    streams: StreamStats,
+}
+
+impl Behaviour {
+    /// A server with `config`, or why its limits cannot work.
+    pub fn new(config: Config) -> Result<Self, LimitsError> {
+        let limits = Arc::new(handler::Limits {
+            max_streams: config.max_streams_per_connection.max(1),
+            max_busy_streams: config.max_busy_streams_per_connection,
+            request_timeout: config.request_timeout,
+            write_timeout: config.write_timeout,
+            max_frame: config.core.limits.max_request_frame,
+        });
+        let busy_reason = format!(
+            "{} requests in flight on this connection, the server's limit; retry later",
+            limits.max_streams
+        );
+        Ok(Behaviour {
+            core: Server::new(config.core)?,
+            timer: Timer::new(Clock::new()),
+            limits,
+            busy_reason,
+            routes: HashMap::new(),
+            next_request: 0,
+            actions: VecDeque::new(),
+            streams: StreamStats::default(),
+        })
+    }
+
+    /// The core, for statistics and inspection.
+    pub fn core(&self) -> &Server {
+        &self.core
+    }
+
+    /// Current counts.
+    pub fn stats(&self) -> Stats {
+        self.core.stats()
+    }
+
+    /// Substreams rejected since the start.
+    pub fn stream_stats(&self) -> StreamStats {
+        self.streams
+    }
+
+    /// Tells the server what `peer` reads; see
+    /// [`Server::set_reader_dialect`].
+    pub fn set_reader_dialect(&mut self, peer: PeerId, reader: impl Into<Reader>) {
+        self.core.set_reader_dialect(peer, reader);
+    }
+
+    /// Tells the server the agent version identify learned for `peer`, from
+    /// which it knows the record flavour `peer` reads
+    /// ([`Reader::from_agent_version`]). Call it on every identify
+    /// `Received` event.
+    pub fn set_agent_version(&mut self, peer: PeerId, agent_version: &str) {
+        if let Some(reader) = Reader::from_agent_version(agent_version) {
+            self.core.set_reader_dialect(peer, reader);
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        self.timer.now()
+    }
+
+    fn on_request(&mut self, peer: PeerId, connection: ConnectionId, request: ToBehaviour) {
+        let reason = match request {
+            ToBehaviour::Request { stream, body, busy } => {
+                self.next_request += 1;
+                let id = RequestId(self.next_request);
+                self.routes.insert(id, Route { peer, connection, stream });
+                let now = self.now();
+                let handled = if busy {
+                    self.core.handle_frame_busy(now, peer, id, &body, &self.busy_reason)
+                } else {
+                    self.core.handle_frame(now, peer, id, &body)
+                };
+                match handled {
+                    Ok(()) => return self.drain_core(),
+                    Err(error) => {
+                        self.routes.remove(&id);
+                        self.answer(
+                            peer,
+                            connection,
+                            FromBehaviour { stream, frame: None, close: true },
+                        );
+                        self.streams.malformed += 1;
+                        Rejection::Malformed(io::Error::new(io::ErrorKind::InvalidData, error))
+                    }
+                }
+            }
+            ToBehaviour::Failed { error } if error.kind() == io::ErrorKind::InvalidData => {
+                self.streams.malformed += 1;
+                Rejection::Malformed(error)
+            }
+            ToBehaviour::Failed { error } => {
+                self.streams.io += 1;
+                Rejection::Io(error)
+            }
+            ToBehaviour::TimedOut => {
+                self.streams.timed_out += 1;
+                Rejection::TimedOut
+            }
+            ToBehaviour::Refused => {
+                self.streams.over_limit += 1;
+                Rejection::OverLimit
+            }
+            ToBehaviour::Empty => {
+                self.streams.empty += 1;
+                Rejection::Empty
+            }
+        };
+        let event = Event::StreamRejected { peer, reason };
+        self.actions.push_back(ToSwarm::GenerateEvent(event));
+    }
+
+    fn answer(&mut self, peer: PeerId, connection: ConnectionId, answer: FromBehaviour) {
+        self.actions.push_back(ToSwarm::NotifyHandler {
+            peer_id: peer,
+            handler: NotifyHandler::One(connection),
+            event: answer,
+        });
+    }
+
+    /// Routes the core's answers to their substreams, its events to the
+    /// swarm, and re-arms the timer.
+    fn drain_core(&mut self) {
+        while let Some(transmit) = self.core.poll_transmit() {
+            // Gone if its connection closed meanwhile.
+            if let Some(route) = self.routes.remove(&transmit.request_id) {
+                let frame = transmit.to_frame();
+                let answer = FromBehaviour { stream: route.stream, frame, close: false };
+                self.answer(route.peer, route.connection, answer);
+            }
+        }
+        while let Some(event) = self.core.poll_event() {
+            self.actions.push_back(ToSwarm::GenerateEvent(Event::Core(event)));
+        }
+        self.timer.set(self.core.poll_timeout());
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = Handler;
+    type ToSwarm = Event;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(Handler::new(self.limits.clone()))
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(Handler::new(self.limits.clone()))
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionClosed(closed) = event {
+            self.routes.retain(|_, route| route.connection != closed.connection_id);
+            if closed.remaining_established == 0 {
+                self.core.handle_disconnected(self.timer.now(), &closed.peer_id);
+                self.drain_core();
+            }
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.on_request(peer, connection, event);
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        loop {
+            if let Some(action) = self.actions.pop_front() {
+                return Poll::Ready(action);
+            }
+            match self.timer.poll(cx) {
+                Poll::Ready(now) => {
+                    self.core.handle_timeout(now);
+                    self.drain_core();
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Many substreams on one connection, over real TCP + noise + yamux: every
+//! request is answered, and idle or abusive substreams are counted and never
+//! in the way of a legitimate request.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the failure report
+
+use std::time::Duration;
+
+use futures::AsyncWriteExt;
+use libp2p::{Multiaddr, PeerId};
+use rendezvous_libp2p::core::proto::{self, ResponseStatus, read_status};
+use rendezvous_libp2p::core::testing::{self, TestPeer};
+use rendezvous_libp2p::core::{Dialect, Flavour, Limits, codec};
+use rendezvous_libp2p::server;
+use rendezvous_tests::net::{
+    expect, listen, raw_connection, raw_connection_as, read_frame, spawn, swarm,
+};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+async fn our_server(
+    config: server::Config,
+) -> (PeerId, Multiaddr, UnboundedReceiver<server::Event>) {
+    let mut s = swarm(|_| server::Behaviour::new(config).unwrap());
+    let addr = listen(&mut s).await;
+    let id = *s.local_peer_id();
+    (id, addr, spawn(s))
+}
+
+fn register_status(answer: &proto::Message) -> (ResponseStatus, String) {
+    let body = answer.register_response.clone().expect("a register response");
+    (read_status(body.status).unwrap(), body.status_text.unwrap_or_default())
+}
+
+/// A REGISTER of `raw`'s own identity: signed with its key.
+fn register(raw_key: &TestPeer, ns: &str) -> proto::Message {
+    testing::register(ns, raw_key.record(Dialect::Signed(Flavour::RustLibp2p)), None)
+}
+
+#[tokio::test]
+async fn a_connection_with_128_registers_in_flight_gets_every_one_answered() {
+    let mut config = server::Config::default();
+    config.core.limits = Limits { max_registrations_per_peer: 10_000, ..Limits::default() };
+    let (server_id, addr, _events) = our_server(config).await;
+    // The records are signed by the dialing identity, so dial with it.
+    let me = TestPeer::new(7);
+    let mut raw = raw_connection_as(me.keypair.clone(), server_id, &addr).await;
+    for round in 0..4 {
+        // All 128 substreams open and written before any answer is read, so
+        // the server holds them all at once.
+        let mut streams = Vec::new();
+        for i in 0..128 {
+            let mut stream = raw.open(server_id).await;
+            let request = register(&me, &format!("ns-{round}-{i}"));
+            stream.write_all(&codec::frame(&request)).await.unwrap();
+            stream.flush().await.unwrap();
+            streams.push(stream);
+        }
+        for (i, mut stream) in streams.into_iter().enumerate() {
+            let body = read_frame(&mut stream).await.unwrap_or_else(|e| panic!("#{i}: {e}"));
+            let answer = codec::decode_message(&body).unwrap();
+            assert_eq!(register_status(&answer), (ResponseStatus::Ok, String::new()), "#{i}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn fifty_idle_substreams_do_not_keep_a_fifty_first_request_waiting() {
+    let (server_id, addr, _events) = our_server(server::Config::default()).await;
+    let mut raw = raw_connection(server_id, &addr).await;
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(raw.open(server_id).await);
+    }
+    let answer = raw.request(server_id, &testing::discover(Some("x"), None, None)).await.unwrap();
+    let page = answer.discover_response.expect("a discover response");
+    assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok));
+    drop(idle);
+}
+
+#[tokio::test]
+async fn requests_over_the_limit_are_answered_busy_and_stalled_substreams_are_reset() {
+    let config = server::Config {
+        max_streams_per_connection: 4,
+        max_busy_streams_per_connection: 2,
+        request_timeout: Duration::from_secs(1),
+        ..server::Config::default()
+    };
+    let (server_id, addr, mut events) = our_server(config).await;
+    let me = TestPeer::new(8);
+    let mut raw = raw_connection_as(me.keypair.clone(), server_id, &addr).await;
+    // Four substreams that never finish a frame fill the connection's bound.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut stream = raw.open(server_id).await;
+        stream.write_all(&[40, 8]).await.unwrap(); // 40 bytes announced, 1 sent
+        stream.flush().await.unwrap();
+        stalled.push(stream);
+    }
+    // Requests beyond it are answered at once, with the reason.
+    for ns in ["a", "b"] {
+        let answer = raw.request(server_id, &register(&me, ns)).await.unwrap();
+        let (status, text) = register_status(&answer);
+        assert_eq!(status, ResponseStatus::EUnavailable);
+        assert!(text.contains("4 requests in flight on this connection"), "{text}");
+    }
+    // Two more stalled ones fill the busy room; the next is reset at once.
+    for _ in 0..2 {
+        let mut stream = raw.open(server_id).await;
+        stream.write_all(&[40]).await.unwrap();
+        stream.flush().await.unwrap();
+        stalled.push(stream);
+    }
+    let refused = raw.request(server_id, &register(&me, "c")).await;
+    assert!(refused.is_err(), "reset, not answered: {refused:?}");
+    let over = expect(&mut events, |e| match e {
+        server::Event::StreamRejected { reason: server::Rejection::OverLimit, .. } => Some(()),
+        _ => None,
+    });
+    over.await;
+    // The stalled ones are reset after the request timeout and counted...
+    for _ in 0..6 {
+        expect(&mut events, |e| match e {
+            server::Event::StreamRejected { reason: server::Rejection::TimedOut, .. } => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    // ...and the connection serves again.
+    let answer = raw.request(server_id, &register(&me, "d")).await.unwrap();
+    assert_eq!(register_status(&answer).0, ResponseStatus::Ok);
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn a_frame_dripped_byte_by_byte_is_answered_and_empty_substreams_are_counted() {
+    let (server_id, addr, mut events) = our_server(server::Config::default()).await;
+    let mut raw = raw_connection(server_id, &addr).await;
+    // Opened and dropped at once: counted, nothing else happens.
+    for _ in 0..20 {
+        drop(raw.open(server_id).await);
+    }
+    for _ in 0..20 {
+        expect(&mut events, |e| match e {
+            server::Event::StreamRejected { reason, .. } => Some(reason.name()),
+            _ => None,
+        })
+        .await;
+    }
+    let frame = codec::frame(&testing::discover(Some("x"), Some(5), None));
+    let mut stream = raw.open(server_id).await;
+    for byte in frame.iter() {
+        stream.write_all(&[*byte]).await.unwrap();
+        stream.flush().await.unwrap();
+    }
+    let body = read_frame(&mut stream).await.unwrap();
+    let page = codec::decode_message(&body).unwrap().discover_response.unwrap();
+    assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok));
+}
