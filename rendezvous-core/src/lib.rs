@@ -7,8 +7,9 @@
 //! can simulate days in microseconds. A `clippy.toml` bans clock reads here.
 //!
 //! - [`Client`]: registers, refreshes at 80% of the granted TTL, retries with
-//!   backoff, falls back to the legacy dialect, discovers with cookies and
-//!   caches what it found.
+//!   backoff, steps down a record-dialect ladder per server on evidence,
+//!   discovers with cookies, watches namespaces and reports the peers that
+//!   come and go.
 //! - [`Server`]: the rendezvous point. Registrations keyed by (peer,
 //!   namespace), TTL expiry, stateless cookies, every limit in [`Limits`].
 //! - [`codec`]: the unsigned-varint-prefixed protobuf framing, with a hard
@@ -34,6 +35,7 @@ mod client;
 pub mod codec;
 pub mod cookie;
 mod limits;
+mod lru;
 mod namespace;
 pub mod proto;
 pub mod record;
@@ -45,8 +47,8 @@ pub mod testing;
 mod time;
 
 pub use client::{
-    Client, ClientConfig, ClientEvent, ClientTransmit, CommandError, Discovery, Failure,
-    RequestError,
+    Client, ClientConfig, ClientConfigError, ClientEvent, ClientTransmit, CommandError, Discovery,
+    Failure, LostReason, REFRESH_PERCENT, RecordFlavour, RequestError,
 };
 pub use limits::{Limits, LimitsError, ServerConfig};
 pub use namespace::{Namespace, NamespaceError};

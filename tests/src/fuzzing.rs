@@ -88,9 +88,11 @@ pub fn client_responses(data: &[u8]) {
     let me = TestPeer::new(1);
     let server = *PEER.get_or_init(|| TestPeer::new(0).id);
     let mut client =
-        Client::new(ClientConfig::default(), me.keypair.clone(), vec![me.addr.clone()], 1);
+        Client::new(ClientConfig::default(), me.keypair.clone(), vec![me.addr.clone()], 1)
+            .expect("the default config is valid");
     let ns = |n: &str| Namespace::new(n, 255).expect("valid");
     let now = Timestamp::ZERO;
+    client.watch(now, server, ns("c")).expect("room");
     let mut commands = vec![
         client.register(now, server, ns("a"), None).expect("room"),
         client.discover(now, server, Some(ns("a")), None).expect("room"),
@@ -134,6 +136,9 @@ pub fn client_responses(data: &[u8]) {
             commands.push(client.discover(now, server, None, None).expect("room"));
         }
     }
+    // Watches and refreshes keep sending; answer nothing more and let time
+    // pass until every command is done.
+    client.unwatch(server, ns("c"));
     client.handle_timeout(Timestamp::from_secs(24 * 3600));
     while let Some(t) = client.poll_transmit() {
         client.handle_failure(Timestamp::from_secs(24 * 3600), t.request_id, Failure::Unreachable);

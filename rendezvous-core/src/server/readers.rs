@@ -8,18 +8,15 @@
 //! dialect. When full, the peer used least recently is forgotten; a new peer
 //! is never refused.
 
-use std::collections::{BTreeMap, HashMap};
-
 use libp2p_identity::PeerId;
 
+use crate::lru::Lru;
 use crate::record::Reader;
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Remembered {
     from_agent: Option<Reader>,
     from_register: Option<Reader>,
-    /// The tick of the last use; the key of `by_use`.
-    used: u64,
 }
 
 impl Remembered {
@@ -33,84 +30,40 @@ impl Remembered {
 
 /// Peers' readers, least recently used evicted first.
 #[derive(Debug)]
-pub(crate) struct Readers {
-    by_peer: HashMap<PeerId, Remembered>,
-    by_use: BTreeMap<u64, PeerId>,
-    tick: u64,
-    capacity: usize,
-    evicted: u64,
-}
+pub(crate) struct Readers(Lru<PeerId, Remembered>);
 
 impl Readers {
     pub(crate) fn new(capacity: usize) -> Self {
-        Readers {
-            by_peer: HashMap::new(),
-            by_use: BTreeMap::new(),
-            tick: 0,
-            capacity: capacity.max(1),
-            evicted: 0,
-        }
+        Readers(Lru::new(capacity))
     }
 
     /// What `peer` reads, if known; counts as a use.
     pub(crate) fn get(&mut self, peer: &PeerId) -> Option<Reader> {
-        let reader = self.by_peer.get(peer)?.reader();
-        self.touch(peer);
-        reader
+        self.0.get_mut(peer)?.reader()
     }
 
     /// The adapter says what `peer` reads.
     pub(crate) fn told(&mut self, peer: PeerId, reader: Reader) {
-        self.entry(peer).from_agent = Some(reader);
+        self.0.entry(peer, Remembered::default).from_agent = Some(reader);
     }
 
     /// `peer` registered a record that `reader`s read.
     pub(crate) fn registered(&mut self, peer: PeerId, reader: Reader) {
-        self.entry(peer).from_register = Some(reader);
+        self.0.entry(peer, Remembered::default).from_register = Some(reader);
     }
 
     /// Forgets `peer` (its last connection closed).
     pub(crate) fn forget(&mut self, peer: &PeerId) {
-        if let Some(gone) = self.by_peer.remove(peer) {
-            self.by_use.remove(&gone.used);
-        }
+        self.0.remove(peer);
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.by_peer.len()
+        self.0.len()
     }
 
     /// Peers forgotten to make room, since the start.
     pub(crate) fn evicted(&self) -> u64 {
-        self.evicted
-    }
-
-    fn entry(&mut self, peer: PeerId) -> &mut Remembered {
-        if self.by_peer.contains_key(&peer) {
-            self.touch(&peer);
-        } else {
-            if self.by_peer.len() >= self.capacity
-                && let Some((_, oldest)) = self.by_use.pop_first()
-            {
-                self.by_peer.remove(&oldest);
-                self.evicted += 1;
-            }
-            self.tick += 1;
-            self.by_use.insert(self.tick, peer);
-            let fresh = Remembered { from_agent: None, from_register: None, used: self.tick };
-            self.by_peer.insert(peer, fresh);
-        }
-        self.by_peer.get_mut(&peer).expect("inserted or present above")
-    }
-
-    fn touch(&mut self, peer: &PeerId) {
-        let Some(remembered) = self.by_peer.get_mut(peer) else {
-            return;
-        };
-        self.by_use.remove(&remembered.used);
-        self.tick += 1;
-        remembered.used = self.tick;
-        self.by_use.insert(self.tick, *peer);
+        self.0.evicted()
     }
 }
 
