@@ -67,8 +67,8 @@ pub enum ServerEvent {
 /// What a [`ClientBehaviour`] reports.
 #[derive(Debug)]
 pub enum ClientEvent {
-    /// From the rendezvous behaviour.
-    Rendezvous(client::Event),
+    /// From the rendezvous behaviour (boxed: it is much larger than the rest).
+    Rendezvous(Box<client::Event>),
     /// From identify.
     Identify(Box<libp2p_identify::Event>),
     /// From ping.
@@ -86,7 +86,7 @@ macro_rules! from_events {
 }
 
 from_events!(ServerEvent: Rendezvous(server::Event), Identify(libp2p_identify::Event) => Box::new, Ping(libp2p_ping::Event));
-from_events!(ClientEvent: Rendezvous(client::Event), Identify(libp2p_identify::Event) => Box::new, Ping(libp2p_ping::Event));
+from_events!(ClientEvent: Rendezvous(client::Event) => Box::new, Identify(libp2p_identify::Event) => Box::new, Ping(libp2p_ping::Event));
 
 impl From<std::convert::Infallible> for ServerEvent {
     fn from(never: std::convert::Infallible) -> Self {
@@ -129,13 +129,16 @@ impl ServerBehaviour {
 }
 
 impl ClientBehaviour {
-    /// A client with `config`.
-    pub fn new(keypair: &Keypair, config: client::Config) -> Self {
-        ClientBehaviour {
-            rendezvous: client::Behaviour::new(keypair.clone(), config),
+    /// A client with `config`, or why `config` cannot work.
+    pub fn new(
+        keypair: &Keypair,
+        config: client::Config,
+    ) -> Result<Self, rendezvous_libp2p::core::ClientConfigError> {
+        Ok(ClientBehaviour {
+            rendezvous: client::Behaviour::new(keypair.clone(), config)?,
             identify: identify(keypair),
             ping: libp2p_ping::Behaviour::default(),
-        }
+        })
     }
 }
 

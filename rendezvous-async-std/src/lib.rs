@@ -5,6 +5,8 @@
 //!   transport only supports tokio now).
 //! - [`host`]: TCP + noise + yamux, identify, ping and connection limits
 //!   around the `rendezvous-libp2p` behaviours, on any executor.
+//! - [`node`]: a ready rendezvous point ([`node::ServerNode`]) and client
+//!   ([`node::ClientNode`]): what the `rendezvous` binary does, in one call.
 //!
 //! async-std 1.13 is discontinued upstream. Nothing here depends on it but
 //! the binary's `block_on` and `spawn`: the transport runs on async-io, the
@@ -16,4 +18,6 @@
 
 pub mod host;
 pub mod keyfile;
+pub mod logging;
+pub mod node;
 pub mod transport;

@@ -48,6 +48,26 @@ fn clients_find_each_other_and_an_interrupted_client_disappears() {
 }
 
 #[test]
+fn a_client_in_refresh_mode_sees_another_arrive_and_leave() {
+    let (_server, address) = server(&[]);
+    let mut watcher = client(&address, &["-n", "lobby", "--discover-interval", "1"]);
+    watcher.expect("🔄 Refresh mode enabled - discovery service running in background");
+    watcher.expect("No other peers found (only self)");
+    let mut visitor = client(&address, &["-n", "lobby"]);
+    let visitor_id = peer_id(&visitor.expect("Client started with peer ID: "));
+    let found = watcher.expect("Found peer: ");
+    assert!(found.contains(&visitor_id), "{found}");
+    visitor.interrupt();
+    let (status, lines) = visitor.finish();
+    assert!(status.success(), "{lines:#?}");
+    // Noticed at the next full rediscovery, every tenth.
+    let lost = watcher.expect("Lost peer: ");
+    assert!(lost.contains(&visitor_id) && lost.contains("Unregistered"), "{lost}");
+    watcher.interrupt();
+    assert!(watcher.finish().0.success());
+}
+
+#[test]
 fn log_lines_look_like_the_demo() {
     let (server, address) = server(&[]);
     let (status, lines) = client(&address, &["--refresh", "False"]).finish();

@@ -98,7 +98,9 @@ fn our_client_registers_and_discovers_at_py_libp2ps_server() {
     py_server.expect(r#"STATS {"interop": 1}"#);
 
     let mut ours = client(&address, &["-n", "interop"]);
-    ours.expect("refused a signed peer record (ENotAuthorized: Peer can only register itself); using the legacy PeerInfo dialect");
+    ours.expect("refused our rust-libp2p envelope (ENotAuthorized: Peer can only register itself); trying the standard envelope");
+    ours.expect("refused our standard envelope (ENotAuthorized: Peer can only register itself); trying the legacy PeerInfo");
+    ours.expect("took our legacy PeerInfo");
     ours.expect("✓ Registered with TTL 7200s");
     py_server.expect(r#"STATS {"interop": 2}"#);
     ours.expect(&format!("Found peer: {py_id}"));

@@ -40,7 +40,7 @@ fn a_server_and_a_client_on_smol_register_and_discover() {
         let key = Keypair::generate_ed25519();
         let mut peer = host::build(
             &key,
-            ClientBehaviour::new(&key, client::Config::default()),
+            ClientBehaviour::new(&key, client::Config::default()).unwrap(),
             smol_executor(),
         )
         .unwrap();
@@ -56,16 +56,19 @@ fn a_server_and_a_client_on_smol_register_and_discover() {
                         registered = true;
                         peer.behaviour_mut().rendezvous.register(server_id, chat.clone(), None).unwrap();
                     }
-                    SwarmEvent::Behaviour(ClientEvent::Rendezvous(Rendezvous::Registered { ttl, .. })) => {
-                        assert_eq!(ttl, 7200);
-                        peer.behaviour_mut().rendezvous.discover(server_id, Some(chat.clone()), None).unwrap();
-                    }
-                    SwarmEvent::Behaviour(ClientEvent::Rendezvous(Rendezvous::Discovered { registrations, .. })) => {
-                        assert_eq!(registrations.len(), 1);
-                        assert_eq!(registrations[0].peer, *peer.local_peer_id());
-                        return;
-                    }
-                    SwarmEvent::Behaviour(ClientEvent::Rendezvous(event @ (Rendezvous::RegisterFailed { .. } | Rendezvous::DiscoverFailed { .. }))) => panic!("{event:?}"),
+                    SwarmEvent::Behaviour(ClientEvent::Rendezvous(event)) => match *event {
+                        Rendezvous::Registered { ttl, .. } => {
+                            assert_eq!(ttl, Duration::from_secs(7200));
+                            peer.behaviour_mut().rendezvous.discover(server_id, Some(chat.clone()), None).unwrap();
+                        }
+                        Rendezvous::Discovered { registrations, .. } => {
+                            assert_eq!(registrations.len(), 1);
+                            assert_eq!(registrations[0].peer, *peer.local_peer_id());
+                            return;
+                        }
+                        event @ (Rendezvous::RegisterFailed { .. } | Rendezvous::DiscoverFailed { .. }) => panic!("{event:?}"),
+                        _ => {}
+                    },
                     _ => {}
                 },
                 _ = timeout => panic!("no discovery within 20 s"),

@@ -52,14 +52,16 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let chat = Namespace::new("chat", 255)?;
     let mut clients = Vec::new();
     for _ in 0..2 {
-        let mut c = build(|key| client::Behaviour::new(key.clone(), client::Config::default()))?;
+        let mut c = build(|key| {
+            client::Behaviour::new(key.clone(), client::Config::default()).expect("default config")
+        })?;
         listen(&mut c).await?;
         c.add_peer_address(point_id, point_addr.clone());
         c.behaviour_mut().register(point_id, chat.clone(), None)?;
         loop {
             match c.select_next_some().await {
                 SwarmEvent::Behaviour(ClientEvent::Registered { ttl, .. }) => {
-                    println!("{} registered in chat for {ttl} s", c.local_peer_id());
+                    println!("{} registered in chat for {} s", c.local_peer_id(), ttl.as_secs());
                     break;
                 }
                 SwarmEvent::Behaviour(ClientEvent::RegisterFailed { error, .. }) => {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::rendezvous as theirs;
@@ -34,7 +35,8 @@ async fn our_server(config: ServerConfig) -> (PeerId, Multiaddr, UnboundedReceiv
 }
 
 async fn our_client(server: PeerId, server_addr: &Multiaddr) -> Swarm<client::Behaviour> {
-    let mut c = swarm(|key| client::Behaviour::new(key.clone(), client::Config::default()));
+    let mut c =
+        swarm(|key| client::Behaviour::new(key.clone(), client::Config::default()).unwrap());
     listen(&mut c).await;
     c.add_peer_address(server, server_addr.clone());
     c
@@ -57,9 +59,9 @@ async fn register_ours(
     name: &str,
     ttl: Option<u64>,
 ) -> Result<u64, RequestError> {
-    let id = c.behaviour_mut().register(server, ns(name), ttl).unwrap();
+    let id = c.behaviour_mut().register(server, ns(name), ttl.map(Duration::from_secs)).unwrap();
     until(c, |e| match e {
-        ClientEvent::Registered { request: Some(r), ttl, .. } if r == id => Some(Ok(ttl)),
+        ClientEvent::Registered { request: Some(r), ttl, .. } if r == id => Some(Ok(ttl.as_secs())),
         ClientEvent::RegisterFailed { request: Some(r), error, .. } if r == id => Some(Err(error)),
         _ => None,
     })

@@ -110,8 +110,8 @@ pub(crate) fn server(extra: &[&str]) -> (Proc, String) {
     args.extend_from_slice(extra);
     let mut server = Proc::start(&args);
     server.expect("Rendezvous server started with peer ID: ");
-    let line = server.expect("  rendezvous --mode client --address ");
-    let address = line.rsplit(' ').next().unwrap().to_owned();
+    let line = server.expect(" --mode client --address ");
+    let address = line.split(" --address ").nth(1).unwrap().split(' ').next().unwrap().to_owned();
     assert!(address.starts_with("/ip4/127.0.0.1/tcp/") && address.contains("/p2p/"), "{address}");
     server.expect("Press Ctrl+C to stop...");
     (server, address)

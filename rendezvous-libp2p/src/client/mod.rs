@@ -4,7 +4,8 @@
 //! use rendezvous_libp2p::client;
 //! use rendezvous_libp2p::core::Namespace;
 //! # fn demo(keypair: libp2p_identity::Keypair, server: libp2p_identity::PeerId) {
-//! let mut behaviour = client::Behaviour::new(keypair, client::Config::default());
+//! let mut behaviour =
+//!     client::Behaviour::new(keypair, client::Config::default()).expect("valid config");
 //! let chat = Namespace::new("chat", 255).expect("a valid namespace");
 //! behaviour.register(server, chat.clone(), None).expect("room for the request");
 //! behaviour.discover(server, Some(chat), None).expect("room for the request");
@@ -28,9 +29,11 @@ use libp2p_swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandler,
     THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
+use std::time::Duration;
+
 use rendezvous_core::{
-    Client, ClientConfig, ClientEvent, ClientTransmit, CommandError, Discovery, Failure, Namespace,
-    RequestId,
+    Client, ClientConfig, ClientConfigError, ClientEvent, ClientTransmit, CommandError, Discovery,
+    Failure, Namespace, RequestId,
 };
 
 use crate::clock::{Clock, Timer};
@@ -84,15 +87,16 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    /// A client for `keypair` (the swarm's own key).
-    pub fn new(keypair: Keypair, config: Config) -> Self {
+    /// A client for `keypair` (the swarm's own key), or why `config`
+    /// cannot work.
+    pub fn new(keypair: Keypair, config: Config) -> Result<Self, ClientConfigError> {
         let limits = Arc::new(handler::Limits {
             timeout: config.core.request_timeout,
             max_frame: config.core.max_response_frame,
             max_in_flight: config.core.max_pending,
         });
-        Behaviour {
-            core: Client::new(config.core, keypair, Vec::new(), config.seed),
+        Ok(Behaviour {
+            core: Client::new(config.core, keypair, Vec::new(), config.seed)?,
             timer: Timer::new(Clock::new()),
             limits,
             connections: BTreeMap::new(),
@@ -102,7 +106,7 @@ impl Behaviour {
             listening: Vec::new(),
             server_addresses: BTreeMap::new(),
             actions: VecDeque::new(),
-        }
+        })
     }
 
     /// Where to dial `server`. Addresses given to the swarm with
@@ -123,7 +127,7 @@ impl Behaviour {
         &mut self,
         server: PeerId,
         namespace: Namespace,
-        ttl: Option<u64>,
+        ttl: Option<Duration>,
     ) -> Result<RequestId, CommandError> {
         let id = self.core.register(self.timer.now(), server, namespace, ttl)?;
         self.flush();
@@ -173,6 +177,20 @@ impl Behaviour {
         Ok(id)
     }
 
+    /// Rediscovers `namespace` at `server` periodically, reporting the peers
+    /// that come and go ([`ClientEvent::PeerFound`], [`ClientEvent::PeerLost`]).
+    pub fn watch(&mut self, server: PeerId, namespace: Namespace) -> Result<(), CommandError> {
+        self.core.watch(self.timer.now(), server, namespace)?;
+        self.flush();
+        Ok(())
+    }
+
+    /// Stops watching `namespace` at `server`.
+    pub fn unwatch(&mut self, server: PeerId, namespace: Namespace) {
+        self.core.unwatch(server, namespace);
+        self.flush();
+    }
+
     /// Cached discoveries of `namespace` (or all) whose TTL has not run out.
     pub fn discovered<'a>(
         &'a self,
@@ -206,15 +224,13 @@ impl Behaviour {
             }
         }
         while let Some(event) = self.core.poll_event() {
-            if let ClientEvent::Discovered { registrations, .. } = &event {
-                for found in registrations {
-                    for address in &found.addresses {
-                        let address = address.clone();
-                        self.actions.push_back(ToSwarm::NewExternalAddrOfPeer {
-                            peer_id: found.peer,
-                            address,
-                        });
-                    }
+            // Every peer that appears, by a command or a watch, is dialable.
+            if let ClientEvent::PeerFound { discovery, .. } = &event {
+                for address in &discovery.addresses {
+                    self.actions.push_back(ToSwarm::NewExternalAddrOfPeer {
+                        peer_id: discovery.peer,
+                        address: address.clone(),
+                    });
                 }
             }
             self.actions.push_back(ToSwarm::GenerateEvent(event));

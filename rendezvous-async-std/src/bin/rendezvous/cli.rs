@@ -3,9 +3,13 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use rendezvous_libp2p::core::Limits;
+use libp2p_core::multiaddr::{Multiaddr, Protocol};
+use rendezvous_async_std::logging;
+use rendezvous_async_std::node::{ClientOptions, Identity, ServerOptions};
+use rendezvous_libp2p::core::{Limits, RecordFlavour};
 
 /// A libp2p rendezvous point and client.
 ///
@@ -44,8 +48,24 @@ pub(crate) struct Args {
     pub(crate) refresh: bool,
 
     /// TTL to ask for, in seconds (client).
-    #[arg(long, default_value_t = 7200, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 7200, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) ttl: u64,
+
+    /// Record sent to the server (client): auto finds out per server,
+    /// stepping from rust-libp2p's envelope to the standard one to the legacy
+    /// PeerInfo only when the server rejects one.
+    #[arg(long, default_value = "auto", value_name = "FLAVOUR", value_parser = parse_flavour)]
+    pub(crate) record_flavour: RecordFlavour,
+
+    /// In refresh mode, rediscover the namespace this often, in seconds,
+    /// and log each peer that appears or goes (client).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) discover_interval: u64,
+
+    /// Log lines as the demo prints them (text), or one JSON object per line
+    /// (json) for log collectors.
+    #[arg(long, value_enum, default_value = "text", value_name = "FORMAT")]
+    pub(crate) log_format: LogFormat,
 
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
@@ -81,6 +101,24 @@ pub(crate) struct Args {
     pub(crate) stats_interval: u64,
 }
 
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// `2025-09-21 14:05:47,378 [INFO] [rendezvous::server] ...`
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormat> for logging::LogFormat {
+    fn from(format: LogFormat) -> Self {
+        match format {
+            LogFormat::Text => logging::LogFormat::Text,
+            LogFormat::Json => logging::LogFormat::Json,
+        }
+    }
+}
+
 /// `--mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Mode {
@@ -88,6 +126,84 @@ pub(crate) enum Mode {
     Server,
     /// A peer registering and discovering at a rendezvous point.
     Client,
+}
+
+/// How to run this binary again, as printed in the server's connect hint:
+/// its name when it is on `PATH`, the cargo command when it runs from a
+/// cargo target directory (the README's `cargo run`), its path otherwise.
+pub(crate) fn command() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(|e| e.canonicalize()) else {
+        return "rendezvous".into();
+    };
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    let on_path = std::env::split_paths(&paths)
+        .any(|dir| dir.join("rendezvous").canonicalize().is_ok_and(|p| p == exe));
+    if on_path {
+        "rendezvous".into()
+    } else if exe.components().any(|c| c.as_os_str() == "target") {
+        "cargo run --release --bin rendezvous --".into()
+    } else {
+        shell_word(&exe.display().to_string())
+    }
+}
+
+/// `word` as one shell word: quoted unless it is plain.
+pub(crate) fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+fn parse_flavour(s: &str) -> Result<RecordFlavour, String> {
+    s.parse()
+}
+
+impl Args {
+    fn listen(&self) -> Vec<Multiaddr> {
+        vec![Multiaddr::empty().with(self.listen.into()).with(Protocol::Tcp(self.port))]
+    }
+
+    fn identity(&self) -> Identity {
+        self.key_file.clone().map_or(Identity::Ephemeral, Identity::KeyFile)
+    }
+
+    /// The server's options, one field per flag.
+    pub(crate) fn server_options(&self) -> ServerOptions {
+        let mut options = ServerOptions {
+            listen: self.listen(),
+            identity: self.identity(),
+            stats_interval: Some(Duration::from_secs(self.stats_interval)),
+            ..ServerOptions::default()
+        };
+        let limits = &mut options.rendezvous.core.limits;
+        limits.min_ttl = self.min_ttl;
+        limits.max_ttl = self.max_ttl;
+        limits.default_ttl =
+            Limits::default().default_ttl.clamp(self.min_ttl, self.max_ttl.max(self.min_ttl));
+        limits.max_registrations_per_namespace = self.max_per_namespace;
+        limits.max_registrations_per_peer = self.max_per_peer;
+        limits.max_registrations = self.max_total;
+        options
+    }
+
+    /// The client's options, one field per flag; `server` is `--address`
+    /// parsed.
+    pub(crate) fn client_options(&self, server: Multiaddr) -> ClientOptions {
+        let mut options = ClientOptions {
+            server,
+            listen: self.listen(),
+            identity: self.identity(),
+            ..ClientOptions::default()
+        };
+        let core = &mut options.rendezvous.core;
+        core.refresh = self.refresh;
+        core.record_flavour = self.record_flavour;
+        core.discover_interval = Duration::from_secs(self.discover_interval);
+        options
+    }
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -137,6 +253,22 @@ mod tests {
         assert!(parse(&["--mode", "client", "-r"]).unwrap().refresh);
         assert!(parse(&["--mode", "client", "-r", "True"]).unwrap().refresh);
         assert!(parse(&["--mode", "client", "--refresh", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn words_the_shell_would_split_are_quoted() {
+        assert_eq!(shell_word("my-app"), "my-app");
+        assert_eq!(shell_word("my app"), "'my app'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
+
+    #[test]
+    fn a_zero_ttl_and_an_unknown_flavour_are_refused() {
+        assert!(parse(&["--mode", "client", "--ttl", "0"]).is_err());
+        assert!(parse(&["--mode", "client", "--record-flavour", "purple"]).is_err());
+        let args = parse(&["--mode", "client", "--record-flavour", "standard"]).unwrap();
+        assert_eq!(args.record_flavour, RecordFlavour::Standard);
     }
 
     #[test]

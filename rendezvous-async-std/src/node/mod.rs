@@ -1,0 +1,104 @@
+//! Ready-made rendezvous points and clients: everything the `rendezvous`
+//! binary does, in one call, for programs that embed it.
+//!
+//! - [`ServerNode`]: identity, listeners, limits, the identify → record
+//!   flavour wiring, logs and statistics; [`ServerNode::run`] serves until a
+//!   shutdown signal.
+//! - [`ClientNode`]: identity, listener, the connection to one rendezvous
+//!   point, and the client behaviour to command.
+//!
+//! Both take an options struct with `Default` and a documented field per
+//! flag of the binary; `rendezvous --help` maps onto them one to one.
+
+mod client;
+mod server;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use libp2p_core::multiaddr::{Multiaddr, Protocol};
+use libp2p_identity::{Keypair, PeerId};
+
+pub use client::{ClientNode, ClientOptions, Session};
+pub use server::{ServerNode, ServerOptions};
+
+use crate::host::{SpawnWith, Task};
+use crate::keyfile;
+
+/// Where a node's key comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Identity {
+    /// A new key every start (a new peer id).
+    #[default]
+    Ephemeral,
+    /// The key in this file, created (readable by the owner only) if absent:
+    /// the same peer id every start.
+    KeyFile(PathBuf),
+}
+
+impl Identity {
+    fn keypair(&self) -> Result<Keypair, NodeError> {
+        match self {
+            Identity::Ephemeral => Ok(Keypair::generate_ed25519()),
+            Identity::KeyFile(path) => keyfile::load_or_create(path)
+                .map_err(|e| NodeError::Key(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
+/// Why a node could not start, in one line that names the thing at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The key file cannot be read or created.
+    Key(String),
+    /// A limit or setting cannot work.
+    Config(String),
+    /// Listening failed.
+    Listen(String),
+    /// The rendezvous point cannot be reached.
+    Connect(String),
+    /// The rendezvous point refused what a session needs; the text says
+    /// what and why.
+    Rendezvous(String),
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeError::Key(why) => write!(f, "cannot use key file {why}"),
+            NodeError::Config(why) => write!(f, "invalid settings: {why}"),
+            NodeError::Listen(why) => write!(f, "cannot listen: {why}"),
+            NodeError::Connect(why) => write!(f, "Failed to connect to server: {why}"),
+            NodeError::Rendezvous(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// Runs the swarm's tasks on async-std's executor.
+fn executor() -> SpawnWith<impl Fn(Task) + Send + 'static> {
+    SpawnWith(|task| {
+        async_std::task::spawn(task);
+    })
+}
+
+/// The innermost error's message: what actually went wrong, without the
+/// layers of context libp2p wraps around it.
+pub fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut inner = error;
+    while let Some(source) = inner.source() {
+        inner = source;
+    }
+    let text = inner.to_string();
+    if text.is_empty() { error.to_string() } else { text }
+}
+
+/// `address` with `/p2p/<peer>` at its end.
+pub fn with_peer(address: &Multiaddr, peer: PeerId) -> Multiaddr {
+    match address.iter().last() {
+        Some(Protocol::P2p(_)) => address.clone(),
+        _ => address.clone().with(Protocol::P2p(peer)),
+    }
+}

@@ -1,0 +1,243 @@
+//! A rendezvous point, ready to run.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt, select};
+use libp2p_core::multiaddr::{Multiaddr, Protocol};
+use libp2p_identity::PeerId;
+use libp2p_swarm::{Swarm, SwarmEvent};
+use rendezvous_libp2p::core::ServerEvent as Core;
+use rendezvous_libp2p::server;
+use tracing::{debug, info, warn};
+
+use super::{Identity, NodeError, executor, root_cause, with_peer};
+use crate::host::{self, ConnectionLimits, ServerBehaviour, ServerEvent};
+
+const LOG: &str = "rendezvous::server";
+
+/// Everything a [`ServerNode`] is built from; each field is one flag of
+/// `rendezvous --mode server`.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Where to listen (`--listen IP`, `--port P`). Defaults to
+    /// `/ip4/0.0.0.0/tcp/0`: every interface, a port the system picks.
+    pub listen: Vec<Multiaddr>,
+    /// The point's key (`--key-file`). Defaults to a new key every start.
+    pub identity: Identity,
+    /// The protocol's limits and the substream bounds (`--min-ttl`,
+    /// `--max-ttl`, `--max-per-namespace`, `--max-per-peer`, `--max-total`).
+    /// Defaults to [`server::Config::default`].
+    pub rendezvous: server::Config,
+    /// Connections in all and per peer. Defaults to [`ConnectionLimits::default`].
+    pub connections: ConnectionLimits,
+    /// How often to log namespace statistics (`--stats-interval`); `None`
+    /// never. Defaults to 10 s.
+    pub stats_interval: Option<Duration>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            listen: vec![
+                Multiaddr::empty().with(Protocol::Ip4([0, 0, 0, 0].into())).with(Protocol::Tcp(0)),
+            ],
+            identity: Identity::default(),
+            rendezvous: server::Config::default(),
+            connections: ConnectionLimits::default(),
+            stats_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// A running rendezvous point: a swarm with the rendezvous, identify, ping
+/// and connection-limit behaviours, told each peer's agent version so that
+/// every reader gets the record flavour its stack verifies.
+pub struct ServerNode {
+    swarm: Swarm<ServerBehaviour>,
+    listening: Vec<Multiaddr>,
+    stats_interval: Option<Duration>,
+}
+
+impl ServerNode {
+    /// Builds the point and listens; returns once the first address is up,
+    /// or with the reason none can be.
+    pub async fn start(options: ServerOptions) -> Result<ServerNode, NodeError> {
+        options.rendezvous.core.limits.validate().map_err(|e| NodeError::Config(e.to_string()))?;
+        let keypair = options.identity.keypair()?;
+        let behaviour = ServerBehaviour::new(&keypair, options.rendezvous, options.connections)
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let swarm = host::build(&keypair, behaviour, executor())
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let mut node =
+            ServerNode { swarm, listening: Vec::new(), stats_interval: options.stats_interval };
+        for address in options.listen {
+            let describe = |e: &dyn std::error::Error| format!("{address}: {}", root_cause(e));
+            node.swarm.listen_on(address.clone()).map_err(|e| NodeError::Listen(describe(&e)))?;
+        }
+        loop {
+            match node.swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    node.listening.push(with_peer(&address, node.peer_id()));
+                    return Ok(node);
+                }
+                SwarmEvent::ListenerClosed { reason: Err(e), addresses, .. } => {
+                    return Err(NodeError::Listen(format!("{addresses:?}: {}", root_cause(&e))));
+                }
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(NodeError::Listen(root_cause(&error)));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The point's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Addresses listened on so far, each ending in `/p2p/<peer id>`.
+    pub fn listen_addresses(&self) -> &[Multiaddr] {
+        &self.listening
+    }
+
+    /// The rendezvous behaviour: its core, statistics and counters.
+    pub fn rendezvous(&self) -> &server::Behaviour {
+        &self.swarm.behaviour().rendezvous
+    }
+
+    /// The next event, with identify's agent versions already handed to
+    /// the rendezvous behaviour.
+    pub async fn next_event(&mut self) -> SwarmEvent<ServerEvent> {
+        let event = self.swarm.select_next_some().await;
+        match &event {
+            SwarmEvent::Behaviour(ServerEvent::Identify(identify)) => {
+                if let libp2p_identify::Event::Received { peer_id, info, .. } = identify.as_ref() {
+                    debug!(target: LOG, "{peer_id} runs {}", info.agent_version);
+                    self.swarm
+                        .behaviour_mut()
+                        .rendezvous
+                        .set_agent_version(*peer_id, &info.agent_version);
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = with_peer(address, self.peer_id());
+                if !self.listening.contains(&full) {
+                    self.listening.push(full);
+                }
+            }
+            _ => {}
+        }
+        event
+    }
+
+    /// Serves until `shutdown` resolves, logging what happens: listen
+    /// addresses at INFO, each registration change at DEBUG, refusals at
+    /// WARN, and the statistics every `stats_interval`.
+    pub async fn run(&mut self, shutdown: impl Future<Output = ()>) {
+        let mut stats = ticker(self.stats_interval);
+        let mut shutdown = std::pin::pin!(shutdown.fuse());
+        loop {
+            select! {
+                event = self.next_event().fuse() => log_event(event, self.peer_id()),
+                _ = stats.select_next_some() => self.log_stats(),
+                () = shutdown => return,
+            }
+        }
+    }
+
+    /// The statistics line, as the demo prints it, and, if anything went
+    /// wrong since the start, a second line saying what.
+    pub fn log_stats(&self) {
+        let rendezvous = self.rendezvous();
+        let counts: BTreeMap<_, _> =
+            rendezvous.core().namespaces().map(|(ns, n)| (ns.to_string(), n)).collect();
+        if counts.is_empty() {
+            info!(target: LOG, "No active registrations");
+        } else {
+            info!(target: LOG, "Namespace stats: {counts:?}");
+        }
+        let (core, streams) = (rendezvous.stats(), rendezvous.stream_stats());
+        let troubles = core.dropped_events
+            + core.busy_refusals
+            + streams.timed_out
+            + streams.over_limit
+            + streams.malformed
+            + streams.io;
+        if troubles > 0 {
+            info!(
+                target: LOG,
+                "Dropped events: {}, requests refused as busy: {}, substreams rejected: {} timed out, {} over the limit, {} malformed, {} I/O errors",
+                core.dropped_events,
+                core.busy_refusals,
+                streams.timed_out,
+                streams.over_limit,
+                streams.malformed,
+                streams.io
+            );
+        }
+    }
+}
+
+fn ticker(
+    every: Option<Duration>,
+) -> futures::stream::Fuse<futures::stream::BoxStream<'static, ()>> {
+    let ticks = match every {
+        Some(every) if !every.is_zero() => {
+            StreamExt::map(async_io::Timer::interval(every), drop).boxed()
+        }
+        _ => futures::stream::pending().boxed(),
+    };
+    ticks.fuse()
+}
+
+/// One line per registration change at DEBUG (`-v`): at INFO a busy point
+/// would spend its time formatting peer ids and writing logs; the periodic
+/// statistics say how many there are.
+fn log_event(event: SwarmEvent<ServerEvent>, me: PeerId) {
+    match event {
+        SwarmEvent::NewListenAddr { address, .. } => {
+            info!(target: LOG, "Listening on: {}", with_peer(&address, me));
+        }
+        SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            debug!(target: LOG, "Connection from {peer_id} at {}", endpoint.get_remote_address());
+        }
+        SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
+            debug!(target: LOG, "Incoming connection from {send_back_addr} failed: {error}");
+        }
+        SwarmEvent::Behaviour(ServerEvent::Rendezvous(event)) => log_rendezvous(event),
+        _ => {}
+    }
+}
+
+fn log_rendezvous(event: server::Event) {
+    match event {
+        server::Event::Core(Core::Registered { peer, namespace, ttl, dialect }) => {
+            debug!(target: LOG, "Registered {peer} in '{namespace}' for {ttl}s ({dialect:?})");
+        }
+        server::Event::Core(Core::Refreshed { peer, namespace, ttl, .. }) => {
+            debug!(target: LOG, "Refreshed {peer} in '{namespace}' for {ttl}s");
+        }
+        server::Event::Core(Core::Unregistered { peer, namespace }) => {
+            debug!(target: LOG, "Unregistered {peer} from '{namespace}'");
+        }
+        server::Event::Core(Core::Expired { peer, namespace }) => {
+            debug!(target: LOG, "Registration of {peer} in '{namespace}' expired");
+        }
+        server::Event::Core(Core::Refused { peer, request, status, reason }) => {
+            warn!(target: LOG, "Refused {request:?} from {peer}: {status:?}: {reason}");
+        }
+        server::Event::Core(Core::Discovered { peer, namespace, count }) => {
+            let ns = namespace.map_or_else(|| "all namespaces".to_owned(), |n| format!("'{n}'"));
+            debug!(target: LOG, "Served {count} registrations of {ns} to {peer}");
+        }
+        server::Event::StreamRejected { peer, reason: server::Rejection::Malformed(error) } => {
+            warn!(target: LOG, "Closed a stream from {peer}: {error}");
+        }
+        server::Event::StreamRejected { peer, reason } => {
+            debug!(target: LOG, "Rejected a stream from {peer}: {}", reason.name());
+        }
+        other => debug!(target: LOG, "{other:?}"),
+    }
+}
