@@ -18,15 +18,60 @@
 //!   envelope, legacy `PeerInfo`), told apart per request.
 //! - [`proto`]: the wire messages; `proto/rendezvous.proto` is their schema.
 //!
+//! # The run loop
+//! An adapter feeds each request body it reads to the server, then drains
+//! transmits (one per request, to write on that request's substream),
+//! events (for logs and metrics) and the next deadline, for its one timer:
+//!
+//! ```
+//! use rendezvous_core::codec::{self, FrameDecoder};
+//! use rendezvous_core::{RequestId, Server, ServerConfig, Timestamp, proto};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut server = Server::new(ServerConfig::default())?;
+//! let mut decoder = FrameDecoder::new(server.limits().max_request_frame);
+//! // Bytes as they arrive on a substream from `peer`: here, one DISCOVER.
+//! let peer = libp2p_identity::PeerId::random();
+//! let discover = proto::Discover { ns: Some("chat".into()), ..Default::default() };
+//! let request = proto::Message {
+//!     r#type: Some(proto::MessageType::Discover as i32),
+//!     discover: Some(discover),
+//!     ..Default::default()
+//! };
+//! let mut arrived = &codec::frame(&request)[..];
+//! let now = Timestamp::from_secs(1);
+//! while let Some(body) = decoder.feed(&mut arrived)? {
+//!     // An error here is the peer's fault: end that substream only.
+//!     server.handle_frame(now, peer, RequestId(1), &body)?;
+//! }
+//! while let Some(transmit) = server.poll_transmit() {
+//!     // Write `frame` on the substream of `transmit.request_id`; `None`
+//!     // (an UNREGISTER) means read the next request.
+//!     let frame = transmit.to_frame();
+//!     assert!(frame.is_some());
+//! }
+//! while let Some(event) = server.poll_event() {
+//!     println!("{event:?}");
+//! }
+//! if let Some(deadline) = server.poll_timeout() {
+//!     // Arm the one timer; when it fires:
+//!     server.handle_timeout(deadline);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Interoperability
-//! Signed-dialect peers (rust-libp2p, nim) send an envelope in
-//! `signedPeerRecord`; legacy peers (go-libp2p-rendezvous, py-libp2p) send an
-//! embedded `PeerInfo`. The server stores each registration with its dialect
-//! and answers every DISCOVER in the dialect its requester reads: legacy
-//! readers get every registration as `PeerInfo`, signed readers only the
-//! envelopes of their own flavour (a rust-libp2p client fails a whole page on
-//! one entry it cannot parse). Cookies are 8 bytes of big-endian position
-//! followed by the namespace, the layout rust-libp2p's client insists on.
+//! Signed-dialect peers send an envelope in `signedPeerRecord`, in one of two
+//! flavours: rust-libp2p's own, or the standard one of go, js and nim;
+//! legacy peers (go-libp2p-rendezvous, py-libp2p) send an embedded
+//! `PeerInfo`. A registration keeps every flavour its peer sent with the same
+//! addresses, and every DISCOVER is answered with what its reader verifies
+//! ([`Reader::from_agent_version`] maps identify's agent to it): the
+//! rust envelope, the standard one, or `PeerInfo` (a rust-libp2p client
+//! fails a whole page on one entry it cannot parse). Cookies are 8 bytes of
+//! big-endian position followed by the namespace, the layout rust-libp2p's
+//! client insists on.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -1,5 +1,7 @@
 //! Every bound the server enforces, with its default and the reason for it.
 
+use std::time::Duration;
+
 use crate::record::{Flavour, Reader, RecordLimits};
 
 /// The server's limits. Each is enforced in O(1) and each violation is
@@ -24,12 +26,12 @@ use crate::record::{Flavour, Reader, RecordLimits};
 pub struct Limits {
     /// Most bytes in a namespace.
     pub max_namespace_len: usize,
-    /// Shortest TTL accepted, in seconds.
-    pub min_ttl: u64,
-    /// Longest TTL accepted, in seconds.
-    pub max_ttl: u64,
-    /// TTL granted when a REGISTER asks for none (or 0), in seconds.
-    pub default_ttl: u64,
+    /// Shortest TTL accepted (whole seconds on the wire).
+    pub min_ttl: Duration,
+    /// Longest TTL accepted.
+    pub max_ttl: Duration,
+    /// TTL granted when a REGISTER asks for none (or 0).
+    pub default_ttl: Duration,
     /// Most live registrations one peer may hold (`E_NOT_AUTHORIZED` beyond).
     pub max_registrations_per_peer: usize,
     /// Most live registrations in one namespace (`E_UNAVAILABLE` beyond).
@@ -56,9 +58,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_namespace_len: 255,
-            min_ttl: 120,
-            max_ttl: 72 * 60 * 60,
-            default_ttl: 2 * 60 * 60,
+            min_ttl: Duration::from_secs(120),
+            max_ttl: Duration::from_secs(72 * 60 * 60),
+            default_ttl: Duration::from_secs(2 * 60 * 60),
             max_registrations_per_peer: 1000,
             max_registrations_per_namespace: 1000,
             max_registrations: 100_000,
@@ -102,7 +104,10 @@ pub(crate) const REGISTRATION_OVERHEAD: usize = 32;
 impl Limits {
     /// Checks that the limits are consistent.
     pub fn validate(&self) -> Result<(), LimitsError> {
-        if self.min_ttl == 0 || self.min_ttl > self.default_ttl || self.default_ttl > self.max_ttl {
+        if self.min_ttl.is_zero()
+            || self.min_ttl > self.default_ttl
+            || self.default_ttl > self.max_ttl
+        {
             return Err(LimitsError::TtlRange);
         }
         for (value, name) in [
@@ -201,7 +206,7 @@ mod tests {
 
     #[test]
     fn inconsistent_limits_are_refused() {
-        let limits = Limits { min_ttl: 10_000, ..Limits::default() };
+        let limits = Limits { min_ttl: Duration::from_secs(10_000), ..Limits::default() };
         assert_eq!(limits.validate(), Err(LimitsError::TtlRange));
         let limits = Limits { max_request_frame: 100, ..Limits::default() };
         assert_eq!(limits.validate(), Err(LimitsError::FrameTooSmall));

@@ -89,8 +89,8 @@ pub enum Event {
         peer: PeerId,
         /// Where.
         namespace: Namespace,
-        /// The TTL granted, in seconds.
-        ttl: u64,
+        /// The TTL granted.
+        ttl: Duration,
         /// The dialect of its record.
         dialect: Dialect,
     },
@@ -100,8 +100,8 @@ pub enum Event {
         peer: PeerId,
         /// Where.
         namespace: Namespace,
-        /// The TTL granted, in seconds.
-        ttl: u64,
+        /// The TTL granted.
+        ttl: Duration,
         /// The dialect of its record.
         dialect: Dialect,
     },
@@ -282,7 +282,7 @@ impl Server {
             Ok(MessageType::Register) => {
                 let register = message.register.unwrap_or_default();
                 let response = match self.register(peer, register) {
-                    Ok(ttl) => register_response(ResponseStatus::Ok, None, Some(ttl)),
+                    Ok(ttl) => register_response(ResponseStatus::Ok, None, Some(ttl.as_secs())),
                     Err(Refusal(status, reason)) => {
                         let response = register_response(status, Some(reason.clone()), None);
                         self.refused(peer, MessageType::Register, status, reason);
@@ -369,9 +369,9 @@ impl Server {
         self.registry.namespaces()
     }
 
-    /// Seconds left on `peer`'s registration in `namespace`, if it has one.
-    pub fn registration_ttl(&self, peer: &PeerId, namespace: &Namespace) -> Option<u64> {
-        self.registry.get(peer, namespace).map(|e| e.ttl_left(self.now))
+    /// Time left on `peer`'s registration in `namespace`, if it has one.
+    pub fn registration_ttl(&self, peer: &PeerId, namespace: &Namespace) -> Option<Duration> {
+        self.registry.get(peer, namespace).map(|e| e.expires - self.now)
     }
 
     fn advance(&mut self, now: Timestamp) {
@@ -383,20 +383,23 @@ impl Server {
         }
     }
 
-    fn register(&mut self, peer: PeerId, register: proto::Register) -> Result<u64, Refusal> {
+    fn register(&mut self, peer: PeerId, register: proto::Register) -> Result<Duration, Refusal> {
         let limits = &self.config.limits;
         let namespace =
             Namespace::new(register.ns.as_deref().unwrap_or(""), limits.max_namespace_len)
                 .map_err(namespace_refusal)?;
         let ttl = match register.ttl.unwrap_or(0) {
             0 => limits.default_ttl,
-            ttl if (limits.min_ttl..=limits.max_ttl).contains(&ttl) => ttl,
-            ttl => {
+            secs if (limits.min_ttl..=limits.max_ttl).contains(&Duration::from_secs(secs)) => {
+                Duration::from_secs(secs)
+            }
+            secs => {
                 return Err(Refusal::new(
                     ResponseStatus::EInvalidTtl,
                     format!(
-                        "ttl of {ttl} s is outside the allowed range of {} to {} s",
-                        limits.min_ttl, limits.max_ttl
+                        "ttl of {secs} s is outside the allowed range of {} to {} s",
+                        limits.min_ttl.as_secs(),
+                        limits.max_ttl.as_secs()
                     ),
                 ));
             }
@@ -437,13 +440,7 @@ impl Server {
             Some(older) => older.merged(record),
             None => record,
         };
-        let inserted = self.registry.insert(
-            self.now,
-            peer,
-            namespace.clone(),
-            Duration::from_secs(ttl),
-            record,
-        );
+        let inserted = self.registry.insert(self.now, peer, namespace.clone(), ttl, record);
         self.readers.registered(peer, dialect.into());
         self.push_event(match inserted {
             Inserted::New => Event::Registered { peer, namespace, ttl, dialect },

@@ -12,6 +12,7 @@
 
 pub mod client_model;
 pub mod fuzzing;
+#[cfg(feature = "net")]
 pub mod net;
 pub mod py;
 pub mod server_model;

@@ -14,10 +14,9 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use rendezvous_core::cookie::Cookie;
 use rendezvous_core::proto::{self, ResponseStatus, read_status};
-use rendezvous_core::testing::{self, DIALECTS, TestPeer};
+use rendezvous_core::testing::{self, DIALECTS, TestPeer, World};
 use rendezvous_core::{
-    Dialect, Flavour, Limits, Namespace, Reader, RequestId, Server, ServerConfig, ServerEvent,
-    Timestamp,
+    Dialect, Flavour, Limits, Namespace, Reader, Server, ServerConfig, ServerEvent, Timestamp,
 };
 
 /// Peers taking part; small so that they collide on namespaces and limits.
@@ -37,9 +36,9 @@ const READERS: [Reader; 4] = [
 pub fn limits() -> Limits {
     Limits {
         max_namespace_len: 8,
-        min_ttl: 120,
-        max_ttl: 1000,
-        default_ttl: 300,
+        min_ttl: Duration::from_secs(120),
+        max_ttl: Duration::from_secs(1000),
+        default_ttl: Duration::from_secs(300),
         max_registrations_per_peer: 3,
         max_registrations_per_namespace: 4,
         max_registrations: 8,
@@ -251,11 +250,9 @@ macro_rules! check {
 /// Runs `ops` against a fresh server and the model.
 pub fn run(ops: &[Op]) -> Result<(), Mismatch> {
     let config = ServerConfig { limits: limits(), ..ServerConfig::default() };
-    let mut sim = Sim {
-        server: Server::new(config).expect("the model's limits are consistent"),
-        model: Model::default(),
-        next_id: 0,
-    };
+    let mut world = World::new();
+    let server = world.add_server(100, config);
+    let mut sim = Sim { world, server, model: Model::default() };
     for (step, op) in ops.iter().enumerate() {
         sim.step(op).map_err(|what| Mismatch { step, op: op.clone(), what })?;
     }
@@ -263,20 +260,19 @@ pub fn run(ops: &[Op]) -> Result<(), Mismatch> {
 }
 
 struct Sim {
-    server: Server,
+    world: World,
+    server: libp2p_identity::PeerId,
     model: Model,
-    next_id: u64,
 }
 
 impl Sim {
+    fn core(&mut self) -> &mut Server {
+        self.world.server(self.server)
+    }
+
     fn request(&mut self, peer: usize, message: proto::Message) -> Option<proto::Message> {
-        self.next_id += 1;
-        let id = RequestId(self.next_id);
-        self.server.handle_request(self.model.now, peers()[peer].id, id, message);
-        let transmit = self.server.poll_transmit().expect("every request completes at once");
-        assert!(self.server.poll_transmit().is_none(), "one outcome per request");
-        assert_eq!(transmit.request_id, id);
-        transmit.message
+        self.world.now = self.model.now;
+        self.world.request(self.server, peers()[peer].id, message)
     }
 
     fn step(&mut self, op: &Op) -> Result<(), String> {
@@ -357,12 +353,13 @@ impl Sim {
                 self.model.now = self.model.now + Duration::from_secs(secs.into());
             }
             Op::Timeout => {
-                self.server.handle_timeout(self.model.now);
+                let now = self.model.now;
+                self.core().handle_timeout(now);
                 let next = self.model.regs.values().map(|r| r.expires).min();
                 check!(
-                    self.server.poll_timeout() == next,
+                    self.core().poll_timeout() == next,
                     "timeout {:?} != {next:?}",
-                    self.server.poll_timeout()
+                    self.core().poll_timeout()
                 );
                 if let Some(next) = next {
                     check!(next > self.model.now, "the timeout must move past now");
@@ -371,16 +368,21 @@ impl Sim {
             Op::SetReader { peer, reader } => {
                 let peer = peer as usize % PEERS;
                 let reader = READERS[reader as usize % READERS.len()];
-                self.server.set_reader_dialect(peers()[peer].id, reader);
+                self.core().set_reader_dialect(peers()[peer].id, reader);
                 self.model.readers.entry(peer).or_default().0 = Some(reader);
             }
             Op::Disconnect { peer } => {
                 let peer = peer as usize % PEERS;
-                self.server.handle_disconnected(self.model.now, &peers()[peer].id);
+                let now = self.model.now;
+                self.core().handle_disconnected(now, &peers()[peer].id);
                 self.model.readers.remove(&peer);
             }
         }
-        let events: Vec<_> = std::iter::from_fn(|| self.server.poll_event())
+        let mut drained: Vec<_> =
+            std::mem::take(&mut self.world.server_events).into_iter().map(|(_, e)| e).collect();
+        drained.extend(std::iter::from_fn(|| self.core().poll_event()));
+        let events: Vec<_> = drained
+            .into_iter()
             .filter(|e| {
                 matches!(
                     e,
@@ -393,7 +395,7 @@ impl Sim {
             .collect();
         check!(events == expected_events, "events {events:?} != {expected_events:?}");
         if touches_server {
-            let stats = self.server.stats();
+            let stats = self.core().stats();
             check!(
                 stats.registrations == self.model.regs.len(),
                 "{stats:?} vs {}",
@@ -420,7 +422,7 @@ impl Sim {
         if name.is_empty() || name.len() > limits.max_namespace_len {
             return Err(ResponseStatus::EInvalidNamespace);
         }
-        let ttl = if ttl == 0 { limits.default_ttl } else { ttl };
+        let ttl = if ttl == 0 { limits.default_ttl } else { Duration::from_secs(ttl) };
         if !(limits.min_ttl..=limits.max_ttl).contains(&ttl) {
             return Err(ResponseStatus::EInvalidTtl);
         }
@@ -441,7 +443,7 @@ impl Sim {
             }
         }
         self.model.last_seq += 1;
-        let expires = self.model.now + Duration::from_secs(ttl);
+        let expires = self.model.now + ttl;
         let mut flavours = regs.get(&key).map(|r| r.flavours.clone()).unwrap_or_default();
         flavours.extend(dialects.iter().filter_map(|d| match d {
             Dialect::Signed(f) => Some(*f),
@@ -455,7 +457,7 @@ impl Sim {
             None => ServerEvent::Registered { peer, namespace, ttl, dialect },
             Some(_) => ServerEvent::Refreshed { peer, namespace, ttl, dialect },
         });
-        Ok(ttl)
+        Ok(ttl.as_secs())
     }
 
     fn discover(

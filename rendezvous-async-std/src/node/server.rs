@@ -214,9 +214,11 @@ fn log_event(event: SwarmEvent<ServerEvent>, me: PeerId) {
 fn log_rendezvous(event: server::Event) {
     match event {
         server::Event::Core(Core::Registered { peer, namespace, ttl, dialect }) => {
+            let ttl = ttl.as_secs();
             debug!(target: LOG, "Registered {peer} in '{namespace}' for {ttl}s ({dialect:?})");
         }
         server::Event::Core(Core::Refreshed { peer, namespace, ttl, .. }) => {
+            let ttl = ttl.as_secs();
             debug!(target: LOG, "Refreshed {peer} in '{namespace}' for {ttl}s");
         }
         server::Event::Core(Core::Unregistered { peer, namespace }) => {

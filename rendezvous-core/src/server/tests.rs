@@ -6,16 +6,16 @@ use libp2p_identity::PeerId;
 use super::*;
 use crate::proto::{DiscoverResponse, RegisterResponse, read_status};
 use crate::record::{Flavour, Reader};
-use crate::testing::{self, DIALECTS, TestPeer};
+use crate::testing::{self, DIALECTS, TestPeer, World};
 
 const RUST: Dialect = Dialect::Signed(Flavour::RustLibp2p);
 const STANDARD: Dialect = Dialect::Signed(Flavour::Standard);
 const LEGACY: Dialect = Dialect::Legacy;
 
+/// The server alone in the shared test world, asked directly.
 struct Harness {
-    server: Server,
-    now: Timestamp,
-    next_id: u64,
+    w: World,
+    id: PeerId,
 }
 
 impl Harness {
@@ -24,23 +24,27 @@ impl Harness {
     }
 
     fn with(limits: Limits) -> Self {
-        let config = ServerConfig { limits, ..ServerConfig::default() };
-        Harness { server: Server::new(config).unwrap(), now: Timestamp::ZERO, next_id: 0 }
+        let mut w = World::new();
+        let id = w.add_server(100, ServerConfig { limits, ..ServerConfig::default() });
+        Harness { w, id }
     }
 
+    fn server(&mut self) -> &mut Server {
+        self.w.server(self.id)
+    }
+
+    fn now(&self) -> Timestamp {
+        self.w.now
+    }
+
+    /// Moves the clock without firing the server's timer.
     fn advance(&mut self, secs: u64) {
-        self.now = self.now + Duration::from_secs(secs);
+        self.w.now = self.w.now + Duration::from_secs(secs);
     }
 
     /// Sends `message` and returns the one response, if any.
     fn request(&mut self, peer: &PeerId, message: proto::Message) -> Option<proto::Message> {
-        self.next_id += 1;
-        let id = RequestId(self.next_id);
-        self.server.handle_request(self.now, *peer, id, message);
-        let transmit = self.server.poll_transmit().expect("every request completes at once");
-        assert_eq!((transmit.peer, transmit.request_id), (*peer, id));
-        assert!(self.server.poll_transmit().is_none(), "one outcome per request");
-        transmit.message
+        self.w.request(self.id, *peer, message)
     }
 
     fn register(
@@ -87,7 +91,10 @@ impl Harness {
     }
 
     fn events(&mut self) -> Vec<Event> {
-        std::iter::from_fn(|| self.server.poll_event()).collect()
+        let mut events: Vec<Event> =
+            std::mem::take(&mut self.w.server_events).into_iter().map(|(_, e)| e).collect();
+        events.extend(std::iter::from_fn(|| self.server().poll_event()));
+        events
     }
 }
 
@@ -118,7 +125,7 @@ fn a_registered_peer_is_discovered_with_its_own_record() {
         Event::Registered {
             peer: a.id,
             namespace: Namespace::new("chat", 255).unwrap(),
-            ttl: 3600,
+            ttl: Duration::from_secs(3600),
             dialect: RUST
         }
     );
@@ -153,8 +160,11 @@ fn re_registering_replaces_the_registration_and_reports_a_refresh() {
     assert_eq!(page.registrations.len(), 1, "replaced, not duplicated");
     assert_eq!(page.registrations[0].ttl, Some(200));
     let events = h.events();
-    assert!(matches!(events[1], Event::Refreshed { ttl: 7200, .. }), "{events:?}");
-    assert_eq!(h.server.stats().registrations, 1);
+    assert!(
+        matches!(&events[1], Event::Refreshed { ttl, .. } if ttl.as_secs() == 7200),
+        "{events:?}"
+    );
+    assert_eq!(h.server().stats().registrations, 1);
 }
 
 #[test]
@@ -176,20 +186,20 @@ fn an_expired_registration_is_not_discovered_even_before_the_timeout_fires() {
 fn the_timeout_is_the_earliest_expiry_and_moves_forward_after_it_fires() {
     let mut h = Harness::new();
     let (a, b) = (TestPeer::new(1), TestPeer::new(2));
-    assert_eq!(h.server.poll_timeout(), None);
+    assert_eq!(h.server().poll_timeout(), None);
     h.register_ok_ttl(&a, "x", 300);
     h.register_ok_ttl(&b, "x", 150);
-    assert_eq!(h.server.poll_timeout(), Some(Timestamp::from_secs(150)));
-    h.server.handle_timeout(Timestamp::from_secs(150));
-    assert_eq!(h.server.poll_timeout(), Some(Timestamp::from_secs(300)));
-    h.server.handle_timeout(Timestamp::from_secs(300));
-    assert_eq!(h.server.poll_timeout(), None);
+    assert_eq!(h.server().poll_timeout(), Some(Timestamp::from_secs(150)));
+    h.server().handle_timeout(Timestamp::from_secs(150));
+    assert_eq!(h.server().poll_timeout(), Some(Timestamp::from_secs(300)));
+    h.server().handle_timeout(Timestamp::from_secs(300));
+    assert_eq!(h.server().poll_timeout(), None);
     let expired: Vec<_> =
         h.events().into_iter().filter(|e| matches!(e, Event::Expired { .. })).collect();
     assert_eq!(expired.len(), 2);
     // Their readers are remembered until they disconnect, not until expiry.
     let stats = Stats { records_verified: 2, remembered_readers: 2, ..Stats::default() };
-    assert_eq!(h.server.stats(), stats);
+    assert_eq!(h.server().stats(), stats);
 }
 
 #[test]
@@ -201,7 +211,7 @@ fn a_peer_refreshing_at_80_percent_stays_registered_for_a_simulated_month() {
         h.advance(5760);
         assert_eq!(h.discover_peers(&b.id, Some("x")), vec![a.id]);
     }
-    assert_eq!(h.server.stats().records_verified, 1, "refreshes reuse the verified record");
+    assert_eq!(h.server().stats().records_verified, 1, "refreshes reuse the verified record");
 }
 
 #[test]
@@ -212,7 +222,7 @@ fn unregister_removes_the_registration_and_sends_no_response() {
     assert_eq!(h.request(&a.id, testing::unregister("x")), None);
     assert!(h.discover_peers(&a.id, Some("x")).is_empty());
     assert!(h.events().iter().any(|e| matches!(e, Event::Unregistered { .. })));
-    assert_eq!(h.server.poll_timeout(), None);
+    assert_eq!(h.server().poll_timeout(), None);
     assert_eq!(h.request(&a.id, testing::unregister("never-registered")), None);
 }
 
@@ -335,7 +345,7 @@ fn the_per_peer_per_namespace_and_total_limits_hold_and_name_themselves() {
     let (s, text) = status(&h.register(&peers[4], "d", RUST, None));
     assert_eq!(s, ResponseStatus::EUnavailable);
     assert!(text.contains("its limit"), "{text}");
-    assert_eq!(h.server.stats().registrations, 5);
+    assert_eq!(h.server().stats().registrations, 5);
     h.request(&peers[3].id, testing::unregister("c"));
     h.register_ok(&peers[4], "d", RUST);
 }
@@ -350,7 +360,7 @@ fn a_record_for_another_peer_is_not_authorized() {
         assert_eq!(s, ResponseStatus::ENotAuthorized, "{dialect:?}");
         assert!(text.contains("not for the sender"), "{text}");
     }
-    assert_eq!(h.server.stats().registrations, 0);
+    assert_eq!(h.server().stats().registrations, 0);
 }
 
 #[test]
@@ -396,7 +406,7 @@ fn a_legacy_record_without_an_id_registers_the_sender() {
         read_status(response.unwrap().register_response.unwrap().status),
         Ok(ResponseStatus::Ok)
     );
-    h.server.set_reader_dialect(b.id, LEGACY);
+    h.server().set_reader_dialect(b.id, LEGACY);
     let page = h.discover(&b.id, Some("x"), None, None);
     assert_eq!(
         page.registrations[0].signed_peer_record,
@@ -423,9 +433,10 @@ fn each_reader_gets_only_what_it_can_parse() {
     // A peer that never registered reads rust-libp2p's flavour unless told otherwise.
     let stranger = TestPeer::new(4);
     assert_eq!(h.discover_peers(&stranger.id, Some("x")), vec![r.id]);
-    h.server.set_reader_dialect(stranger.id, STANDARD);
+    h.server().set_reader_dialect(stranger.id, STANDARD);
     assert_eq!(h.discover_peers(&stranger.id, Some("x")), vec![s.id]);
-    h.server.handle_disconnected(h.now, &stranger.id);
+    let now = h.now();
+    h.server().handle_disconnected(now, &stranger.id);
     assert_eq!(h.discover_peers(&stranger.id, Some("x")), vec![r.id]);
 }
 
@@ -453,14 +464,14 @@ fn a_page_stops_before_the_response_frame_limit_and_the_cookie_continues_it() {
     let mut seen = 0;
     let mut cookie = None;
     for _ in 0..40 {
-        h.next_id += 1;
-        h.server.handle_request(
-            h.now,
+        let now = h.now();
+        h.server().handle_request(
+            now,
             peers[0].id,
-            RequestId(h.next_id),
+            RequestId(7),
             testing::discover(Some("x"), Some(1000), cookie.take()),
         );
-        let frame = h.server.poll_transmit().unwrap().to_frame().unwrap();
+        let frame = h.server().poll_transmit().unwrap().to_frame().unwrap();
         assert!(frame.len() <= limits.max_response_frame, "{} bytes", frame.len());
         let body = codec::FrameDecoder::new(limits.max_response_frame)
             .feed(&mut &frame[..])
@@ -493,9 +504,10 @@ fn an_undecodable_frame_is_an_error_for_the_adapter_and_nothing_else_changes() {
     let mut h = Harness::new();
     let a = TestPeer::new(1);
     h.register_ok(&a, "x", RUST);
-    let err = h.server.handle_frame(h.now, a.id, RequestId(9), &[0x0a, 0xff]).unwrap_err();
+    let now = h.now();
+    let err = h.server().handle_frame(now, a.id, RequestId(9), &[0x0a, 0xff]).unwrap_err();
     assert!(matches!(err, CodecError::Malformed(_)), "{err:?}");
-    assert!(h.server.poll_transmit().is_none());
+    assert!(h.server().poll_transmit().is_none());
     assert_eq!(h.discover_peers(&a.id, Some("x")), vec![a.id]);
 }
 
@@ -505,7 +517,7 @@ fn time_running_backwards_is_treated_as_standing_still() {
     let a = TestPeer::new(1);
     h.advance(1000);
     h.register_ok(&a, "x", RUST);
-    h.now = Timestamp::ZERO;
+    h.w.now = Timestamp::ZERO;
     assert_eq!(h.discover(&a.id, Some("x"), None, None).registrations[0].ttl, Some(7200));
 }
 
@@ -515,10 +527,10 @@ fn namespace_statistics_count_live_registrations() {
     for (seed, ns) in [(1, "b"), (2, "a"), (3, "b")] {
         h.register_ok(&TestPeer::new(seed), ns, LEGACY);
     }
-    let stats: Vec<_> = h.server.namespaces().map(|(ns, n)| (ns.to_string(), n)).collect();
+    let stats: Vec<_> = h.server().namespaces().map(|(ns, n)| (ns.to_string(), n)).collect();
     assert_eq!(stats, vec![("a".into(), 1), ("b".into(), 2)]);
-    assert_eq!(h.server.stats().peers, 3);
-    assert_eq!(h.server.stats().namespaces, 2);
+    assert_eq!(h.server().stats().peers, 3);
+    assert_eq!(h.server().stats().namespaces, 2);
 }
 
 #[test]
@@ -528,7 +540,7 @@ fn a_cookie_from_before_a_restart_with_a_later_initial_sequence_sees_the_new_reg
     h.register_ok(&a, "x", RUST);
     let old_cookie = h.discover(&b.id, Some("x"), None, None).cookie;
     let config = ServerConfig { initial_sequence: 1_000_000, ..ServerConfig::default() };
-    h.server = Server::new(config).unwrap();
+    *h.server() = Server::new(config).unwrap();
     h.register_ok(&a, "x", RUST);
     let page = h.discover(&b.id, Some("x"), None, old_cookie);
     assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok));
@@ -541,7 +553,7 @@ fn a_reader_of_any_dialect_gets_every_registration_as_registered() {
     let (r, l, reader) = (TestPeer::new(1), TestPeer::new(2), TestPeer::new(3));
     h.register_ok(&r, "x", RUST);
     h.register_ok(&l, "x", LEGACY);
-    h.server.set_reader_dialect(reader.id, Reader::Any);
+    h.server().set_reader_dialect(reader.id, Reader::Any);
     // Its own signed REGISTER does not narrow what the adapter said it reads.
     h.register_ok(&reader, "y", RUST);
     let page = h.discover(&reader.id, Some("x"), None, None);
@@ -559,18 +571,18 @@ fn a_peer_registered_in_two_flavours_is_found_by_rust_and_by_standard_readers() 
     let (a, rust_reader, standard_reader) = (TestPeer::new(1), TestPeer::new(2), TestPeer::new(3));
     h.register_ok(&a, "x", RUST);
     h.register_ok(&a, "x", STANDARD);
-    h.server.set_reader_dialect(rust_reader.id, Reader::Signed(Flavour::RustLibp2p));
-    h.server.set_reader_dialect(standard_reader.id, Reader::Signed(Flavour::Standard));
+    h.server().set_reader_dialect(rust_reader.id, Reader::Signed(Flavour::RustLibp2p));
+    h.server().set_reader_dialect(standard_reader.id, Reader::Signed(Flavour::Standard));
     let page = h.discover(&rust_reader.id, Some("x"), None, None);
     assert_eq!(served_records(&page), vec![a.record(RUST)]);
     let page = h.discover(&standard_reader.id, Some("x"), None, None);
     assert_eq!(served_records(&page), vec![a.record(STANDARD)]);
     let page = h.discover(&TestPeer::new(4).id, Some("x"), None, None);
     assert_eq!(served_records(&page), vec![a.record(RUST)], "unknown readers get rust's");
-    h.server.set_reader_dialect(TestPeer::new(5).id, Reader::Legacy);
+    h.server().set_reader_dialect(TestPeer::new(5).id, Reader::Legacy);
     let page = h.discover(&TestPeer::new(5).id, Some("x"), None, None);
     assert_eq!(served_records(&page), vec![a.record(LEGACY)]);
-    assert_eq!(h.server.stats().registrations, 1, "one registration, two envelopes");
+    assert_eq!(h.server().stats().registrations, 1, "one registration, two envelopes");
 }
 
 #[test]
@@ -583,16 +595,16 @@ fn one_register_carrying_both_flavours_serves_every_reader_and_refreshes_without
     assert_eq!(read_status(response.status), Ok(ResponseStatus::Ok), "{response:?}");
     for (reader, dialect) in [(2, RUST), (3, STANDARD), (4, LEGACY)] {
         let peer = TestPeer::new(reader).id;
-        h.server.set_reader_dialect(peer, dialect);
+        h.server().set_reader_dialect(peer, dialect);
         let page = h.discover(&peer, Some("x"), None, None);
         assert_eq!(served_records(&page), vec![a.record(dialect)], "{dialect:?}");
     }
-    let verified = h.server.stats().records_verified;
+    let verified = h.server().stats().records_verified;
     assert_eq!(verified, 2);
     h.advance(3600);
     let response = h.request(&a.id, message).unwrap().register_response.unwrap();
     assert_eq!(read_status(response.status), Ok(ResponseStatus::Ok));
-    assert_eq!(h.server.stats().records_verified, verified, "a refresh reuses both checks");
+    assert_eq!(h.server().stats().records_verified, verified, "a refresh reuses both checks");
 }
 
 #[test]
@@ -604,7 +616,7 @@ fn a_flavour_with_other_addresses_replaces_the_registration_instead_of_joining_i
     let record = Record::sign(&a.keypair, &[moved], 2, Flavour::RustLibp2p).unwrap();
     let response = h.request(&a.id, testing::register("x", record.clone(), None)).unwrap();
     assert_eq!(read_status(response.register_response.unwrap().status), Ok(ResponseStatus::Ok));
-    h.server.set_reader_dialect(standard_reader.id, Reader::Signed(Flavour::Standard));
+    h.server().set_reader_dialect(standard_reader.id, Reader::Signed(Flavour::Standard));
     assert!(served_records(&h.discover(&standard_reader.id, Some("x"), None, None)).is_empty());
     let page = h.discover(&TestPeer::new(3).id, Some("x"), None, None);
     assert_eq!(served_records(&page), vec![record]);
@@ -635,7 +647,7 @@ fn an_other_record_that_is_not_a_matching_envelope_refuses_the_register() {
         );
         assert!(text.contains(why), "{text:?} lacks {why:?}");
     }
-    assert_eq!(h.server.stats().registrations, 0);
+    assert_eq!(h.server().stats().registrations, 0);
 }
 
 #[test]
@@ -660,11 +672,11 @@ fn a_busy_adapter_gets_every_answerable_request_refused_and_unregisters_applied(
     let a = TestPeer::new(1);
     h.register_ok(&a, "x", RUST);
     let busy = |h: &mut Harness, message: proto::Message| {
-        h.next_id += 1;
         let body = prost::Message::encode_to_vec(&message);
-        let id = RequestId(h.next_id);
-        h.server.handle_frame_busy(h.now, a.id, id, &body, "256 requests in flight").unwrap();
-        h.server.poll_transmit().and_then(|t| t.message)
+        let id = RequestId(7);
+        let now = h.now();
+        h.server().handle_frame_busy(now, a.id, id, &body, "256 requests in flight").unwrap();
+        h.server().poll_transmit().and_then(|t| t.message)
     };
     let answer = busy(&mut h, testing::register("y", a.record(RUST), None)).unwrap();
     let (status, text) = status(&answer.register_response.unwrap());
@@ -673,8 +685,8 @@ fn a_busy_adapter_gets_every_answerable_request_refused_and_unregisters_applied(
     let page = answer.discover_response.unwrap();
     assert_eq!(read_status(page.status), Ok(ResponseStatus::EUnavailable));
     assert!(busy(&mut h, testing::unregister("x")).is_none(), "UNREGISTER has no answer");
-    assert_eq!(h.server.stats().registrations, 0, "but it was applied");
-    assert_eq!(h.server.stats().busy_refusals, 2);
+    assert_eq!(h.server().stats().registrations, 0, "but it was applied");
+    assert_eq!(h.server().stats().busy_refusals, 2);
 }
 
 #[test]
@@ -707,7 +719,7 @@ fn a_js_agent_that_never_registered_gets_only_standard_entries() {
     h.register_ok(&s, "x", STANDARD);
     h.register_ok(&l, "x", LEGACY);
     let reader = Reader::from_agent_version("js-libp2p/2.8.0 UserAgent=v20").unwrap();
-    h.server.set_reader_dialect(js.id, reader);
+    h.server().set_reader_dialect(js.id, reader);
     let page = h.discover(&js.id, Some("x"), None, None);
     assert_eq!(served_records(&page), vec![s.record(STANDARD)]);
 }

@@ -72,11 +72,11 @@ pub(crate) struct Args {
     pub(crate) listen: IpAddr,
 
     /// Shortest TTL the server accepts, in seconds.
-    #[arg(long, default_value_t = Limits::default().min_ttl, value_name = "SECONDS")]
+    #[arg(long, default_value_t = Limits::default().min_ttl.as_secs(), value_name = "SECONDS")]
     pub(crate) min_ttl: u64,
 
     /// Longest TTL the server accepts, in seconds.
-    #[arg(long, default_value_t = Limits::default().max_ttl, value_name = "SECONDS")]
+    #[arg(long, default_value_t = Limits::default().max_ttl.as_secs(), value_name = "SECONDS")]
     pub(crate) max_ttl: u64,
 
     /// Most registrations in one namespace (server).
@@ -179,10 +179,10 @@ impl Args {
             ..ServerOptions::default()
         };
         let limits = &mut options.rendezvous.core.limits;
-        limits.min_ttl = self.min_ttl;
-        limits.max_ttl = self.max_ttl;
-        limits.default_ttl =
-            Limits::default().default_ttl.clamp(self.min_ttl, self.max_ttl.max(self.min_ttl));
+        let (min, max) = (Duration::from_secs(self.min_ttl), Duration::from_secs(self.max_ttl));
+        limits.min_ttl = min;
+        limits.max_ttl = max;
+        limits.default_ttl = Limits::default().default_ttl.clamp(min, max.max(min));
         limits.max_registrations_per_namespace = self.max_per_namespace;
         limits.max_registrations_per_peer = self.max_per_peer;
         limits.max_registrations = self.max_total;
