@@ -116,15 +116,25 @@ impl ServerBehaviour {
         config: server::Config,
         limits: ConnectionLimits,
     ) -> Result<Self, rendezvous_libp2p::core::LimitsError> {
+        Ok(Self::with(keypair, server::Behaviour::new(config)?, limits))
+    }
+
+    /// A server around a rendezvous behaviour already built (a durable one,
+    /// say), with connection `limits`.
+    pub fn with(
+        keypair: &Keypair,
+        rendezvous: server::Behaviour,
+        limits: ConnectionLimits,
+    ) -> Self {
         let connection_limits = libp2p_connection_limits::ConnectionLimits::default()
             .with_max_established(Some(limits.max_established))
             .with_max_established_per_peer(Some(limits.max_per_peer));
-        Ok(ServerBehaviour {
-            rendezvous: server::Behaviour::new(config)?,
+        ServerBehaviour {
+            rendezvous,
             identify: identify(keypair),
             ping: libp2p_ping::Behaviour::default(),
             limits: libp2p_connection_limits::Behaviour::new(connection_limits),
-        })
+        }
     }
 }
 

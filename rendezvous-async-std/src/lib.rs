@@ -7,6 +7,8 @@
 //!   around the `rendezvous-libp2p` behaviours, on any executor.
 //! - [`node`]: a ready rendezvous point ([`node::ServerNode`]) and client
 //!   ([`node::ClientNode`]): what the `rendezvous` binary does, in one call.
+//! - [`store`]: store engines for a durable point (an embedded one behind
+//!   the default `redb` feature).
 //!
 //! async-std 1.13 is discontinued upstream. Nothing here depends on it but
 //! the binary's `block_on` and `spawn`: the transport runs on async-io, the
@@ -20,4 +22,5 @@ pub mod host;
 pub mod keyfile;
 pub mod logging;
 pub mod node;
+pub mod store;
 pub mod transport;

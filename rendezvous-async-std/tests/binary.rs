@@ -123,14 +123,22 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port().to_string();
     fails_with(
-        &["--mode", "server", "--listen", "127.0.0.1", "--port", &port],
+        &["--mode", "server", "--in-memory", "--listen", "127.0.0.1", "--port", &port],
         "Address already in use",
     );
 
     // A key file that cannot be read (a directory).
     let dir = std::env::temp_dir();
     fails_with(
-        &["--mode", "server", "--listen", "127.0.0.1", "--key-file", dir.to_str().unwrap()],
+        &[
+            "--mode",
+            "server",
+            "--in-memory",
+            "--listen",
+            "127.0.0.1",
+            "--key-file",
+            dir.to_str().unwrap(),
+        ],
         "cannot use key file",
     );
 

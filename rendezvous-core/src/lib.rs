@@ -87,6 +87,7 @@ pub mod record;
 mod registry;
 mod rng;
 mod server;
+pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod time;
@@ -98,7 +99,7 @@ pub use client::{
 pub use limits::{Limits, LimitsError, ServerConfig};
 pub use namespace::{Namespace, NamespaceError};
 pub use record::{AGENT_PREFIX, Dialect, Flavour, Reader};
-pub use server::{Event as ServerEvent, Server, Stats, Transmit};
+pub use server::{Event as ServerEvent, Loaded, Server, Stats, Transmit};
 pub use time::Timestamp;
 
 /// Identifies one request so that its answer (or completion event) can be

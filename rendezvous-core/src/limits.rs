@@ -176,6 +176,12 @@ pub struct ServerConfig {
     /// [`Limits::max_registrations`] + 16, so that one call (a mass expiry)
     /// never drops: an adapter that drains after every call loses nothing.
     pub max_queued_events: usize,
+    /// Apply a REGISTER only once a store has it: emit store actions
+    /// ([`Server::poll_store`](crate::Server::poll_store)) and answer each
+    /// REGISTER when the adapter reports its commit
+    /// ([`Server::handle_commit`](crate::Server::handle_commit)). Defaults to
+    /// false: registrations live in memory only.
+    pub durable: bool,
     /// The sequence number the first registration gets, less one. Adapters
     /// pass the wall-clock time in microseconds: cookies issued before a
     /// restart then still point before everything registered since, so
@@ -190,6 +196,7 @@ impl Default for ServerConfig {
             unknown_reader: Reader::Signed(Flavour::RustLibp2p),
             max_remembered_readers: 65_536,
             max_queued_events: 65_536,
+            durable: false,
             initial_sequence: 0,
         }
     }

@@ -1,8 +1,8 @@
 //! The server's registrations and their indexes.
 //!
 //! Every mutation goes through [`Registry::insert`], [`Registry::remove`] and
-//! [`Registry::expire`], so that persisting or replicating the registry later
-//! means hooking these three, not hunting for writes.
+//! [`Registry::expire`]; the server turns each into a store action when it
+//! is durable.
 //!
 //! Costs do not grow with the registry: entries live in a slab; ordered
 //! indexes map a sequence number to a slot, per namespace and globally, once
@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound::{Excluded, Unbounded};
-use std::time::Duration;
 
 use bytes::Bytes;
 use libp2p_identity::PeerId;
@@ -38,6 +37,21 @@ impl StoredRecord {
     /// A legacy record: only the `PeerInfo`.
     pub(crate) fn legacy(peer_info: Bytes) -> Self {
         StoredRecord { envelopes: [None, None], peer_info }
+    }
+
+    /// A record from its stored parts: envelopes by [`Flavour::index`].
+    pub(crate) fn from_parts(envelopes: [Option<Bytes>; 2], peer_info: Bytes) -> Self {
+        StoredRecord { envelopes, peer_info }
+    }
+
+    /// The envelope of `flavour`, if registered.
+    pub(crate) fn envelope(&self, flavour: Flavour) -> Option<&Bytes> {
+        self.envelopes[flavour.index()].as_ref()
+    }
+
+    /// The addresses as a `PeerInfo`.
+    pub(crate) fn peer_info(&self) -> &Bytes {
+        &self.peer_info
     }
 
     /// A verified envelope of `flavour` whose addresses are `peer_info`.
@@ -234,20 +248,31 @@ impl Registry {
         self.expiry.keys().next().map(|&(deadline, _)| deadline)
     }
 
-    /// Adds or replaces the registration of `peer` in `namespace`; it gets a
-    /// new sequence number, so it reads as new to paging discoverers.
+    /// The sequence number the next registration gets if nothing else
+    /// decides it.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.last_seq.saturating_add(1)
+    }
+
+    /// Sequence numbers from here on are above `seq` (cookies issued before
+    /// a restart stay valid).
+    pub(crate) fn raise_seq(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// Adds or replaces the registration of `peer` in `namespace` at
+    /// position `seq`, which must be above every registration's (a
+    /// replacement reads as new to paging discoverers).
     pub(crate) fn insert(
         &mut self,
-        now: Timestamp,
         peer: PeerId,
         namespace: Namespace,
-        ttl: Duration,
+        seq: u64,
+        expires: Timestamp,
         record: StoredRecord,
     ) -> Inserted {
         let replaced = self.remove(&peer, &namespace).is_some();
-        self.last_seq += 1;
-        let seq = self.last_seq;
-        let expires = now + ttl;
+        self.raise_seq(seq);
         let owner = match self.peer_slots.get(&peer) {
             Some(&slot) => slot,
             None => {

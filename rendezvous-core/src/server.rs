@@ -1,6 +1,9 @@
 //! The rendezvous point: answers REGISTER, UNREGISTER and DISCOVER.
 
+mod discover;
+mod durable;
 mod readers;
+mod register;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -10,13 +13,15 @@ use libp2p_identity::PeerId;
 
 use crate::RequestId;
 use crate::codec::{self, CodecError};
-use crate::cookie::{Cookie, CookieError};
-use crate::limits::{Limits, LimitsError, REGISTRATION_OVERHEAD, ServerConfig};
+use crate::limits::{Limits, LimitsError, ServerConfig};
 use crate::namespace::{Namespace, NamespaceError};
 use crate::proto::{self, MessageType, ResponseStatus};
-use crate::record::{Dialect, Flavour, Reader, Record, encode_peer_info};
-use crate::registry::{Inserted, Registry, StoredRecord};
+use crate::record::{Dialect, Reader};
+use crate::registry::Registry;
+use crate::store::StoreAction;
 use crate::time::Timestamp;
+pub use durable::Loaded;
+use durable::Pending;
 use readers::Readers;
 
 /// A rendezvous point, as a state machine that does no I/O and reads no clock.
@@ -26,6 +31,8 @@ use readers::Readers;
 /// - [`handle_frame`](Self::handle_frame) (or [`handle_request`](Self::handle_request)
 ///   with a decoded message) for every request read from a substream, tagged
 ///   with a [`RequestId`] the adapter chose to find the substream again;
+/// - [`handle_commit`](Self::handle_commit) when a store reports a put's fate,
+///   and [`load`](Self::load) at start;
 /// - [`handle_timeout`](Self::handle_timeout) when the deadline from
 ///   [`poll_timeout`](Self::poll_timeout) is reached;
 /// - [`set_reader_dialect`](Self::set_reader_dialect) and
@@ -33,15 +40,18 @@ use readers::Readers;
 ///   about peers.
 ///
 /// After every input, drain the outputs in this order:
-/// 1. [`poll_transmit`](Self::poll_transmit) until `None`: one per request,
+/// 1. [`poll_store`](Self::poll_store) until `None` (durable servers only):
+///    actions to hand to the store, in order; report each put's fate with
+///    [`handle_commit`](Self::handle_commit). See [`store`](crate::store).
+/// 2. [`poll_transmit`](Self::poll_transmit) until `None`: one per request,
 ///    each for the substream of its request id: a response to write, or
 ///    (UNREGISTER, which has no response) nothing to write. Either way the
 ///    request is done and that substream may carry the next one, so an
 ///    adapter reading several requests from one substream answers them in
-///    order.
-/// 2. [`poll_event`](Self::poll_event) until `None`: what happened, for logs
+///    order. A durable server's REGISTER is answered after its commit.
+/// 3. [`poll_event`](Self::poll_event) until `None`: what happened, for logs
 ///    and metrics.
-/// 3. [`poll_timeout`](Self::poll_timeout): when to call `handle_timeout` next
+/// 4. [`poll_timeout`](Self::poll_timeout): when to call `handle_timeout` next
 ///    (the earliest expiry). Reset the one timer to it.
 ///
 /// Expired registrations are never served even if `handle_timeout` is late:
@@ -55,6 +65,12 @@ pub struct Server {
     readers: Readers,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// Actions for the store (durable only), and the last action id given.
+    store: VecDeque<StoreAction>,
+    next_action: u64,
+    /// Puts waiting for their commit, and the last position proposed.
+    pending: Pending,
+    proposed_seq: u64,
     now: Timestamp,
     dropped_events: u64,
     records_verified: u64,
@@ -173,6 +189,14 @@ pub struct Stats {
     pub busy_refusals: u64,
 }
 
+/// What became of a REGISTER that passed its checks.
+enum Admitted {
+    /// Applied; answer OK with this TTL.
+    Now(Duration),
+    /// Handed to the store; answered when it commits.
+    Held,
+}
+
 /// A refusal: the status to answer with and the text saying why.
 struct Refusal(ResponseStatus, String);
 
@@ -196,6 +220,10 @@ impl Server {
             config,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            store: VecDeque::new(),
+            next_action: 0,
+            pending: Pending::default(),
+            proposed_seq: 0,
             now: Timestamp::ZERO,
             dropped_events: 0,
             records_verified: 0,
@@ -281,15 +309,18 @@ impl Server {
         let response = match message.message_type() {
             Ok(MessageType::Register) => {
                 let register = message.register.unwrap_or_default();
-                let response = match self.register(peer, register) {
-                    Ok(ttl) => register_response(ResponseStatus::Ok, None, Some(ttl.as_secs())),
+                match self.register(peer, request_id, register) {
+                    Ok(Admitted::Now(ttl)) => {
+                        Some(register_response(ResponseStatus::Ok, None, Some(ttl.as_secs())))
+                    }
+                    // Answered when the store says what became of it.
+                    Ok(Admitted::Held) => return,
                     Err(Refusal(status, reason)) => {
                         let response = register_response(status, Some(reason.clone()), None);
                         self.refused(peer, MessageType::Register, status, reason);
-                        response
+                        Some(response)
                     }
-                };
-                Some(response)
+                }
             }
             Ok(MessageType::Unregister) => {
                 self.unregister(peer, message.unregister.unwrap_or_default());
@@ -377,234 +408,12 @@ impl Server {
     fn advance(&mut self, now: Timestamp) {
         self.now = self.now.max(now);
         let mut expired = Vec::new();
-        self.registry.expire(self.now, |peer, entry| expired.push((peer, entry.namespace)));
-        for (peer, namespace) in expired {
-            self.push_event(Event::Expired { peer, namespace });
-        }
-    }
-
-    fn register(&mut self, peer: PeerId, register: proto::Register) -> Result<Duration, Refusal> {
-        let limits = &self.config.limits;
-        let namespace =
-            Namespace::new(register.ns.as_deref().unwrap_or(""), limits.max_namespace_len)
-                .map_err(namespace_refusal)?;
-        let ttl = match register.ttl.unwrap_or(0) {
-            0 => limits.default_ttl,
-            secs if (limits.min_ttl..=limits.max_ttl).contains(&Duration::from_secs(secs)) => {
-                Duration::from_secs(secs)
-            }
-            secs => {
-                return Err(Refusal::new(
-                    ResponseStatus::EInvalidTtl,
-                    format!(
-                        "ttl of {secs} s is outside the allowed range of {} to {} s",
-                        limits.min_ttl.as_secs(),
-                        limits.max_ttl.as_secs()
-                    ),
-                ));
-            }
-        };
-        let (dialect, mut record) =
-            self.verify_record(peer, register.signed_peer_record.unwrap_or_default())?;
-        self.add_other_records(peer, &mut record, register.other_records)?;
-        let limits = &self.config.limits;
-        let existing = self.registry.get(&peer, &namespace).map(|e| e.record.clone());
-        if existing.is_none() {
-            if self.registry.peer_len(&peer) >= limits.max_registrations_per_peer {
-                return Err(Refusal::new(
-                    ResponseStatus::ENotAuthorized,
-                    format!(
-                        "peer already holds {} registrations, the limit per peer",
-                        limits.max_registrations_per_peer
-                    ),
-                ));
-            }
-            if self.registry.namespace_len(&namespace) >= limits.max_registrations_per_namespace {
-                return Err(Refusal::new(
-                    ResponseStatus::EUnavailable,
-                    format!(
-                        "namespace holds {} registrations, the limit per namespace",
-                        limits.max_registrations_per_namespace
-                    ),
-                ));
-            }
-            if self.registry.len() >= limits.max_registrations {
-                return Err(Refusal::new(
-                    ResponseStatus::EUnavailable,
-                    format!("server holds {} registrations, its limit", limits.max_registrations),
-                ));
-            }
-        }
-        // Another flavour of the same record joins the registration.
-        let record = match existing {
-            Some(older) => older.merged(record),
-            None => record,
-        };
-        let inserted = self.registry.insert(self.now, peer, namespace.clone(), ttl, record);
-        self.readers.registered(peer, dialect.into());
-        self.push_event(match inserted {
-            Inserted::New => Event::Registered { peer, namespace, ttl, dialect },
-            Inserted::Replaced => Event::Refreshed { peer, namespace, ttl, dialect },
+        self.registry.expire(self.now, |peer, entry| {
+            expired.push((peer, entry.namespace, entry.seq));
         });
-        Ok(ttl)
-    }
-
-    /// Verifies the extension's other flavours of the same record and adds
-    /// them: each must be an envelope of a flavour not yet present, signed by
-    /// the sender, announcing the same addresses.
-    fn add_other_records(
-        &mut self,
-        peer: PeerId,
-        record: &mut StoredRecord,
-        others: Vec<Bytes>,
-    ) -> Result<(), Refusal> {
-        if others.len() > Flavour::ALL.len() {
-            return Err(Refusal::new(
-                ResponseStatus::EInvalidSignedPeerRecord,
-                format!(
-                    "{} other records, more than the {} flavours",
-                    others.len(),
-                    Flavour::ALL.len()
-                ),
-            ));
+        for (peer, namespace, seq) in expired {
+            self.on_expired(peer, namespace, seq);
         }
-        for (i, bytes) in others.into_iter().enumerate() {
-            let (dialect, other) = self
-                .verify_record(peer, bytes)
-                .map_err(|Refusal(s, text)| Refusal(s, format!("other record {i}: {text}")))?;
-            let fits = match dialect {
-                Dialect::Signed(flavour) => !record.has(flavour) && record.same_addresses(&other),
-                Dialect::Legacy => false,
-            };
-            if !fits {
-                return Err(Refusal::new(
-                    ResponseStatus::EInvalidSignedPeerRecord,
-                    format!(
-                        "other record {i} must be an envelope of another flavour with the same addresses"
-                    ),
-                ));
-            }
-            *record = record.clone().merged(other);
-        }
-        Ok(())
-    }
-
-    /// Parses and verifies a record, unless it is part of what `peer`
-    /// registered last (then the stored, already verified form is reused).
-    fn verify_record(
-        &mut self,
-        peer: PeerId,
-        bytes: Bytes,
-    ) -> Result<(Dialect, StoredRecord), Refusal> {
-        if let Some(cached) = self.registry.cached_record(&peer, &bytes) {
-            return Ok(cached);
-        }
-        self.records_verified += 1;
-        let invalid = |err| Refusal::new(ResponseStatus::EInvalidSignedPeerRecord, err);
-        let record = Record::parse(bytes, &self.config.limits.record_limits()).map_err(invalid)?;
-        match record.peer {
-            Some(owner) if owner != peer => {
-                return Err(Refusal::new(
-                    ResponseStatus::ENotAuthorized,
-                    format!("peer record is for {owner}, not for the sender {peer}"),
-                ));
-            }
-            _ => {}
-        }
-        let peer_info = encode_peer_info(&peer, &record.addresses);
-        let stored = match record.dialect {
-            Dialect::Legacy => StoredRecord::legacy(peer_info),
-            Dialect::Signed(flavour) => StoredRecord::signed(flavour, record.bytes, peer_info),
-        };
-        Ok((record.dialect, stored))
-    }
-
-    fn unregister(&mut self, peer: PeerId, unregister: proto::Unregister) {
-        let ns = unregister.ns.as_deref().unwrap_or("");
-        let Ok(namespace) = Namespace::new(ns, self.config.limits.max_namespace_len) else {
-            // UNREGISTER has no response; a bad namespace cannot name anything we hold.
-            return;
-        };
-        if let Some(entry) = self.registry.remove(&peer, &namespace) {
-            self.push_event(Event::Unregistered { peer, namespace: entry.namespace });
-        }
-    }
-
-    fn discover(
-        &mut self,
-        peer: PeerId,
-        discover: proto::Discover,
-    ) -> Result<proto::Message, Refusal> {
-        let limits = &self.config.limits;
-        let namespace = match discover.ns.as_deref() {
-            None | Some("") => None,
-            Some(ns) => {
-                Some(Namespace::new(ns, limits.max_namespace_len).map_err(namespace_refusal)?)
-            }
-        };
-        let limit = match discover.limit.unwrap_or(0) {
-            0 => limits.default_discover_limit,
-            limit => limit.min(limits.max_discover_limit),
-        };
-        let position = match discover.cookie.filter(|c| !c.is_empty()) {
-            None => 0,
-            Some(bytes) => self
-                .check_cookie(&bytes, namespace.as_ref())
-                .map_err(|err| Refusal::new(ResponseStatus::EInvalidCookie, err))?,
-        };
-        let reader = self.readers.get(&peer).unwrap_or(self.config.unknown_reader);
-        let budget = self.config.limits.response_budget();
-        let mut used = 0;
-        let mut last = position;
-        let mut registrations = Vec::new();
-        for entry in self.registry.page(reader, namespace.as_ref(), position) {
-            let bytes = entry
-                .record
-                .bytes_for(reader)
-                .expect("the reader's index holds only records it can read");
-            let cost = bytes.len() + entry.namespace.as_str().len() + REGISTRATION_OVERHEAD;
-            if registrations.len() as u64 == limit || used + cost > budget {
-                break;
-            }
-            used += cost;
-            last = entry.seq;
-            registrations.push(proto::Register {
-                ns: Some(entry.namespace.as_str().to_owned()),
-                signed_peer_record: Some(bytes.clone()),
-                ttl: Some(entry.ttl_left(self.now)),
-                other_records: Vec::new(),
-            });
-        }
-        let count = registrations.len();
-        let cookie = Cookie { position: last, namespace: namespace.clone() }.to_bytes();
-        self.push_event(Event::Discovered { peer, namespace, count });
-        Ok(proto::Message {
-            r#type: Some(MessageType::DiscoverResponse as i32),
-            discover_response: Some(proto::DiscoverResponse {
-                registrations,
-                cookie: Some(cookie),
-                status: Some(ResponseStatus::Ok as i32),
-                status_text: None,
-            }),
-            ..Default::default()
-        })
-    }
-
-    fn check_cookie(
-        &self,
-        bytes: &[u8],
-        namespace: Option<&Namespace>,
-    ) -> Result<u64, CookieError> {
-        let cookie = Cookie::parse(bytes, self.config.limits.max_namespace_len)?;
-        // A position in all namespaces is a position in each of them too
-        // (sequence numbers are global); rust-libp2p's server takes it.
-        if cookie.namespace.is_some() && cookie.namespace.as_ref() != namespace {
-            return Err(CookieError::WrongNamespace);
-        }
-        if cookie.position > self.registry.last_seq() {
-            return Err(CookieError::Unknown);
-        }
-        Ok(cookie.position)
     }
 
     fn unsupported(

@@ -27,6 +27,7 @@ pub mod client;
 mod clock;
 pub mod framed;
 pub mod server;
+pub mod store;
 
 pub use clock::Clock;
 

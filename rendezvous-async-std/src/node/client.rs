@@ -80,7 +80,7 @@ impl ClientNode {
             let why = format!("{} must end with /p2p/<peer id>", options.server);
             return Err(NodeError::Config(why));
         };
-        let keypair = options.identity.keypair()?;
+        let keypair = options.identity.keypair(None)?;
         let behaviour = ClientBehaviour::new(&keypair, options.rendezvous)
             .map_err(|e| NodeError::Config(e.to_string()))?;
         let mut swarm = host::build(&keypair, behaviour, executor())

@@ -28,8 +28,11 @@ use crate::keyfile;
 /// Where a node's key comes from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Identity {
-    /// A new key every start (a new peer id).
+    /// The data dir's `key` file when the node has a data dir (a point with
+    /// an embedded store), a new key every start otherwise.
     #[default]
+    Auto,
+    /// A new key every start (a new peer id).
     Ephemeral,
     /// The key in this file, created (readable by the owner only) if absent:
     /// the same peer id every start.
@@ -37,12 +40,19 @@ pub enum Identity {
 }
 
 impl Identity {
-    fn keypair(&self) -> Result<Keypair, NodeError> {
-        match self {
-            Identity::Ephemeral => Ok(Keypair::generate_ed25519()),
-            Identity::KeyFile(path) => keyfile::load_or_create(path)
-                .map_err(|e| NodeError::Key(format!("{}: {e}", path.display()))),
-        }
+    fn keypair(&self, data_dir: Option<&std::path::Path>) -> Result<Keypair, NodeError> {
+        let file = match (self, data_dir) {
+            (Identity::KeyFile(path), _) => path.clone(),
+            (Identity::Auto, Some(dir)) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    NodeError::Config(format!("cannot use data dir {}: {e}", dir.display()))
+                })?;
+                dir.join("key")
+            }
+            (Identity::Auto | Identity::Ephemeral, _) => return Ok(Keypair::generate_ed25519()),
+        };
+        keyfile::load_or_create(&file)
+            .map_err(|e| NodeError::Key(format!("{}: {e}", file.display())))
     }
 }
 
@@ -61,6 +71,8 @@ pub enum NodeError {
     /// The rendezvous point refused what a session needs; the text says
     /// what and why.
     Rendezvous(String),
+    /// The store cannot be opened; the text names the path and the problem.
+    Store(String),
 }
 
 impl fmt::Display for NodeError {
@@ -70,7 +82,7 @@ impl fmt::Display for NodeError {
             NodeError::Config(why) => write!(f, "invalid settings: {why}"),
             NodeError::Listen(why) => write!(f, "cannot listen: {why}"),
             NodeError::Connect(why) => write!(f, "Failed to connect to server: {why}"),
-            NodeError::Rendezvous(why) => f.write_str(why),
+            NodeError::Rendezvous(why) | NodeError::Store(why) => f.write_str(why),
         }
     }
 }

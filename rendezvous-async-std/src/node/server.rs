@@ -13,6 +13,10 @@ use tracing::{debug, info, warn};
 
 use super::{Identity, NodeError, executor, root_cause, with_peer};
 use crate::host::{self, ConnectionLimits, ServerBehaviour, ServerEvent};
+use crate::store::Storage;
+#[cfg(feature = "redb")]
+use crate::store::redb::{self, RedbStore};
+use rendezvous_libp2p::core::LimitsError;
 
 const LOG: &str = "rendezvous::server";
 
@@ -23,8 +27,13 @@ pub struct ServerOptions {
     /// Where to listen (`--listen IP`, `--port P`). Defaults to
     /// `/ip4/0.0.0.0/tcp/0`: every interface, a port the system picks.
     pub listen: Vec<Multiaddr>,
-    /// The point's key (`--key-file`). Defaults to a new key every start.
+    /// The point's key (`--key-file`). Defaults to the data dir's key, or a
+    /// new key every start when in memory.
     pub identity: Identity,
+    /// Where registrations are kept (`--data-dir`, `--in-memory`). Defaults
+    /// to the platform's per-user data directory
+    /// ([`Storage::default`]).
+    pub storage: Storage,
     /// The protocol's limits and the substream bounds (`--min-ttl`,
     /// `--max-ttl`, `--max-per-namespace`, `--max-per-peer`, `--max-total`).
     /// Defaults to [`server::Config::default`].
@@ -43,6 +52,7 @@ impl Default for ServerOptions {
                 Multiaddr::empty().with(Protocol::Ip4([0, 0, 0, 0].into())).with(Protocol::Tcp(0)),
             ],
             identity: Identity::default(),
+            storage: Storage::default(),
             rendezvous: server::Config::default(),
             connections: ConnectionLimits::default(),
             stats_interval: Some(Duration::from_secs(10)),
@@ -64,9 +74,32 @@ impl ServerNode {
     /// or with the reason none can be.
     pub async fn start(options: ServerOptions) -> Result<ServerNode, NodeError> {
         options.rendezvous.core.limits.validate().map_err(|e| NodeError::Config(e.to_string()))?;
-        let keypair = options.identity.keypair()?;
-        let behaviour = ServerBehaviour::new(&keypair, options.rendezvous, options.connections)
-            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let config = |e: LimitsError| NodeError::Config(e.to_string());
+        let rendezvous = match &options.storage {
+            Storage::InMemory => {
+                let keypair = options.identity.keypair(None)?;
+                (keypair, server::Behaviour::new(options.rendezvous).map_err(config)?)
+            }
+            #[cfg(feature = "redb")]
+            Storage::DataDir(dir) => {
+                let keypair = options.identity.keypair(Some(dir))?;
+                let (store, snapshot) =
+                    RedbStore::open(dir).map_err(|e| NodeError::Store(e.to_string()))?;
+                let (behaviour, loaded) =
+                    server::Behaviour::with_store(options.rendezvous, store, snapshot)
+                        .map_err(config)?;
+                info!(
+                    target: LOG,
+                    "Restored {} registrations from {} ({} had expired)",
+                    loaded.registrations,
+                    dir.join(redb::FILE).display(),
+                    loaded.expired
+                );
+                (keypair, behaviour)
+            }
+        };
+        let (keypair, rendezvous) = rendezvous;
+        let behaviour = ServerBehaviour::with(&keypair, rendezvous, options.connections);
         let swarm = host::build(&keypair, behaviour, executor())
             .map_err(|e| NodeError::Config(e.to_string()))?;
         let mut node =

@@ -69,6 +69,12 @@ impl Proc {
         }
     }
 
+    /// Kills it at once (SIGKILL): no shutdown, no flush.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub(crate) fn interrupt(&self) {
         let status =
             Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
@@ -104,12 +110,23 @@ impl Drop for Proc {
 }
 
 /// A server on loopback; returns it and the address clients should use.
+/// In memory unless `extra` gives a `--data-dir`: parallel tests must not
+/// share the user's data dir.
 pub(crate) fn server(extra: &[&str]) -> (Proc, String) {
     // -v: the tests read the per-registration lines, logged at DEBUG.
     let mut args = vec!["--mode", "server", "-v", "--listen", "127.0.0.1", "--stats-interval", "0"];
+    if !extra.contains(&"--data-dir") {
+        args.push("--in-memory");
+    }
     args.extend_from_slice(extra);
     let mut server = Proc::start(&args);
     server.expect("Rendezvous server started with peer ID: ");
+    start(server)
+}
+
+/// Waits for `server`'s connect hint; returns it and the address clients
+/// should use.
+pub(crate) fn start(mut server: Proc) -> (Proc, String) {
     let line = server.expect(" --mode client --address ");
     let address = line.split(" --address ").nth(1).unwrap().split(' ').next().unwrap().to_owned();
     assert!(address.starts_with("/ip4/127.0.0.1/tcp/") && address.contains("/p2p/"), "{address}");

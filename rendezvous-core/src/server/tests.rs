@@ -4,8 +4,9 @@ use bytes::Bytes;
 use libp2p_identity::PeerId;
 
 use super::*;
+use crate::cookie::Cookie;
 use crate::proto::{DiscoverResponse, RegisterResponse, read_status};
-use crate::record::{Flavour, Reader};
+use crate::record::{Flavour, Reader, Record};
 use crate::testing::{self, DIALECTS, TestPeer, World};
 
 const RUST: Dialect = Dialect::Signed(Flavour::RustLibp2p);

@@ -26,10 +26,11 @@ use libp2p_swarm::{
     THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use rendezvous_core::{
-    LimitsError, Reader, RequestId, Server, ServerConfig, ServerEvent, Stats, Timestamp,
+    LimitsError, Loaded, Reader, RequestId, Server, ServerConfig, ServerEvent, Stats, Timestamp,
 };
 
 use crate::clock::{Clock, Timer};
+use crate::store::{Snapshot, Store};
 pub use handler::Handler;
 use handler::{FromBehaviour, StreamId, ToBehaviour};
 
@@ -160,6 +161,7 @@ pub struct Behaviour {
     next_request: u64,
     actions: VecDeque<ToSwarm<Event, FromBehaviour>>,
     streams: StreamStats,
+    store: Option<Box<dyn Store>>,
 }
 
 impl Behaviour {
@@ -185,7 +187,25 @@ impl Behaviour {
             next_request: 0,
             actions: VecDeque::new(),
             streams: StreamStats::default(),
+            store: None,
         })
+    }
+
+    /// A durable server: nothing is applied or answered OK before `store`
+    /// has it (see [`rendezvous_core::store`]). `snapshot` is what the store
+    /// held at start; what it restored is returned.
+    pub fn with_store(
+        mut config: Config,
+        store: impl Store,
+        snapshot: Snapshot,
+    ) -> Result<(Self, Loaded), LimitsError> {
+        config.core.durable = true;
+        let mut behaviour = Behaviour::new(config)?;
+        let now = behaviour.now();
+        let loaded = behaviour.core.load(now, snapshot.registrations, snapshot.last_seq);
+        behaviour.store = Some(Box::new(store));
+        behaviour.drain_core();
+        Ok((behaviour, loaded))
     }
 
     /// The core, for statistics and inspection.
@@ -285,6 +305,11 @@ impl Behaviour {
     /// Routes the core's answers to their substreams, its events to the
     /// swarm, and re-arms the timer.
     fn drain_core(&mut self) {
+        if let Some(store) = &mut self.store {
+            while let Some(action) = self.core.poll_store() {
+                store.submit(action);
+            }
+        }
         while let Some(transmit) = self.core.poll_transmit() {
             // Gone if its connection closed meanwhile.
             if let Some(route) = self.routes.remove(&transmit.request_id) {
@@ -348,6 +373,13 @@ impl NetworkBehaviour for Behaviour {
         loop {
             if let Some(action) = self.actions.pop_front() {
                 return Poll::Ready(action);
+            }
+            let commit = self.store.as_mut().map(|store| store.poll_commit(cx));
+            if let Some(Poll::Ready(commit)) = commit {
+                let now = self.now();
+                self.core.handle_commit(now, commit);
+                self.drain_core();
+                continue;
             }
             match self.timer.poll(cx) {
                 Poll::Ready(now) => {

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Two sweeps, each against every server in turn, each server a fresh
-//! process:
+//! process ("ours" in memory, "ours, data dir" with its embedded store in a
+//! fresh directory):
 //! - **Registry size.** For each size N: C connections (one identity each)
 //!   register N times in all (N/C namespaces each, W requests in flight per
 //!   connection, one substream per request as rust-libp2p and py-libp2p
@@ -68,7 +69,7 @@ fn options() -> Result<Options, Error> {
     let mut o = Options {
         sizes: vec![1_000, 10_000, 100_000],
         py_sizes: vec![1_000],
-        servers: vec![Kind::Ours, Kind::Rust, Kind::Py],
+        servers: vec![Kind::Ours, Kind::OursDurable, Kind::Rust, Kind::Py],
         shape: Shape { connections: 20, inflight: 8, pages: 2_000, fresh: false },
         svg: None,
         inflight_list: vec![64, 128, 256],
@@ -113,6 +114,10 @@ fn options() -> Result<Options, Error> {
         }
     }
     Ok(o)
+}
+
+fn ours(kind: Kind) -> bool {
+    matches!(kind, Kind::Ours | Kind::OursDurable)
 }
 
 #[tokio::main]
@@ -170,13 +175,12 @@ async fn real_main() -> Result<(), Error> {
     }
     report::inflight_table(&inflight);
     if o.strict {
-        let lost: usize =
-            runs.iter().filter(|r| r.kind == Kind::Ours).map(|r| r.lost()).sum::<usize>()
-                + inflight
-                    .iter()
-                    .filter(|r| r.kind == Kind::Ours)
-                    .map(|r| r.register.lost + r.refresh.as_ref().map_or(0, |f| f.lost))
-                    .sum::<usize>();
+        let lost: usize = runs.iter().filter(|r| ours(r.kind)).map(|r| r.lost()).sum::<usize>()
+            + inflight
+                .iter()
+                .filter(|r| ours(r.kind))
+                .map(|r| r.register.lost + r.refresh.as_ref().map_or(0, |f| f.lost))
+                .sum::<usize>();
         if lost > 0 {
             return Err(format!("our server lost {lost} requests").into());
         }

@@ -97,6 +97,25 @@ pub(crate) fn inflight_table(runs: &[InflightRun]) {
         }
     }
     println!();
+    for durable in runs.iter().filter(|r| r.kind == Kind::OursDurable && r.refresh.is_some()) {
+        let memory = runs.iter().find(|r| {
+            r.kind == Kind::Ours && r.inflight == durable.inflight && r.refresh.is_some()
+        });
+        if let Some(memory) = memory {
+            let (d, m) = (&durable.register, &memory.register);
+            println!(
+                "{} in flight: with the store {:.0} registrations/s (p50 {:.2} ms, p99 {:.2} ms), in memory {:.0}/s (p50 {:.2} ms, p99 {:.2} ms): {:.0}%",
+                durable.inflight,
+                d.per_second(),
+                d.percentile_ms(0.5),
+                d.percentile_ms(0.99),
+                m.per_second(),
+                m.percentile_ms(0.5),
+                m.percentile_ms(0.99),
+                100.0 * d.per_second() / m.per_second().max(f64::MIN_POSITIVE)
+            );
+        }
+    }
     for theirs in runs.iter().filter(|r| r.kind == Kind::Rust && r.refresh.is_some()) {
         let ours = runs
             .iter()
@@ -157,9 +176,12 @@ pub(crate) fn svg(runs: &[ScaleRun]) -> String {
         );
         out += "\n";
     }
-    for (kind, color, row) in
-        [(Kind::Ours, "#1b7f3b", 0), (Kind::Rust, "#b5651d", 1), (Kind::Py, "#3b5bdb", 2)]
-    {
+    for (kind, color, row) in [
+        (Kind::Ours, "#1b7f3b", 0),
+        (Kind::OursDurable, "#2f9e44", 1),
+        (Kind::Rust, "#b5651d", 2),
+        (Kind::Py, "#3b5bdb", 3),
+    ] {
         let points: Vec<(f64, f64)> =
             runs.iter().filter(|r| r.kind == kind).map(|r| (x(r.n), y(rate(r)))).collect();
         if points.is_empty() {

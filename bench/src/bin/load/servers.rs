@@ -15,6 +15,8 @@ use crate::Error;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Kind {
     Ours,
+    /// Ours with its embedded store in a fresh data dir.
+    OursDurable,
     Rust,
     Py,
 }
@@ -23,6 +25,7 @@ impl Kind {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Ours => "ours",
+            Kind::OursDurable => "ours, data dir",
             Kind::Rust => "rust-libp2p 0.18",
             Kind::Py => "py-libp2p 0.8.1",
         }
@@ -31,6 +34,7 @@ impl Kind {
     pub(crate) fn parse(s: &str) -> Result<Kind, String> {
         match s {
             "ours" => Ok(Kind::Ours),
+            "ours-durable" => Ok(Kind::OursDurable),
             "rust" => Ok(Kind::Rust),
             "py" => Ok(Kind::Py),
             other => Err(format!("unknown server {other}")),
@@ -44,12 +48,17 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) address: Multiaddr,
     pub(crate) peer: PeerId,
+    /// A data dir to remove when done.
+    data_dir: Option<PathBuf>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -70,8 +79,13 @@ impl Server {
     /// Starts a server of `kind` with its limits opened up, so that the load
     /// and not a limit is what is measured.
     pub(crate) fn start(kind: Kind) -> Result<Server, Error> {
+        let data_dir = (kind == Kind::OursDurable).then(|| {
+            static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::env::temp_dir().join(format!("rendezvous-load-{}-{run}", std::process::id()))
+        });
         let mut command = match kind {
-            Kind::Ours => {
+            Kind::Ours | Kind::OursDurable => {
                 // `RENDEZVOUS_BIN` measures another build (say, the one before a change).
                 let binary = match std::env::var_os("RENDEZVOUS_BIN") {
                     Some(path) => PathBuf::from(path),
@@ -87,6 +101,10 @@ impl Server {
                     "--max-per-namespace",
                     "1000000",
                 ]);
+                match &data_dir {
+                    Some(dir) => c.arg("--data-dir").arg(dir),
+                    None => c.arg("--in-memory"),
+                };
                 c
             }
             Kind::Rust => Command::new(sibling("rust-libp2p-server")?),
@@ -115,7 +133,7 @@ impl Server {
                 .recv_timeout(Duration::from_secs(60))
                 .map_err(|_| format!("{} did not start", kind.name()))?;
             let found = match kind {
-                Kind::Ours => line.split(" --address ").nth(1),
+                Kind::Ours | Kind::OursDurable => line.split(" --address ").nth(1),
                 Kind::Rust | Kind::Py => line.strip_prefix("ADDR "),
             };
             if let Some(address) = found.and_then(|a| a.split_whitespace().next()) {
@@ -125,7 +143,7 @@ impl Server {
         let Some(Protocol::P2p(peer)) = address.iter().last() else {
             return Err("server address without /p2p/".into());
         };
-        Ok(Server { kind, child, address, peer })
+        Ok(Server { kind, child, address, peer, data_dir })
     }
 
     /// The server's CPU seconds so far.

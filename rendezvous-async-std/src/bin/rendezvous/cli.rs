@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use libp2p_core::multiaddr::{Multiaddr, Protocol};
 use rendezvous_async_std::logging;
 use rendezvous_async_std::node::{ClientOptions, Identity, ServerOptions};
+use rendezvous_async_std::store::{Storage, default_data_dir};
 use rendezvous_libp2p::core::{Limits, RecordFlavour};
 
 /// A libp2p rendezvous point and client.
@@ -92,9 +93,21 @@ pub(crate) struct Args {
     pub(crate) max_total: usize,
 
     /// Keep the peer id stable: load the key from this file, or create it
-    /// (readable by the owner only) if absent.
+    /// (readable by the owner only) if absent. The server defaults to the
+    /// data dir's key.
     #[arg(long, value_name = "PATH")]
     pub(crate) key_file: Option<PathBuf>,
+
+    /// Keep the server's registrations and key here, so that a restarted
+    /// server keeps both [default: the platform's data dir, e.g.
+    /// ~/.local/share/rendezvous].
+    #[arg(long, value_name = "DIR", conflicts_with = "in_memory")]
+    pub(crate) data_dir: Option<PathBuf>,
+
+    /// Keep nothing on disk (the server's key is new every start unless
+    /// --key-file is given).
+    #[arg(long)]
+    pub(crate) in_memory: bool,
 
     /// Log namespace statistics every this many seconds (server; 0: never).
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
@@ -167,14 +180,26 @@ impl Args {
     }
 
     fn identity(&self) -> Identity {
-        self.key_file.clone().map_or(Identity::Ephemeral, Identity::KeyFile)
+        self.key_file.clone().map_or(Identity::Auto, Identity::KeyFile)
+    }
+
+    /// Where the server keeps its registrations.
+    pub(crate) fn storage(&self) -> Result<Storage, String> {
+        if self.in_memory {
+            return Ok(Storage::InMemory);
+        }
+        let dir = self.data_dir.clone().or_else(default_data_dir).ok_or(
+            "there is no per-user data directory here (no HOME?): give --data-dir DIR, or --in-memory",
+        )?;
+        Ok(Storage::DataDir(dir))
     }
 
     /// The server's options, one field per flag.
-    pub(crate) fn server_options(&self) -> ServerOptions {
+    pub(crate) fn server_options(&self) -> Result<ServerOptions, String> {
         let mut options = ServerOptions {
             listen: self.listen(),
             identity: self.identity(),
+            storage: self.storage()?,
             stats_interval: Some(Duration::from_secs(self.stats_interval)),
             ..ServerOptions::default()
         };
@@ -186,7 +211,7 @@ impl Args {
         limits.max_registrations_per_namespace = self.max_per_namespace;
         limits.max_registrations_per_peer = self.max_per_peer;
         limits.max_registrations = self.max_total;
-        options
+        Ok(options)
     }
 
     /// The client's options, one field per flag; `server` is `--address`

@@ -1,0 +1,191 @@
+//! The durable path: held answers, commits, refusals, deletes, and restarts.
+
+use std::time::Duration;
+
+use libp2p_identity::PeerId;
+
+use super::*;
+use crate::proto::{self, read_status};
+use crate::record::Flavour;
+use crate::testing::{self, TestPeer};
+use crate::{Limits, ServerConfig};
+
+const RUST: Dialect = Dialect::Signed(Flavour::RustLibp2p);
+const STANDARD: Dialect = Dialect::Signed(Flavour::Standard);
+
+fn durable(limits: Limits) -> Server {
+    Server::new(ServerConfig { limits, durable: true, ..ServerConfig::default() }).unwrap()
+}
+
+fn at(secs: u64) -> Timestamp {
+    Timestamp::from_secs(secs)
+}
+
+/// Sends a REGISTER; returns what the server answered at once.
+fn register(
+    s: &mut Server,
+    now: Timestamp,
+    peer: &TestPeer,
+    ns: &str,
+    dialect: Dialect,
+) -> Option<proto::Message> {
+    s.handle_request(
+        now,
+        peer.id,
+        RequestId(7),
+        testing::register(ns, peer.record(dialect), Some(3600)),
+    );
+    s.poll_transmit().and_then(|t| t.message)
+}
+
+fn puts(s: &mut Server) -> Vec<(ActionId, StoredRegistration)> {
+    std::iter::from_fn(|| s.poll_store())
+        .filter_map(|a| match a {
+            StoreAction::Put { id, registration } => Some((id, registration)),
+            StoreAction::Delete { .. } => None,
+        })
+        .collect()
+}
+
+fn found(
+    s: &mut Server,
+    now: Timestamp,
+    ns: &str,
+    cookie: Option<bytes::Bytes>,
+) -> proto::DiscoverResponse {
+    let reader = TestPeer::new(50).id;
+    s.handle_request(now, reader, RequestId(8), testing::discover(Some(ns), None, cookie));
+    s.poll_transmit().and_then(|t| t.message).unwrap().discover_response.unwrap()
+}
+
+/// Reports the put stored and takes the answer it releases.
+fn commit(s: &mut Server, now: Timestamp, id: ActionId, seq: u64) -> proto::Message {
+    s.handle_commit(now, Commit::Stored { id, seq });
+    s.poll_transmit().and_then(|t| t.message).expect("the held answer")
+}
+
+fn status(answer: &proto::Message) -> ResponseStatus {
+    read_status(answer.register_response.as_ref().unwrap().status).unwrap()
+}
+
+#[test]
+fn a_register_is_answered_and_served_only_once_its_put_is_stored() {
+    let mut s = durable(Limits::default());
+    let a = TestPeer::new(1);
+    assert_eq!(register(&mut s, at(1), &a, "x", RUST), None, "held");
+    assert!(
+        found(&mut s, at(1), "x", None).registrations.is_empty(),
+        "not served before it is stored"
+    );
+    let [(id, stored)] = puts(&mut s).try_into().unwrap();
+    assert_eq!((stored.peer, stored.namespace.as_str(), stored.expires), (a.id, "x", at(3601)));
+    s.handle_commit(at(2), Commit::Stored { id, seq: stored.seq });
+    let answer = s.poll_transmit().unwrap();
+    assert_eq!((answer.peer, answer.request_id), (a.id, RequestId(7)));
+    assert_eq!(status(answer.message.as_ref().unwrap()), ResponseStatus::Ok);
+    assert_eq!(found(&mut s, at(2), "x", None).registrations.len(), 1);
+}
+
+#[test]
+fn a_put_the_store_could_not_write_is_answered_unavailable_and_changes_nothing() {
+    let mut s = durable(Limits::default());
+    let a = TestPeer::new(1);
+    register(&mut s, at(1), &a, "x", RUST);
+    let [(id, _)] = puts(&mut s).try_into().unwrap();
+    let reason = "the store could not write: no space left on device".to_owned();
+    s.handle_commit(at(1), Commit::Refused { id, status: ResponseStatus::EUnavailable, reason });
+    let answer = s.poll_transmit().unwrap().message.unwrap();
+    assert_eq!(status(&answer), ResponseStatus::EUnavailable);
+    assert!(answer.register_response.unwrap().status_text.unwrap().contains("no space left"));
+    assert_eq!(s.stats().registrations, 0);
+    assert_eq!(s.pending_puts(), 0);
+}
+
+#[test]
+fn puts_on_their_way_count_toward_the_limits() {
+    let mut s = durable(Limits { max_registrations_per_peer: 1, ..Limits::default() });
+    let a = TestPeer::new(1);
+    assert_eq!(register(&mut s, at(1), &a, "x", RUST), None);
+    let refused = register(&mut s, at(1), &a, "y", RUST).expect("answered at once");
+    assert_eq!(status(&refused), ResponseStatus::ENotAuthorized);
+    // A refresh of the pending one is not a new registration.
+    assert_eq!(register(&mut s, at(1), &a, "x", RUST), None);
+}
+
+#[test]
+fn a_second_flavour_joins_the_put_still_on_its_way() {
+    let mut s = durable(Limits::default());
+    let a = TestPeer::new(1);
+    register(&mut s, at(1), &a, "x", RUST);
+    register(&mut s, at(1), &a, "x", STANDARD);
+    let stored = puts(&mut s);
+    let last = &stored[1].1;
+    assert_eq!(last.record.envelope(Flavour::RustLibp2p), Some(&a.record(RUST)));
+    assert_eq!(last.record.envelope(Flavour::Standard), Some(&a.record(STANDARD)));
+}
+
+#[test]
+fn unregistering_and_expiry_reach_the_store() {
+    let mut s = durable(Limits::default());
+    let (a, b) = (TestPeer::new(1), TestPeer::new(2));
+    for peer in [&a, &b] {
+        register(&mut s, at(1), peer, "x", RUST);
+        let [(id, stored)] = puts(&mut s).try_into().unwrap();
+        commit(&mut s, at(1), id, stored.seq);
+    }
+    s.handle_request(at(2), a.id, RequestId(9), testing::unregister("x"));
+    s.handle_timeout(at(3601));
+    let deletes: Vec<PeerId> = std::iter::from_fn(|| s.poll_store())
+        .map(|action| match action {
+            StoreAction::Delete { peer, .. } => peer,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(deletes, vec![a.id, b.id]);
+}
+
+#[test]
+fn a_restart_keeps_positions_expiries_and_cookies() {
+    let mut before = durable(Limits::default());
+    let peers: Vec<_> = (1..=3).map(TestPeer::new).collect();
+    let mut stored = Vec::new();
+    for peer in &peers {
+        register(&mut before, at(10), peer, "x", RUST);
+        let [(id, registration)] = puts(&mut before).try_into().unwrap();
+        commit(&mut before, at(10), id, registration.seq);
+        stored.push(StoredRegistration { seq: registration.seq, ..registration });
+    }
+    let page = found(&mut before, at(10), "x", None);
+    assert_eq!(page.registrations.len(), 3);
+    let last_seq = stored.iter().map(|r| r.seq).max().unwrap();
+
+    // A restart an hour later: the clock goes on; one registration expired.
+    let mut after = durable(Limits::default());
+    let mut expiring = stored[0].clone();
+    expiring.expires = at(100);
+    let kept = vec![expiring, stored[1].clone(), stored[2].clone()];
+    let loaded = after.load(at(3000), kept, last_seq);
+    assert_eq!(loaded, Loaded { registrations: 2, expired: 1 });
+    assert!(
+        matches!(after.poll_store(), Some(StoreAction::Delete { peer, .. }) if peer == peers[0].id)
+    );
+    assert_eq!(
+        after.registration_ttl(&peers[1].id, &Namespace::new("x", 255).unwrap()),
+        Some(Duration::from_secs(610))
+    );
+    // The old cookie still works: nothing new since it was issued...
+    let page = found(&mut after, at(3000), "x", page.cookie);
+    assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok));
+    assert!(page.registrations.is_empty());
+    // ...and what registers now comes after it.
+    let d = TestPeer::new(4);
+    register(&mut after, at(3000), &d, "x", RUST);
+    let [(id, registration)] = puts(&mut after).try_into().unwrap();
+    assert!(registration.seq > last_seq);
+    commit(&mut after, at(3000), id, registration.seq);
+    let page = found(&mut after, at(3000), "x", page.cookie);
+    assert_eq!(page.registrations.len(), 1);
+    // Expiry runs across the restart, at the stored times.
+    after.handle_timeout(at(3610));
+    assert_eq!(after.stats().registrations, 1);
+}

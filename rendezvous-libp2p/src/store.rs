@@ -1,0 +1,35 @@
+//! Where a durable server's registrations go: one small trait in the
+//! core's vocabulary ([`StoreAction`] in, [`Commit`] out), so that the
+//! server behaviour drives any engine the same way. The engines live in
+//! `rendezvous-async-std` (an embedded one, and Redis), each behind a cargo
+//! feature.
+//!
+//! An engine takes actions in order, never blocks the caller, and reports
+//! the fate of every put. It may commit many actions together (group
+//! commit): durability then costs latency, not throughput.
+
+use std::task::{Context, Poll};
+
+pub use rendezvous_core::store::{ActionId, Commit, StoreAction, StoredRegistration, store_key};
+
+/// A store engine, as the server behaviour sees it.
+pub trait Store: Send + 'static {
+    /// Takes the next action. Must not block: queue it for the engine's own
+    /// thread or task.
+    fn submit(&mut self, action: StoreAction);
+
+    /// The fate of the next put the engine has finished with, when there is
+    /// one; registers `cx` to be woken otherwise.
+    fn poll_commit(&mut self, cx: &mut Context<'_>) -> Poll<Commit>;
+}
+
+/// What a store holds when the server starts.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Every registration stored (expired ones included: the server drops
+    /// those and deletes them).
+    pub registrations: Vec<StoredRegistration>,
+    /// The highest position the store ever gave, so that positions (and
+    /// cookies) keep increasing across a restart.
+    pub last_seq: u64,
+}
