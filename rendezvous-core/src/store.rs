@@ -78,11 +78,21 @@ pub enum StoreAction {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Commit {
-    /// Durable, at position `seq`.
+    /// Durable, at position `seq`: apply it and answer.
     Stored {
         /// The put.
         id: ActionId,
         /// Its position in the registry's order.
+        seq: u64,
+    },
+    /// Durable in a shared, ordered log at position `seq`; the registration
+    /// comes back through [`Server::apply_replicated`](crate::Server::apply_replicated)
+    /// in the log's order, and is answered then (a point never serves a
+    /// position out of the shared order).
+    Logged {
+        /// The put.
+        id: ActionId,
+        /// Its position in the shared order.
         seq: u64,
     },
     /// Not stored: the REGISTER is answered with `status` and `reason` (a
@@ -98,6 +108,26 @@ pub enum Commit {
     },
 }
 
+/// A change in a shared store, in the store's order: another point's, or
+/// one of ours coming back. Applying one twice, or one older than what is
+/// held, changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replicated {
+    /// A registration was stored.
+    Put(StoredRegistration),
+    /// The registration of `peer` in `namespace` at position `seq` (or an
+    /// older one) was removed.
+    Delete {
+        /// Whose.
+        peer: PeerId,
+        /// Where.
+        namespace: Namespace,
+        /// Its position.
+        seq: u64,
+    },
+}
+
 /// The key a registration of `peer` in `namespace` is stored under: the
 /// peer id's length, the peer id, the namespace. Keys of one peer sort
 /// together.
@@ -108,6 +138,15 @@ pub fn store_key(peer: &PeerId, namespace: &Namespace) -> Vec<u8> {
     key.extend_from_slice(&peer);
     key.extend_from_slice(namespace.as_str().as_bytes());
     key
+}
+
+/// The peer and namespace a [`store_key`] names.
+pub fn split_store_key(key: &[u8]) -> Option<(PeerId, Namespace)> {
+    let (len, rest) = key.split_first()?;
+    let (peer, namespace) = rest.split_at_checked(usize::from(*len))?;
+    let peer = PeerId::from_bytes(peer).ok()?;
+    let namespace = Namespace::new(std::str::from_utf8(namespace).ok()?, usize::MAX).ok()?;
+    Some((peer, namespace))
 }
 
 /// Why stored bytes are not a registration: the store is damaged or written
@@ -204,5 +243,7 @@ mod tests {
         let key = stored.key();
         assert_eq!(usize::from(key[0]), peer.id.to_bytes().len());
         assert!(key.ends_with(b"chat"));
+        assert_eq!(split_store_key(&key), Some((peer.id, stored.namespace.clone())));
+        assert_eq!(split_store_key(b"\x05ab"), None);
     }
 }

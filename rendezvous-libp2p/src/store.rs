@@ -10,7 +10,9 @@
 
 use std::task::{Context, Poll};
 
-pub use rendezvous_core::store::{ActionId, Commit, StoreAction, StoredRegistration, store_key};
+pub use rendezvous_core::store::{
+    ActionId, Commit, Replicated, StoreAction, StoredRegistration, store_key,
+};
 
 /// A store engine, as the server behaviour sees it.
 pub trait Store: Send + 'static {
@@ -21,6 +23,23 @@ pub trait Store: Send + 'static {
     /// The fate of the next put the engine has finished with, when there is
     /// one; registers `cx` to be woken otherwise.
     fn poll_commit(&mut self, cx: &mut Context<'_>) -> Poll<Commit>;
+
+    /// The next change another writer made, for a store shared by several
+    /// points (in the store's order). A store of one point never has any.
+    fn poll_change(&mut self, _cx: &mut Context<'_>) -> Poll<Change> {
+        Poll::Pending
+    }
+}
+
+/// What a shared store reports beside commits.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Change {
+    /// One change, in the store's order.
+    Replicated(Replicated),
+    /// The point fell too far behind: everything the store holds, to hold
+    /// instead of what the point has.
+    Resync(Snapshot),
 }
 
 /// What a store holds when the server starts.

@@ -8,6 +8,7 @@
 //!   virtual network (`tests/client_model.rs`, `fuzz/fuzz_targets/client_ops.rs`).
 //! - [`net`]: swarms on loopback for the network tests, every wait bounded.
 //! - [`py`]: the py-libp2p 0.8.1 virtualenv the interop tests use.
+//! - [`redis`]: a `redis-server` of the tests' own.
 //! - [`fuzzing`]: the fuzz targets' bodies, so their corpus replays on stable.
 
 pub mod client_model;
@@ -15,4 +16,5 @@ pub mod fuzzing;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod py;
+pub mod redis;
 pub mod server_model;

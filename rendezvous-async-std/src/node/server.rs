@@ -16,6 +16,8 @@ use crate::host::{self, ConnectionLimits, ServerBehaviour, ServerEvent};
 use crate::store::Storage;
 #[cfg(feature = "redb")]
 use crate::store::redb::{self, RedbStore};
+#[cfg(feature = "redis")]
+use crate::store::redis::RedisStore;
 use rendezvous_libp2p::core::LimitsError;
 
 const LOG: &str = "rendezvous::server";
@@ -93,6 +95,24 @@ impl ServerNode {
                     "Restored {} registrations from {} ({} had expired)",
                     loaded.registrations,
                     dir.join(redb::FILE).display(),
+                    loaded.expired
+                );
+                (keypair, behaviour)
+            }
+            #[cfg(feature = "redis")]
+            Storage::Redis(url) => {
+                let keypair = options.identity.keypair(None)?;
+                let limits = &options.rendezvous.core.limits;
+                let (store, snapshot) = RedisStore::connect(url, limits)
+                    .await
+                    .map_err(|e| NodeError::Store(e.to_string()))?;
+                let (behaviour, loaded) =
+                    server::Behaviour::with_store(options.rendezvous, store, snapshot)
+                        .map_err(config)?;
+                info!(
+                    target: LOG,
+                    "Sharing the registry in {url}: {} registrations loaded ({} had expired)",
+                    loaded.registrations,
                     loaded.expired
                 );
                 (keypair, behaviour)

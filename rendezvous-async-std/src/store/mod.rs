@@ -4,9 +4,13 @@
 //!
 //! - [`redb`] (feature `redb`, on by default): the embedded store, one file
 //!   in the data dir.
+//! - [`redis`] (feature `redis`, on by default): a registry shared by several
+//!   points through one Redis.
 
 #[cfg(feature = "redb")]
 pub mod redb;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -20,6 +24,10 @@ pub enum Storage {
     /// holds the point's key (`key`).
     #[cfg(feature = "redb")]
     DataDir(PathBuf),
+    /// Shared with every point using the Redis at this URL
+    /// (`redis://host:port/db`).
+    #[cfg(feature = "redis")]
+    Redis(String),
 }
 
 impl Default for Storage {

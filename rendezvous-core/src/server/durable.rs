@@ -17,7 +17,7 @@ use crate::namespace::Namespace;
 use crate::proto::{MessageType, ResponseStatus};
 use crate::record::Dialect;
 use crate::registry::StoredRecord;
-use crate::store::{ActionId, Commit, StoreAction, StoredRegistration};
+use crate::store::{ActionId, Commit, Replicated, StoreAction, StoredRegistration};
 use crate::time::Timestamp;
 
 /// What a successful REGISTER grants, to apply and to answer with.
@@ -48,6 +48,8 @@ pub(crate) struct Pending {
     new_total: usize,
     /// The latest pending put of each key.
     latest: HashMap<(PeerId, Namespace), ActionId>,
+    /// Puts in a shared log, waiting to come back at their position.
+    logged: HashMap<u64, ActionId>,
 }
 
 impl Pending {
@@ -86,6 +88,15 @@ impl Pending {
         }
         self.latest.insert(key, id);
         self.puts.insert(id, put);
+    }
+
+    fn await_replication(&mut self, seq: u64, id: ActionId) {
+        self.logged.insert(seq, id);
+    }
+
+    fn take_logged(&mut self, seq: u64) -> Option<PendingPut> {
+        let id = self.logged.remove(&seq)?;
+        self.take(id)
     }
 
     fn take(&mut self, id: ActionId) -> Option<PendingPut> {
@@ -132,14 +143,30 @@ impl Server {
         self.advance(now);
         match commit {
             Commit::Stored { id, seq } => {
-                let Some(put) = self.pending.take(id) else {
+                if let Some(put) = self.pending.take(id) {
+                    self.apply_and_answer(put, seq);
+                }
+            }
+            Commit::Logged { id, seq } => {
+                let key =
+                    self.pending.puts.get(&id).map(|p| (p.grant.peer, p.grant.namespace.clone()));
+                let Some((peer, namespace)) = key else {
                     return;
                 };
-                let ttl = put.grant.ttl;
-                let (peer, request_id) = (put.grant.peer, put.request_id);
-                self.apply(put.grant, seq, put.expires, put.record);
-                let message = register_response(ResponseStatus::Ok, None, Some(ttl.as_secs()));
-                self.transmits.push_back(Transmit { peer, request_id, message: Some(message) });
+                // Already back through the log, or waiting for it.
+                if self.registry.get(&peer, &namespace).is_some_and(|e| e.seq >= seq) {
+                    if let Some(put) = self.pending.take(id) {
+                        let Grant { peer, namespace, ttl, dialect } = put.grant.clone();
+                        self.readers.registered(peer, dialect.into());
+                        self.push_event(match put.new {
+                            true => Event::Registered { peer, namespace, ttl, dialect },
+                            false => Event::Refreshed { peer, namespace, ttl, dialect },
+                        });
+                        self.answer_ok(put);
+                    }
+                } else {
+                    self.pending.await_replication(seq, id);
+                }
             }
             Commit::Refused { id, status, reason } => {
                 let Some(put) = self.pending.take(id) else {
@@ -185,9 +212,63 @@ impl Server {
         loaded
     }
 
+    /// Applies a change from a shared store, in the store's order:
+    /// another point's, or one of ours coming back (then its REGISTER is
+    /// answered). Older than what is held, it changes nothing. No events
+    /// are emitted for other points' changes.
+    pub fn apply_replicated(&mut self, now: Timestamp, change: Replicated) {
+        self.advance(now);
+        match change {
+            Replicated::Put(stored) => {
+                let held = self.registry.get(&stored.peer, &stored.namespace).map(|e| e.seq);
+                if held.is_some_and(|seq| seq >= stored.seq) {
+                    return;
+                }
+                let seq = stored.seq;
+                match self.pending.take_logged(seq) {
+                    Some(put) => self.apply_and_answer(put, seq),
+                    None => {
+                        let StoredRegistration { peer, namespace, seq, expires, record } = stored;
+                        self.registry.insert(peer, namespace, seq, expires, record);
+                    }
+                }
+            }
+            Replicated::Delete { peer, namespace, seq } => {
+                if self.registry.get(&peer, &namespace).is_some_and(|e| e.seq <= seq) {
+                    self.registry.remove(&peer, &namespace);
+                }
+            }
+        }
+    }
+
+    /// Replaces everything held with what a shared store holds (after
+    /// falling too far behind its log to catch up); puts still on their way
+    /// stay on their way.
+    pub fn resync(
+        &mut self,
+        now: Timestamp,
+        registrations: impl IntoIterator<Item = StoredRegistration>,
+        last_seq: u64,
+    ) -> Loaded {
+        let keep = self.registry.last_seq();
+        self.registry = crate::registry::Registry::starting_at(keep);
+        self.load(now, registrations, last_seq)
+    }
+
     /// Puts waiting for their commit.
     pub fn pending_puts(&self) -> usize {
         self.pending.len()
+    }
+
+    fn apply_and_answer(&mut self, put: PendingPut, seq: u64) {
+        self.apply(put.grant.clone(), seq, put.expires, put.record.clone());
+        self.answer_ok(put);
+    }
+
+    fn answer_ok(&mut self, put: PendingPut) {
+        let (peer, request_id, ttl) = (put.grant.peer, put.request_id, put.grant.ttl);
+        let message = register_response(ResponseStatus::Ok, None, Some(ttl.as_secs()));
+        self.transmits.push_back(Transmit { peer, request_id, message: Some(message) });
     }
 
     /// Hands a checked registration to the store and holds its answer.

@@ -30,7 +30,7 @@ use rendezvous_core::{
 };
 
 use crate::clock::{Clock, Timer};
-use crate::store::{Snapshot, Store};
+use crate::store::{Change, Snapshot, Store};
 pub use handler::Handler;
 use handler::{FromBehaviour, StreamId, ToBehaviour};
 
@@ -378,6 +378,18 @@ impl NetworkBehaviour for Behaviour {
             if let Some(Poll::Ready(commit)) = commit {
                 let now = self.now();
                 self.core.handle_commit(now, commit);
+                self.drain_core();
+                continue;
+            }
+            let change = self.store.as_mut().map(|store| store.poll_change(cx));
+            if let Some(Poll::Ready(change)) = change {
+                let now = self.now();
+                match change {
+                    Change::Replicated(change) => self.core.apply_replicated(now, change),
+                    Change::Resync(snapshot) => {
+                        self.core.resync(now, snapshot.registrations, snapshot.last_seq);
+                    }
+                }
                 self.drain_core();
                 continue;
             }

@@ -23,10 +23,12 @@ const MAX_RESPONSE: usize = 4 * 1024 * 1024;
 /// The address our made-up registrations announce.
 pub(crate) const ADDRESS: &str = "/ip4/127.0.0.1/tcp/4001";
 
-/// One client connection: its identity and a way to open substreams.
+/// One client connection: its identity, the point it is connected to, and
+/// a way to open substreams.
 pub(crate) struct Conn {
     pub(crate) keypair: Keypair,
     pub(crate) control: libp2p_stream::Control,
+    pub(crate) server: PeerId,
 }
 
 impl Conn {
@@ -62,7 +64,7 @@ impl Conn {
                 swarm.select_next_some().await;
             }
         });
-        Ok(Conn { keypair, control })
+        Ok(Conn { keypair, control, server: server.peer })
     }
 
     /// This connection's record.

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release --bins && target/release/load [--quick] [--fresh]
-//!   [--sizes 1000,10000,100000] [--py-sizes 1000] [--servers ours,rust,py]
+//!   [--sizes 1000,10000,100000] [--py-sizes 1000] [--servers ours,ours-durable,ours-redis,rust,py]
 //!   [--connections 20] [--inflight 8] [--svg PATH]
 //!   [--inflight-list 64,128,256] [--inflight-n 20000] [--py-inflight-n 1000]
 //!   [--sustain SECONDS --rate PER_S]
@@ -27,6 +27,10 @@
 //!   rust-libp2p's own client does the same at 64 in flight (it opens at
 //!   most 100 substreams). Every request is counted as acknowledged, refused
 //!   or lost.
+//!
+//! Then `--points` points share one Redis: connections spread over them
+//! register the first size, ask for pages, and a probe measures how long a
+//! REGISTER acknowledged at one point takes to be served by another.
 //!
 //! `RENDEZVOUS_BIN=path` runs that build as "ours", to compare two builds.
 //!
@@ -59,6 +63,8 @@ struct Options {
     py_inflight_n: usize,
     /// Fail if our server loses a request.
     strict: bool,
+    /// Points sharing one Redis in the shared phase (0: skip).
+    points: usize,
     /// Seconds of sustained, paced refreshes (0: skip).
     sustain: u64,
     /// Refreshes per second in the sustained run.
@@ -69,13 +75,14 @@ fn options() -> Result<Options, Error> {
     let mut o = Options {
         sizes: vec![1_000, 10_000, 100_000],
         py_sizes: vec![1_000],
-        servers: vec![Kind::Ours, Kind::OursDurable, Kind::Rust, Kind::Py],
+        servers: vec![Kind::Ours, Kind::OursDurable, Kind::OursRedis, Kind::Rust, Kind::Py],
         shape: Shape { connections: 20, inflight: 8, pages: 2_000, fresh: false },
         svg: None,
         inflight_list: vec![64, 128, 256],
         inflight_n: 20_000,
         py_inflight_n: 1_000,
         strict: false,
+        points: 3,
         sustain: 0,
         rate: 10_000,
     };
@@ -104,6 +111,7 @@ fn options() -> Result<Options, Error> {
             "--inflight-list" => o.inflight_list = list(take()?)?,
             "--inflight-n" => o.inflight_n = take()?.parse()?,
             "--py-inflight-n" => o.py_inflight_n = take()?.parse()?,
+            "--points" => o.points = take()?.parse()?,
             "--svg" => o.svg = Some(take()?.into()),
             "--sustain" => o.sustain = take()?.parse()?,
             "--rate" => o.rate = take()?.parse()?,
@@ -117,7 +125,7 @@ fn options() -> Result<Options, Error> {
 }
 
 fn ours(kind: Kind) -> bool {
-    matches!(kind, Kind::Ours | Kind::OursDurable)
+    matches!(kind, Kind::Ours | Kind::OursDurable | Kind::OursRedis)
 }
 
 #[tokio::main]
@@ -174,6 +182,14 @@ async fn real_main() -> Result<(), Error> {
         }
     }
     report::inflight_table(&inflight);
+    let mut shared_lost = 0;
+    if o.points > 0 {
+        let n = o.sizes.first().copied().unwrap_or(10_000);
+        eprintln!("load: {} points sharing one redis with N = {n}...", o.points);
+        let run = phases::shared(o.points, n, &o.shape, 200).await?;
+        report::shared_table(&run);
+        shared_lost = run.register.lost + run.pages.lost;
+    }
     if o.strict {
         let lost: usize = runs.iter().filter(|r| ours(r.kind)).map(|r| r.lost()).sum::<usize>()
             + inflight
@@ -181,6 +197,7 @@ async fn real_main() -> Result<(), Error> {
                 .filter(|r| ours(r.kind))
                 .map(|r| r.register.lost + r.refresh.as_ref().map_or(0, |f| f.lost))
                 .sum::<usize>();
+        let lost = lost + shared_lost;
         if lost > 0 {
             return Err(format!("our server lost {lost} requests").into());
         }

@@ -14,6 +14,7 @@ use crate::Error;
 use crate::conn::{ADDRESS, Conn, exchange, record};
 use crate::rounds::{Check, Tally, any, percentile_ms, round};
 use crate::servers::{Kind, Server, own_cpu};
+use rendezvous_tests::redis::RedisServer;
 
 /// Paging through everything stops here, so a slow server cannot stall the run.
 const PAGE_ALL_LIMIT: Duration = Duration::from_secs(30);
@@ -62,13 +63,12 @@ async fn connections(server: &Server, count: usize) -> Result<Vec<Conn>, Error> 
 /// Every connection registers in its `per_conn` namespaces. `fresh` signs a
 /// new record for each request, numbered from `seq`.
 async fn register_round(
-    server: &Server,
+    kind: Kind,
     conns: &[Conn],
     per_conn: usize,
     inflight: usize,
     fresh: Option<u64>,
 ) -> Result<Tally, Error> {
-    let kind = server.kind;
     let records = conns.iter().map(|c| c.record(kind)).collect::<Result<Vec<_>, _>>()?;
     let keys: Vec<_> = conns.iter().map(|c| c.keypair.clone()).collect();
     let fresh = fresh.filter(|_| kind != Kind::Py);
@@ -79,7 +79,7 @@ async fn register_round(
         };
         Ok(testing::register(&format!("ns-{k}"), record, Some(7200)))
     };
-    round(server, conns, per_conn, inflight, request, any()).await
+    round(conns, per_conn, inflight, request, any()).await
 }
 
 /// Registers N, refreshes them all, discovers pages, pages through
@@ -91,11 +91,11 @@ pub(crate) async fn scale(kind: Kind, n: usize, shape: &Shape) -> Result<ScaleRu
     let own_before = own_cpu();
     let cpu_before = server.cpu();
     let fresh = |seq: u64| shape.fresh.then_some(seq);
-    let register = register_round(&server, &conns, per_conn, shape.inflight, fresh(2)).await?;
+    let register = register_round(server.kind, &conns, per_conn, shape.inflight, fresh(2)).await?;
     let cpu_after_register = server.cpu();
     // Everyone refreshes, with N registered: the steady state.
     let refresh =
-        register_round(&server, &conns, per_conn, shape.inflight, fresh(2 + per_conn as u64))
+        register_round(server.kind, &conns, per_conn, shape.inflight, fresh(2 + per_conn as u64))
             .await?;
     let cpu_after_refresh = server.cpu();
 
@@ -106,7 +106,7 @@ pub(crate) async fn scale(kind: Kind, n: usize, shape: &Shape) -> Result<ScaleRu
         let entries = reply.discover_response.as_ref().map_or(0, |p| p.registrations.len());
         if entries == 0 { Err("an empty page of a full namespace".into()) } else { Ok(()) }
     });
-    let pages = round(&server, &conns, per, shape.inflight, request, nonempty).await?;
+    let pages = round(&conns, per, shape.inflight, request, nonempty).await?;
     let total = register.acknowledged();
     let page_all_s = match kind {
         Kind::Py => None,
@@ -121,7 +121,7 @@ pub(crate) async fn scale(kind: Kind, n: usize, shape: &Shape) -> Result<ScaleRu
             testing::discover(Some(&ns), Some(100), None)
         })
     };
-    let mixed = round(&server, &conns, per, shape.inflight, request, any()).await?;
+    let mixed = round(&conns, per, shape.inflight, request, any()).await?;
     Ok(ScaleRun {
         kind,
         n: total,
@@ -184,9 +184,9 @@ pub(crate) struct InflightRun {
 pub(crate) async fn inflight(kind: Kind, n: usize, inflight: usize) -> Result<InflightRun, Error> {
     let server = Server::start(kind)?;
     let conns = connections(&server, 1).await?;
-    let register = register_round(&server, &conns, n, inflight, None).await?;
+    let register = register_round(server.kind, &conns, n, inflight, None).await?;
     let before = server.cpu();
-    let refresh = register_round(&server, &conns, n, inflight, None).await?;
+    let refresh = register_round(server.kind, &conns, n, inflight, None).await?;
     let cpu_per_refresh_us = per_request_us(server.cpu() - before, &refresh);
     Ok(InflightRun {
         kind,
@@ -274,7 +274,7 @@ pub(crate) async fn sustain(
     let server = Server::start(kind)?;
     let conns = connections(&server, shape.connections).await?;
     let per_conn = pool.div_ceil(conns.len());
-    register_round(&server, &conns, per_conn, shape.inflight, None).await?;
+    register_round(server.kind, &conns, per_conn, shape.inflight, None).await?;
     println!(
         "{}: {} registrations, refreshed at {rate}/s for {seconds} s by {} connections",
         kind.name(),
@@ -348,4 +348,74 @@ pub(crate) async fn sustain(
         percentile_ms(&all, 0.99)
     );
     Ok(())
+}
+
+/// Several points sharing one Redis.
+pub(crate) struct SharedRun {
+    pub(crate) points: usize,
+    pub(crate) register: Tally,
+    pub(crate) pages: Tally,
+    /// From a REGISTER acknowledged at one point to a DISCOVER at another
+    /// returning it.
+    pub(crate) lag: Vec<Duration>,
+    /// Each point's resident set at the end, MiB.
+    pub(crate) rss_mib: Vec<f64>,
+}
+
+/// `points` points on one Redis: C connections spread over them register N
+/// in all and ask for pages; then a probe registers at the first point and
+/// another connection asks the second until it sees it, `samples` times.
+pub(crate) async fn shared(
+    points: usize,
+    n: usize,
+    shape: &Shape,
+    samples: usize,
+) -> Result<SharedRun, Error> {
+    let redis = RedisServer::start("shared");
+    let mut servers = Vec::new();
+    for _ in 0..points.max(2) {
+        servers.push(Server::start_with(Kind::OursRedis, Some(redis.url()))?);
+    }
+    let mut conns = Vec::new();
+    for j in 0..shape.connections {
+        conns.push(Conn::open(&servers[j % servers.len()]).await?);
+    }
+    let per_conn = n.div_ceil(conns.len());
+    let register = register_round(Kind::OursRedis, &conns, per_conn, shape.inflight, None).await?;
+    let per = shape.pages.div_ceil(conns.len());
+    let request = |_: usize, _: usize| Ok(testing::discover(Some("ns-0"), Some(100), None));
+    let pages = round(&conns, per, shape.inflight, request, any()).await?;
+
+    let (probe, watcher) = (Conn::open(&servers[0]).await?, Conn::open(&servers[1]).await?);
+    let record = probe.record(Kind::OursRedis)?;
+    let (mut at_first, mut at_second) = (probe.control.clone(), watcher.control.clone());
+    let mut lag = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let ns = format!("lag-{i}");
+        let answer = exchange(
+            &mut at_first,
+            probe.server,
+            &testing::register(&ns, record.clone(), Some(7200)),
+        )
+        .await?;
+        if answer.register_response.and_then(|r| r.status).unwrap_or(0) != 0 {
+            return Err("the probe's REGISTER was refused".into());
+        }
+        let acknowledged = Instant::now();
+        loop {
+            let page =
+                exchange(&mut at_second, watcher.server, &testing::discover(Some(&ns), None, None))
+                    .await?;
+            if page.discover_response.is_some_and(|p| !p.registrations.is_empty()) {
+                lag.push(acknowledged.elapsed());
+                break;
+            }
+            if acknowledged.elapsed() > Duration::from_secs(10) {
+                return Err(format!("{ns} was not visible at the second point in 10 s").into());
+            }
+        }
+    }
+    lag.sort();
+    let rss_mib = servers.iter().map(Server::rss_mib).collect();
+    Ok(SharedRun { points: servers.len(), register, pages, lag, rss_mib })
 }

@@ -1,6 +1,7 @@
 //! The tables, ratios and chart the runs print.
 
-use crate::phases::{InflightRun, ScaleRun};
+use crate::phases::{InflightRun, ScaleRun, SharedRun};
+use crate::rounds::percentile_ms;
 use crate::servers::Kind;
 
 /// The registry-size sweep, one row per server and size.
@@ -97,15 +98,19 @@ pub(crate) fn inflight_table(runs: &[InflightRun]) {
         }
     }
     println!();
-    for durable in runs.iter().filter(|r| r.kind == Kind::OursDurable && r.refresh.is_some()) {
+    for durable in runs
+        .iter()
+        .filter(|r| matches!(r.kind, Kind::OursDurable | Kind::OursRedis) && r.refresh.is_some())
+    {
         let memory = runs.iter().find(|r| {
             r.kind == Kind::Ours && r.inflight == durable.inflight && r.refresh.is_some()
         });
         if let Some(memory) = memory {
             let (d, m) = (&durable.register, &memory.register);
             println!(
-                "{} in flight: with the store {:.0} registrations/s (p50 {:.2} ms, p99 {:.2} ms), in memory {:.0}/s (p50 {:.2} ms, p99 {:.2} ms): {:.0}%",
+                "{} in flight: {} {:.0} registrations/s (p50 {:.2} ms, p99 {:.2} ms), in memory {:.0}/s (p50 {:.2} ms, p99 {:.2} ms): {:.0}%",
                 durable.inflight,
+                durable.kind.name(),
                 d.per_second(),
                 d.percentile_ms(0.5),
                 d.percentile_ms(0.99),
@@ -130,6 +135,29 @@ pub(crate) fn inflight_table(runs: &[InflightRun]) {
             );
         }
     }
+    println!();
+}
+
+/// Several points on one Redis.
+pub(crate) fn shared_table(run: &SharedRun) {
+    let rss: Vec<String> = run.rss_mib.iter().map(|r| format!("{r:.1}")).collect();
+    println!(
+        "| points on one redis | registrations | acknowledged / lost | registrations/s, all points | discover pages/s | page p99 ms | visibility lag p50 / p99 ms | RSS per point MiB |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!(
+        "| {} | {} | {} / {} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {} |",
+        run.points,
+        run.register.acknowledged() + run.register.refused + run.register.lost,
+        run.register.acknowledged(),
+        run.register.lost,
+        run.register.per_second(),
+        run.pages.per_second(),
+        run.pages.percentile_ms(0.99),
+        percentile_ms(&run.lag, 0.5),
+        percentile_ms(&run.lag, 0.99),
+        rss.join(", ")
+    );
     println!();
 }
 
@@ -179,8 +207,9 @@ pub(crate) fn svg(runs: &[ScaleRun]) -> String {
     for (kind, color, row) in [
         (Kind::Ours, "#1b7f3b", 0),
         (Kind::OursDurable, "#2f9e44", 1),
-        (Kind::Rust, "#b5651d", 2),
-        (Kind::Py, "#3b5bdb", 3),
+        (Kind::OursRedis, "#c92a2a", 2),
+        (Kind::Rust, "#b5651d", 3),
+        (Kind::Py, "#3b5bdb", 4),
     ] {
         let points: Vec<(f64, f64)> =
             runs.iter().filter(|r| r.kind == kind).map(|r| (x(r.n), y(rate(r)))).collect();

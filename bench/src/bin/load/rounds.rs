@@ -10,7 +10,6 @@ use rendezvous_core::proto;
 
 use crate::Error;
 use crate::conn::{Conn, exchange};
-use crate::servers::Server;
 
 /// What a round's requests came to.
 #[derive(Debug, Default)]
@@ -75,10 +74,10 @@ pub(crate) fn status(reply: &proto::Message) -> i32 {
 /// the numbers would mean nothing.
 pub(crate) type Check = dyn Fn(&proto::Message) -> Result<(), String> + Send + Sync;
 
-/// Sends `operations` requests on every connection, `inflight` at a time per
-/// connection, one substream each; `request(connection, i)` builds each.
+/// Sends `operations` requests on every connection to its point,
+/// `inflight` at a time per connection, one substream each;
+/// `request(connection, i)` builds each.
 pub(crate) async fn round<R>(
-    server: &Server,
     conns: &[Conn],
     operations: usize,
     inflight: usize,
@@ -93,7 +92,7 @@ where
     let mut tasks = Vec::new();
     for (j, conn) in conns.iter().enumerate() {
         let (control, peer, request, check) =
-            (conn.control.clone(), server.peer, request.clone(), check.clone());
+            (conn.control.clone(), conn.server, request.clone(), check.clone());
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally { latencies: Vec::with_capacity(operations), ..Tally::default() };
             let mut answers = futures::stream::iter(0..operations)

@@ -9,6 +9,8 @@ use std::time::Duration;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
+use rendezvous_tests::redis::RedisServer;
+
 use crate::Error;
 
 /// Which server.
@@ -17,6 +19,8 @@ pub(crate) enum Kind {
     Ours,
     /// Ours with its embedded store in a fresh data dir.
     OursDurable,
+    /// Ours sharing its registry through a Redis of the tool's own.
+    OursRedis,
     Rust,
     Py,
 }
@@ -26,6 +30,7 @@ impl Kind {
         match self {
             Kind::Ours => "ours",
             Kind::OursDurable => "ours, data dir",
+            Kind::OursRedis => "ours, redis",
             Kind::Rust => "rust-libp2p 0.18",
             Kind::Py => "py-libp2p 0.8.1",
         }
@@ -35,6 +40,7 @@ impl Kind {
         match s {
             "ours" => Ok(Kind::Ours),
             "ours-durable" => Ok(Kind::OursDurable),
+            "ours-redis" => Ok(Kind::OursRedis),
             "rust" => Ok(Kind::Rust),
             "py" => Ok(Kind::Py),
             other => Err(format!("unknown server {other}")),
@@ -50,6 +56,8 @@ pub(crate) struct Server {
     pub(crate) peer: PeerId,
     /// A data dir to remove when done.
     data_dir: Option<PathBuf>,
+    /// The Redis it shares, when it has one of its own.
+    redis: Option<RedisServer>,
 }
 
 impl Drop for Server {
@@ -79,13 +87,21 @@ impl Server {
     /// Starts a server of `kind` with its limits opened up, so that the load
     /// and not a limit is what is measured.
     pub(crate) fn start(kind: Kind) -> Result<Server, Error> {
+        let redis = (kind == Kind::OursRedis).then(|| RedisServer::start("load"));
+        let mut server = Self::start_with(kind, redis.as_ref().map(RedisServer::url))?;
+        server.redis = redis;
+        Ok(server)
+    }
+
+    /// Starts a server of `kind`, sharing the Redis at `redis` if given.
+    pub(crate) fn start_with(kind: Kind, redis: Option<String>) -> Result<Server, Error> {
         let data_dir = (kind == Kind::OursDurable).then(|| {
             static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             std::env::temp_dir().join(format!("rendezvous-load-{}-{run}", std::process::id()))
         });
         let mut command = match kind {
-            Kind::Ours | Kind::OursDurable => {
+            Kind::Ours | Kind::OursDurable | Kind::OursRedis => {
                 // `RENDEZVOUS_BIN` measures another build (say, the one before a change).
                 let binary = match std::env::var_os("RENDEZVOUS_BIN") {
                     Some(path) => PathBuf::from(path),
@@ -101,9 +117,10 @@ impl Server {
                     "--max-per-namespace",
                     "1000000",
                 ]);
-                match &data_dir {
-                    Some(dir) => c.arg("--data-dir").arg(dir),
-                    None => c.arg("--in-memory"),
+                match (&data_dir, &redis) {
+                    (Some(dir), _) => c.arg("--data-dir").arg(dir),
+                    (None, Some(url)) => c.arg("--redis").arg(url),
+                    (None, None) => c.arg("--in-memory"),
                 };
                 c
             }
@@ -133,7 +150,9 @@ impl Server {
                 .recv_timeout(Duration::from_secs(60))
                 .map_err(|_| format!("{} did not start", kind.name()))?;
             let found = match kind {
-                Kind::Ours | Kind::OursDurable => line.split(" --address ").nth(1),
+                Kind::Ours | Kind::OursDurable | Kind::OursRedis => {
+                    line.split(" --address ").nth(1)
+                }
                 Kind::Rust | Kind::Py => line.strip_prefix("ADDR "),
             };
             if let Some(address) = found.and_then(|a| a.split_whitespace().next()) {
@@ -143,7 +162,7 @@ impl Server {
         let Some(Protocol::P2p(peer)) = address.iter().last() else {
             return Err("server address without /p2p/".into());
         };
-        Ok(Server { kind, child, address, peer, data_dir })
+        Ok(Server { kind, child, address, peer, data_dir, redis: None })
     }
 
     /// The server's CPU seconds so far.

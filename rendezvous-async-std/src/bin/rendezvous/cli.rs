@@ -109,6 +109,11 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) in_memory: bool,
 
+    /// Share the registry with every point using this Redis
+    /// (redis://HOST:PORT[/DB]) instead of keeping it in the data dir.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["in_memory", "data_dir"])]
+    pub(crate) redis: Option<String>,
+
     /// Log namespace statistics every this many seconds (server; 0: never).
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub(crate) stats_interval: u64,
@@ -187,6 +192,9 @@ impl Args {
     pub(crate) fn storage(&self) -> Result<Storage, String> {
         if self.in_memory {
             return Ok(Storage::InMemory);
+        }
+        if let Some(url) = &self.redis {
+            return Ok(Storage::Redis(url.clone()));
         }
         let dir = self.data_dir.clone().or_else(default_data_dir).ok_or(
             "there is no per-user data directory here (no HOME?): give --data-dir DIR, or --in-memory",

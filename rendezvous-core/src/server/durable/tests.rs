@@ -7,6 +7,7 @@ use libp2p_identity::PeerId;
 use super::*;
 use crate::proto::{self, read_status};
 use crate::record::Flavour;
+use crate::store::Replicated;
 use crate::testing::{self, TestPeer};
 use crate::{Limits, ServerConfig};
 
@@ -188,4 +189,51 @@ fn a_restart_keeps_positions_expiries_and_cookies() {
     // Expiry runs across the restart, at the stored times.
     after.handle_timeout(at(3610));
     assert_eq!(after.stats().registrations, 1);
+}
+
+#[test]
+fn a_put_in_a_shared_log_is_answered_when_it_comes_back_in_either_order() {
+    let mut s = durable(Limits::default());
+    let (a, b) = (TestPeer::new(1), TestPeer::new(2));
+    // The commit first, then the log.
+    register(&mut s, at(1), &a, "x", RUST);
+    let [(id, stored)] = puts(&mut s).try_into().unwrap();
+    s.handle_commit(at(1), Commit::Logged { id, seq: 500 });
+    assert!(s.poll_transmit().is_none(), "not before it is back in the shared order");
+    s.apply_replicated(at(1), Replicated::Put(StoredRegistration { seq: 500, ..stored }));
+    assert_eq!(status(&s.poll_transmit().unwrap().message.unwrap()), ResponseStatus::Ok);
+    // The log first, then the commit.
+    register(&mut s, at(1), &b, "x", RUST);
+    let [(id, stored)] = puts(&mut s).try_into().unwrap();
+    s.apply_replicated(at(1), Replicated::Put(StoredRegistration { seq: 501, ..stored }));
+    assert!(s.poll_transmit().is_none());
+    s.handle_commit(at(1), Commit::Logged { id, seq: 501 });
+    assert_eq!(status(&s.poll_transmit().unwrap().message.unwrap()), ResponseStatus::Ok);
+    let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+    let registered = events.iter().filter(|e| matches!(e, Event::Registered { .. })).count();
+    assert_eq!(registered, 2, "{events:?}");
+    assert_eq!(found(&mut s, at(1), "x", None).registrations.len(), 2);
+}
+
+#[test]
+fn another_points_changes_apply_in_order_and_stale_ones_change_nothing() {
+    let mut other = durable(Limits::default());
+    let a = TestPeer::new(1);
+    register(&mut other, at(1), &a, "x", RUST);
+    let [(_, stored)] = puts(&mut other).try_into().unwrap();
+    let mut s = durable(Limits::default());
+    s.apply_replicated(at(1), Replicated::Put(StoredRegistration { seq: 10, ..stored.clone() }));
+    assert_eq!(found(&mut s, at(1), "x", None).registrations.len(), 1);
+    // An older put of the same key, and a delete of an older position: stale.
+    s.apply_replicated(at(1), Replicated::Put(StoredRegistration { seq: 5, ..stored.clone() }));
+    let (peer, namespace) = (a.id, Namespace::new("x", 255).unwrap());
+    s.apply_replicated(at(1), Replicated::Delete { peer, namespace: namespace.clone(), seq: 9 });
+    assert_eq!(s.stats().registrations, 1);
+    s.apply_replicated(at(1), Replicated::Delete { peer, namespace, seq: 10 });
+    assert_eq!(s.stats().registrations, 0);
+    assert!(s.poll_store().is_none(), "nothing goes back to the store");
+    // A resync replaces what is held.
+    s.apply_replicated(at(1), Replicated::Put(StoredRegistration { seq: 11, ..stored.clone() }));
+    let loaded = s.resync(at(2), Vec::new(), 11);
+    assert_eq!((loaded.registrations, s.stats().registrations), (0, 0));
 }

@@ -1,0 +1,221 @@
+//! Three points sharing one registry through a Redis of the test's own, as
+//! real processes: what one acknowledges the others serve, a cookie from
+//! one continues at another, a restarted point loads everything, and with
+//! Redis down registrations are refused while discovers go on, until Redis
+//! comes back with everything it acknowledged.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the failure report
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{Proc, start};
+use libp2p_core::multiaddr::{Multiaddr, Protocol};
+use libp2p_identity::PeerId;
+use rendezvous_libp2p::core::proto::{ResponseStatus, read_status};
+use rendezvous_libp2p::core::record::{Record, RecordLimits};
+use rendezvous_libp2p::core::testing::{self, TestPeer};
+use rendezvous_libp2p::core::{Dialect, Flavour};
+use rendezvous_tests::net::{Raw, raw_connection_as};
+use rendezvous_tests::redis::RedisServer;
+
+struct Point {
+    proc: Proc,
+    id: PeerId,
+    addr: Multiaddr,
+    key: std::path::PathBuf,
+}
+
+fn point(redis: &RedisServer, name: &str) -> Point {
+    let key = std::env::temp_dir().join(format!("rendezvous-point-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&key);
+    spawn(redis, key)
+}
+
+fn spawn(redis: &RedisServer, key: std::path::PathBuf) -> Point {
+    let proc = Proc::start(&[
+        "--mode",
+        "server",
+        "--listen",
+        "127.0.0.1",
+        "--stats-interval",
+        "0",
+        "--redis",
+        &redis.url(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    let (proc, address) = start(proc);
+    let addr: Multiaddr = address.parse().unwrap();
+    let Some(Protocol::P2p(id)) = addr.iter().last() else { panic!("{addr}") };
+    Point { proc, id, addr, key }
+}
+
+async fn connect(peer: &TestPeer, point: &Point) -> Raw {
+    raw_connection_as(peer.keypair.clone(), point.id, &point.addr).await
+}
+
+async fn register(
+    raw: &mut Raw,
+    point: &Point,
+    peer: &TestPeer,
+    ns: &str,
+) -> (ResponseStatus, String) {
+    let record = peer.record(Dialect::Signed(Flavour::RustLibp2p));
+    let answer = raw.request(point.id, &testing::register(ns, record, Some(3600))).await.unwrap();
+    let answer = answer.register_response.unwrap();
+    (read_status(answer.status).unwrap(), answer.status_text.unwrap_or_default())
+}
+
+/// The peers of one discover page, and its cookie.
+async fn page(
+    raw: &mut Raw,
+    point: &Point,
+    ns: &str,
+    limit: Option<u64>,
+    cookie: Option<bytes::Bytes>,
+) -> (Vec<PeerId>, Option<bytes::Bytes>) {
+    let answer = raw.request(point.id, &testing::discover(Some(ns), limit, cookie)).await.unwrap();
+    let page = answer.discover_response.unwrap();
+    assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok), "{:?}", page.status_text);
+    let limits = RecordLimits { max_bytes: 4096, max_addresses: 8 };
+    let peers = page
+        .registrations
+        .iter()
+        .map(|r| {
+            Record::parse(r.signed_peer_record.clone().unwrap(), &limits).unwrap().peer.unwrap()
+        })
+        .collect();
+    (peers, page.cookie)
+}
+
+/// Waits until `point` serves `want` in `ns`; returns how long it took.
+async fn until_served(raw: &mut Raw, point: &Point, ns: &str, want: &BTreeSet<PeerId>) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (found, _) = page(raw, point, ns, Some(1000), None).await;
+        if found.iter().copied().collect::<BTreeSet<_>>() == *want {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{ns}: {found:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[test]
+fn three_points_share_one_registry_through_faults() {
+    let mut redis = RedisServer::start("three");
+    let (a, b) = (point(&redis, "a"), point(&redis, "b"));
+    let mut c = point(&redis, "c");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let peers: Vec<TestPeer> = (20..26).map(TestPeer::new).collect();
+    rt.block_on(async {
+        // Registered at A, served by B and C.
+        let mut at_a = connect(&peers[0], &a).await;
+        assert_eq!(register(&mut at_a, &a, &peers[0], "chat").await.0, ResponseStatus::Ok);
+        let want: BTreeSet<_> = [peers[0].id].into();
+        let (mut at_b, mut at_c) = (connect(&peers[1], &b).await, connect(&peers[1], &c).await);
+        let lag = until_served(&mut at_b, &b, "chat", &want).await;
+        assert!(lag < Duration::from_secs(1), "visible at B after {lag:?}");
+        until_served(&mut at_c, &c, "chat", &want).await;
+
+        // Five more at A; a cookie from A continues at B, no gap, no repeat.
+        for peer in &peers[1..] {
+            let mut raw = connect(peer, &a).await;
+            assert_eq!(register(&mut raw, &a, peer, "chat").await.0, ResponseStatus::Ok);
+        }
+        let all: BTreeSet<_> = peers.iter().map(|p| p.id).collect();
+        until_served(&mut at_b, &b, "chat", &all).await;
+        let (first, cookie) = page(&mut at_a, &a, "chat", Some(2), None).await;
+        let (rest, _) = page(&mut at_b, &b, "chat", Some(100), cookie).await;
+        assert_eq!(first.len() + rest.len(), all.len(), "{first:?} then {rest:?}");
+        assert_eq!(first.iter().chain(&rest).copied().collect::<BTreeSet<_>>(), all);
+    });
+
+    // A killed and restarted point loads the whole registry.
+    c.proc.kill();
+    let c = spawn(&redis, c.key.clone());
+    rt.block_on(async {
+        let mut at_c = connect(&peers[2], &c).await;
+        let all: BTreeSet<_> = peers.iter().map(|p| p.id).collect();
+        until_served(&mut at_c, &c, "chat", &all).await;
+    });
+
+    // Redis down: a REGISTER is refused within a second; discovers go on.
+    redis.kill();
+    rt.block_on(async {
+        let late = TestPeer::new(40);
+        let mut raw = connect(&late, &a).await;
+        let asked = Instant::now();
+        let (status, text) = register(&mut raw, &a, &late, "chat").await;
+        assert!(asked.elapsed() < Duration::from_secs(1), "answered after {:?}", asked.elapsed());
+        assert_eq!(status, ResponseStatus::EUnavailable, "{text}");
+        assert!(text.contains("unreachable"), "{text}");
+        let mut at_b = connect(&peers[1], &b).await;
+        let (found, _) = page(&mut at_b, &b, "chat", Some(1000), None).await;
+        assert_eq!(found.len(), peers.len(), "served from memory");
+    });
+
+    // Redis back (from its append-only file): everything acknowledged is
+    // there, and the points write again.
+    redis.restart();
+    rt.block_on(async {
+        let after = TestPeer::new(41);
+        let mut raw = connect(&after, &b).await;
+        let started = Instant::now();
+        while register(&mut raw, &b, &after, "chat").await.0 != ResponseStatus::Ok {
+            assert!(started.elapsed() < Duration::from_secs(15), "B never wrote again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut all: BTreeSet<_> = peers.iter().map(|p| p.id).collect();
+        all.insert(after.id);
+        for point in [&a, &b, &c] {
+            let mut raw = connect(&peers[3], point).await;
+            until_served(&mut raw, point, "chat", &all).await;
+        }
+    });
+    for point in [&a, &b, &c] {
+        let _ = std::fs::remove_file(&point.key);
+    }
+}
+
+#[test]
+fn a_point_whose_place_in_the_log_was_trimmed_reloads_everything() {
+    use futures::future::poll_fn;
+    use rendezvous_async_std::store::redis::RedisStore;
+    use rendezvous_libp2p::core::store::Commit;
+    use rendezvous_libp2p::core::{Limits, RequestId, Server, ServerConfig, Timestamp};
+    use rendezvous_libp2p::store::{Change, Store};
+
+    let redis = RedisServer::start("resync");
+    async_std::task::block_on(async {
+        let limits = Limits::default();
+        let (mut follower, _) = RedisStore::connect(&redis.url(), &limits).await.unwrap();
+        let (mut writer, _) = RedisStore::connect(&redis.url(), &limits).await.unwrap();
+        // A durable server core makes the put, as a point would.
+        let config = ServerConfig { durable: true, ..ServerConfig::default() };
+        let mut core = Server::new(config).unwrap();
+        let peer = TestPeer::new(60);
+        let record = peer.record(Dialect::Signed(Flavour::RustLibp2p));
+        let now = Timestamp::from_secs(1_800_000_000);
+        core.handle_request(now, peer.id, RequestId(1), testing::register("x", record, None));
+        writer.submit(core.poll_store().expect("a put"));
+        let commit = poll_fn(|cx| writer.poll_commit(cx)).await;
+        assert!(matches!(commit, Commit::Logged { .. }), "{commit:?}");
+        let limit = Duration::from_secs(10);
+        let change =
+            async_std::future::timeout(limit, poll_fn(|cx| follower.poll_change(cx))).await;
+        assert!(matches!(change, Ok(Change::Replicated(_))), "{change:?}");
+
+        // The entry it stands at is trimmed away, then its connection drops.
+        assert_eq!(redis.command(&["XTRIM", "rendezvous:log", "MAXLEN", "0"]), ":1");
+        redis.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+        let change =
+            async_std::future::timeout(limit, poll_fn(|cx| follower.poll_change(cx))).await;
+        match change {
+            Ok(Change::Resync(snapshot)) => assert_eq!(snapshot.registrations.len(), 1),
+            other => panic!("expected a reload, got {other:?}"),
+        }
+    });
+}
