@@ -1,5 +1,12 @@
 //! A libp2p host for the rendezvous behaviours: TCP + noise + yamux,
 //! identify, ping and connection limits, on any executor.
+//!
+//! A point's connections are bounded at every stage: handshakes under way
+//! ([`handshakes`](crate::handshakes), oldest evicted), established ones in
+//! all and per peer (libp2p-connection-limits) and per IP address
+//! ([`per_ip`](crate::per_ip)); a handshake has [`ConnectionLimits::handshake_timeout`]
+//! to finish, and a connection that carries no rendezvous request for the
+//! rendezvous behaviour's idle timeout is closed.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +19,8 @@ use libp2p_identity::{Keypair, PeerId};
 use libp2p_swarm::{Config, Executor, NetworkBehaviour, Swarm};
 use rendezvous_libp2p::{client, server};
 
+use crate::handshakes::{self, Bounded, Handshakes};
+use crate::per_ip;
 use crate::transport::TcpTransport;
 
 /// What this host announces in identify: the prefix our server reads as
@@ -23,13 +32,18 @@ pub const AGENT_VERSION: &str = concat!("rendezvous-rs/", env!("CARGO_PKG_VERSIO
 /// substreams and its 32 answered busy, with identify and ping beside them.
 pub const MAX_NEGOTIATING_INBOUND_STREAMS: usize = 512;
 
-/// How long an idle connection stays open.
+/// How long a connection no behaviour needs stays open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The rendezvous point's behaviours.
+/// The rendezvous point's behaviours. The limits come first: a connection
+/// they deny is never seen by the others.
 #[derive(NetworkBehaviour)]
 #[behaviour(prelude = "libp2p_swarm::derive_prelude", to_swarm = "ServerEvent")]
 pub struct ServerBehaviour {
+    /// Bounds connections in all and per peer.
+    pub limits: libp2p_connection_limits::Behaviour,
+    /// Bounds connections per IP address.
+    pub per_ip: per_ip::Behaviour,
     /// The rendezvous protocol.
     pub rendezvous: server::Behaviour,
     /// Identify: peers expect it, and its agent version tells the dialect a
@@ -37,8 +51,6 @@ pub struct ServerBehaviour {
     pub identify: libp2p_identify::Behaviour,
     /// Ping: keeps NATs open and peers expect it.
     pub ping: libp2p_ping::Behaviour,
-    /// Bounds connections in all and per peer.
-    pub limits: libp2p_connection_limits::Behaviour,
 }
 
 /// The rendezvous client's behaviours.
@@ -94,18 +106,41 @@ impl From<std::convert::Infallible> for ServerEvent {
     }
 }
 
-/// Most connections a server accepts in all, and from one peer.
-#[derive(Clone, Copy, Debug)]
+/// How many connections a server takes, and how long it gives each to
+/// finish its handshake.
+///
+/// Each established connection takes a file descriptor and, idle, about
+/// 38 KiB (noise and yamux state, the handlers; measured on 2,000
+/// connections that had each made one request); each handshake under way a
+/// descriptor and a few KiB. The defaults fit a small machine: 4,096 idle
+/// connections take about 150 MiB. A point lowers
+/// [`max_established`](Self::max_established) at start if the process may
+/// not open that many files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// In all.
+    /// Established, in all.
     pub max_established: u32,
-    /// From one peer.
+    /// Established, from one peer id.
     pub max_per_peer: u32,
+    /// Established, from one IP address (peer ids are free; addresses are
+    /// not).
+    pub max_per_ip: u32,
+    /// Handshakes under way, in all and per IP address; the oldest is
+    /// evicted to make room.
+    pub handshakes: handshakes::Limits,
+    /// Longest a handshake (security and muxer negotiation) may take.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        ConnectionLimits { max_established: 10_000, max_per_peer: 4 }
+        ConnectionLimits {
+            max_established: 4096,
+            max_per_peer: 4,
+            max_per_ip: 256,
+            handshakes: handshakes::Limits::default(),
+            handshake_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -130,10 +165,11 @@ impl ServerBehaviour {
             .with_max_established(Some(limits.max_established))
             .with_max_established_per_peer(Some(limits.max_per_peer));
         ServerBehaviour {
+            limits: libp2p_connection_limits::Behaviour::new(connection_limits),
+            per_ip: per_ip::Behaviour::new(limits.max_per_ip),
             rendezvous,
             identify: identify(keypair),
             ping: libp2p_ping::Behaviour::default(),
-            limits: libp2p_connection_limits::Behaviour::new(connection_limits),
         }
     }
 }
@@ -158,16 +194,29 @@ fn identify(keypair: &Keypair) -> libp2p_identify::Behaviour {
     libp2p_identify::Behaviour::new(config)
 }
 
-/// TCP + noise + yamux, authenticated with `keypair`.
+/// TCP + noise + yamux, authenticated with `keypair`, each handshake
+/// given `handshake_timeout`.
 pub fn transport(
     keypair: &Keypair,
+    handshake_timeout: Duration,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, libp2p_noise::Error> {
     Ok(TcpTransport::default()
         .upgrade(Version::V1)
         .authenticate(libp2p_noise::Config::new(keypair)?)
         .multiplex(libp2p_yamux::Config::default())
-        .timeout(Duration::from_secs(20))
+        .timeout(handshake_timeout)
         .boxed())
+}
+
+/// A point's transport: [`transport`] with its inbound handshakes bounded
+/// by `limits`, and a handle on their counts.
+pub fn server_transport(
+    keypair: &Keypair,
+    limits: &ConnectionLimits,
+) -> Result<(Boxed<(PeerId, StreamMuxerBox)>, Handshakes), libp2p_noise::Error> {
+    let (bounded, handshakes) =
+        Bounded::new(transport(keypair, limits.handshake_timeout)?, limits.handshakes);
+    Ok((bounded.boxed(), handshakes))
 }
 
 /// A task the swarm hands its executor.
@@ -186,16 +235,28 @@ where
     }
 }
 
-/// A swarm for `behaviour` on `executor`.
+/// A swarm for `behaviour` on `executor`, over [`transport`] with a 10 s
+/// handshake timeout.
 pub fn build<B: NetworkBehaviour>(
     keypair: &Keypair,
     behaviour: B,
     executor: impl Executor + Send + 'static,
 ) -> Result<Swarm<B>, libp2p_noise::Error> {
+    let transport = transport(keypair, Duration::from_secs(10))?;
+    Ok(build_with(keypair, transport, behaviour, executor))
+}
+
+/// A swarm for `behaviour` on `executor`, over `transport`.
+pub fn build_with<B: NetworkBehaviour>(
+    keypair: &Keypair,
+    transport: Boxed<(PeerId, StreamMuxerBox)>,
+    behaviour: B,
+    executor: impl Executor + Send + 'static,
+) -> Swarm<B> {
     let config = Config::with_executor(executor)
         .with_idle_connection_timeout(IDLE_TIMEOUT)
         .with_max_negotiating_inbound_streams(MAX_NEGOTIATING_INBOUND_STREAMS);
-    Ok(Swarm::new(transport(keypair)?, behaviour, keypair.public().to_peer_id(), config))
+    Swarm::new(transport, behaviour, keypair.public().to_peer_id(), config)
 }
 
 #[cfg(test)]

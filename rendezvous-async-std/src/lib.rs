@@ -18,9 +18,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod handshakes;
 pub mod host;
 pub mod keyfile;
 pub mod logging;
+pub mod metrics;
 pub mod node;
+pub mod per_ip;
 pub mod store;
 pub mod transport;

@@ -7,12 +7,17 @@
 //!
 //! Dialing always uses a fresh local port: `PortUse::Reuse` only helps NAT
 //! hole punching, which this host does not do.
+//!
+//! When accepting fails for want of resources (out of file descriptors or
+//! memory), the listener waits [`ACCEPT_BACKOFF`] before trying again and
+//! logs a warning at most once a second, instead of spinning on the error.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, Ready, ready};
 use futures::{FutureExt, Stream};
@@ -23,6 +28,15 @@ use libp2p_core::transport::{DialOpts, ListenerId, Transport, TransportError, Tr
 
 /// A TCP connection.
 pub type TcpStream = async_net::TcpStream;
+
+/// Connections the kernel queues for a listener before it accepts them
+/// (the standard library's 128 overflows under bursts, and a client whose
+/// SYN is dropped waits a second to retry); the kernel caps it at
+/// `net.core.somaxconn`.
+pub const BACKLOG: i32 = 1024;
+
+/// How long a listener waits after accepting failed for want of resources.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// TCP transport settings.
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +66,9 @@ struct Listener {
     local: SocketAddr,
     /// Present when listening on an unspecified address.
     interfaces: Option<IfWatcher>,
+    /// Accept failures since the last warning, and when that was.
+    failures: u64,
+    warned: Option<Instant>,
 }
 
 impl TcpTransport {
@@ -82,14 +99,71 @@ fn socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
     }
 }
 
+/// A listening socket on `addr`, with [`BACKLOG`].
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// The IP address a connection's `/ip4|ip6/...` address starts with.
+pub fn remote_ip(addr: &Multiaddr) -> Option<IpAddr> {
+    match addr.iter().next()? {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    }
+}
+
 fn multiaddr(addr: SocketAddr) -> Multiaddr {
     Multiaddr::empty().with(addr.ip().into()).with(Protocol::Tcp(addr.port()))
 }
 
 fn accept(
     socket: async_net::TcpListener,
+    after: Option<Duration>,
 ) -> BoxFuture<'static, io::Result<(TcpStream, SocketAddr)>> {
-    async move { socket.accept().await }.boxed()
+    async move {
+        if let Some(wait) = after {
+            async_io::Timer::after(wait).await;
+        }
+        socket.accept().await
+    }
+    .boxed()
+}
+
+/// Whether accepting failed for want of a resource that frees up by itself
+/// (descriptors, buffers, memory), rather than because the socket is broken.
+fn out_of_resources(error: &io::Error) -> bool {
+    use libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
+    matches!(error.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+        || error.kind() == io::ErrorKind::OutOfMemory
+}
+
+impl Listener {
+    /// Counts an accept failure and warns about it, at most once a second.
+    fn warn(&mut self, error: &io::Error) {
+        self.failures += 1;
+        let now = Instant::now();
+        if self.warned.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+            tracing::warn!(
+                target: "rendezvous::server",
+                "Cannot accept connections on {}: {error} ({} failures since the last warning); retrying every {} ms",
+                self.local,
+                self.failures,
+                ACCEPT_BACKOFF.as_millis()
+            );
+            self.warned = Some(now);
+            self.failures = 0;
+        }
+    }
 }
 
 impl Transport for TcpTransport {
@@ -106,7 +180,7 @@ impl Transport for TcpTransport {
         let Some(wanted) = socket_addr(&addr) else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
-        let std_listener = std::net::TcpListener::bind(wanted).map_err(TransportError::Other)?;
+        let std_listener = bind(wanted).map_err(TransportError::Other)?;
         let socket =
             async_net::TcpListener::try_from(std_listener).map_err(TransportError::Other)?;
         let local = socket.local_addr().map_err(TransportError::Other)?;
@@ -119,8 +193,16 @@ impl Transport for TcpTransport {
             });
             None
         };
-        let accepting = accept(socket.clone());
-        self.listeners.push(Listener { id, socket, accepting, local, interfaces });
+        let accepting = accept(socket.clone(), None);
+        self.listeners.push(Listener {
+            id,
+            socket,
+            accepting,
+            local,
+            interfaces,
+            failures: 0,
+            warned: None,
+        });
         Ok(())
     }
 
@@ -187,8 +269,12 @@ impl Transport for TcpTransport {
                     });
                 }
             }
-            if let Poll::Ready(result) = listener.accepting.poll_unpin(cx) {
-                listener.accepting = accept(listener.socket.clone());
+            while let Poll::Ready(result) = listener.accepting.poll_unpin(cx) {
+                let backoff = result.as_ref().err().filter(|e| out_of_resources(e)).map(|error| {
+                    listener.warn(error);
+                    ACCEPT_BACKOFF
+                });
+                listener.accepting = accept(listener.socket.clone(), backoff);
                 match result {
                     Ok((stream, remote)) => {
                         let local = stream.local_addr().unwrap_or(listener.local);
@@ -200,7 +286,8 @@ impl Transport for TcpTransport {
                             send_back_addr: multiaddr(remote),
                         });
                     }
-                    // Too many open files and the like: report, keep listening.
+                    // Out of descriptors or memory: wait, then accept again.
+                    Err(_) if backoff.is_some() => continue,
                     Err(error) => {
                         return Poll::Ready(TransportEvent::ListenerError {
                             listener_id: listener.id,

@@ -46,6 +46,8 @@ fn point(dir: &Path, port: u16) -> (Proc, String) {
         "100000",
         "--max-per-namespace",
         "100000",
+        "--max-per-ip",
+        "1000000",
         "--stats-interval",
         "0",
     ]);

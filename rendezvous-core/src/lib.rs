@@ -82,6 +82,7 @@ pub mod cookie;
 mod limits;
 mod lru;
 mod namespace;
+mod origin;
 pub mod proto;
 pub mod record;
 mod registry;
@@ -98,8 +99,11 @@ pub use client::{
 };
 pub use limits::{Limits, LimitsError, ServerConfig};
 pub use namespace::{Namespace, NamespaceError};
+pub use origin::Origin;
 pub use record::{AGENT_PREFIX, Dialect, Flavour, Reader};
-pub use server::{Event as ServerEvent, Loaded, Server, Stats, Transmit};
+pub use server::{
+    Event as ServerEvent, Loaded, RequestCounts, RequestKind, Server, Stats, Transmit,
+};
 pub use time::Timestamp;
 
 /// Identifies one request so that its answer (or completion event) can be

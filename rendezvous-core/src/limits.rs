@@ -16,6 +16,7 @@ use crate::record::{Flavour, Reader, RecordLimits};
 /// | [`max_registrations_per_peer`](Self::max_registrations_per_peer) | 1000 | the spec |
 /// | [`max_registrations_per_namespace`](Self::max_registrations_per_namespace) | 1000 | the demo |
 /// | [`max_registrations`](Self::max_registrations) | 100 000 | bounds memory: about 70 MB with typical records, 450 MB if every record is as large as allowed |
+/// | [`max_registrations_per_origin`](Self::max_registrations_per_origin) | 10 000 | a tenth of the total: peer ids are free, so one address with many identities cannot fill the registry |
 /// | [`default_discover_limit`](Self::default_discover_limit) | 100 | py-libp2p |
 /// | [`max_discover_limit`](Self::max_discover_limit) | 1000 | the spec; larger asks are clamped, not refused |
 /// | [`max_request_frame`](Self::max_request_frame) | 8 KiB | a REGISTER is at most a record, a namespace and a few bytes |
@@ -38,6 +39,11 @@ pub struct Limits {
     pub max_registrations_per_namespace: usize,
     /// Most live registrations in all (`E_UNAVAILABLE` beyond).
     pub max_registrations: usize,
+    /// Most live registrations from one [`Origin`](crate::Origin) (an IPv4
+    /// address or an IPv6 /64), whatever the peer ids (`E_UNAVAILABLE`
+    /// beyond). Registrations whose origin the adapter did not give are not
+    /// counted.
+    pub max_registrations_per_origin: usize,
     /// Page size when a DISCOVER asks for none (or 0).
     pub default_discover_limit: u64,
     /// Largest page; larger asks are served this many.
@@ -64,6 +70,7 @@ impl Default for Limits {
             max_registrations_per_peer: 1000,
             max_registrations_per_namespace: 1000,
             max_registrations: 100_000,
+            max_registrations_per_origin: 10_000,
             default_discover_limit: 100,
             max_discover_limit: 1000,
             max_request_frame: 8 * 1024,
@@ -115,6 +122,7 @@ impl Limits {
             (self.max_registrations_per_peer, "max_registrations_per_peer"),
             (self.max_registrations_per_namespace, "max_registrations_per_namespace"),
             (self.max_registrations, "max_registrations"),
+            (self.max_registrations_per_origin, "max_registrations_per_origin"),
             (self.max_record_bytes, "max_record_bytes"),
             (self.max_addresses, "max_addresses"),
         ] {

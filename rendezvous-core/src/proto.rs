@@ -74,6 +74,35 @@ pub enum ResponseStatus {
     EUnavailable = 400,
 }
 
+impl ResponseStatus {
+    /// Every status, in number order.
+    pub const ALL: [ResponseStatus; 8] = [
+        ResponseStatus::Ok,
+        ResponseStatus::EInvalidNamespace,
+        ResponseStatus::EInvalidSignedPeerRecord,
+        ResponseStatus::EInvalidTtl,
+        ResponseStatus::EInvalidCookie,
+        ResponseStatus::ENotAuthorized,
+        ResponseStatus::EInternalError,
+        ResponseStatus::EUnavailable,
+    ];
+
+    /// The spec's name in lower case (`ok`, `e_invalid_ttl`, ...), for logs
+    /// and metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            ResponseStatus::Ok => "ok",
+            ResponseStatus::EInvalidNamespace => "e_invalid_namespace",
+            ResponseStatus::EInvalidSignedPeerRecord => "e_invalid_signed_peer_record",
+            ResponseStatus::EInvalidTtl => "e_invalid_ttl",
+            ResponseStatus::EInvalidCookie => "e_invalid_cookie",
+            ResponseStatus::ENotAuthorized => "e_not_authorized",
+            ResponseStatus::EInternalError => "e_internal_error",
+            ResponseStatus::EUnavailable => "e_unavailable",
+        }
+    }
+}
+
 /// `Message.Register`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Register {

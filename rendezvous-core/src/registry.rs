@@ -19,6 +19,7 @@ use libp2p_identity::PeerId;
 use slab::Slab;
 
 use crate::namespace::Namespace;
+use crate::origin::Origin;
 use crate::record::{Dialect, Flavour, Reader};
 use crate::time::Timestamp;
 
@@ -31,17 +32,33 @@ pub(crate) struct StoredRecord {
     /// Indexed by [`Flavour::index`].
     envelopes: [Option<Bytes>; 2],
     peer_info: Bytes,
+    /// Where its peer connected from when it registered, if the adapter said.
+    origin: Option<Origin>,
 }
 
 impl StoredRecord {
     /// A legacy record: only the `PeerInfo`.
     pub(crate) fn legacy(peer_info: Bytes) -> Self {
-        StoredRecord { envelopes: [None, None], peer_info }
+        StoredRecord { envelopes: [None, None], peer_info, origin: None }
     }
 
     /// A record from its stored parts: envelopes by [`Flavour::index`].
-    pub(crate) fn from_parts(envelopes: [Option<Bytes>; 2], peer_info: Bytes) -> Self {
-        StoredRecord { envelopes, peer_info }
+    pub(crate) fn from_parts(
+        envelopes: [Option<Bytes>; 2],
+        peer_info: Bytes,
+        origin: Option<Origin>,
+    ) -> Self {
+        StoredRecord { envelopes, peer_info, origin }
+    }
+
+    /// Where it came from.
+    pub(crate) fn origin(&self) -> Option<Origin> {
+        self.origin
+    }
+
+    /// The same record, from `origin`.
+    pub(crate) fn with_origin(self, origin: Option<Origin>) -> Self {
+        StoredRecord { origin, ..self }
     }
 
     /// The envelope of `flavour`, if registered.
@@ -58,7 +75,7 @@ impl StoredRecord {
     pub(crate) fn signed(flavour: Flavour, envelope: Bytes, peer_info: Bytes) -> Self {
         let mut envelopes = [None, None];
         envelopes[flavour.index()] = Some(envelope);
-        StoredRecord { envelopes, peer_info }
+        StoredRecord { envelopes, peer_info, origin: None }
     }
 
     /// Whether both announce the same addresses (so their envelopes can be
@@ -77,7 +94,11 @@ impl StoredRecord {
         }
         let [a, b] = self.envelopes;
         let [x, y] = newer.envelopes;
-        StoredRecord { envelopes: [x.or(a), y.or(b)], peer_info: newer.peer_info }
+        StoredRecord {
+            envelopes: [x.or(a), y.or(b)],
+            peer_info: newer.peer_info,
+            origin: newer.origin.or(self.origin),
+        }
     }
 
     /// The bytes `reader` gets, if it can verify this record.
@@ -190,6 +211,8 @@ pub(crate) struct Registry {
     expiry: BTreeMap<(Timestamp, u64), usize>,
     peers: Slab<PeerState>,
     peer_slots: HashMap<PeerId, usize>,
+    /// Registrations per origin, for the quota per address.
+    per_origin: HashMap<Origin, usize>,
     last_seq: u64,
 }
 
@@ -210,6 +233,10 @@ impl Registry {
 
     pub(crate) fn peer_len(&self, peer: &PeerId) -> usize {
         self.peer_slots.get(peer).map_or(0, |&p| self.peers[p].registrations)
+    }
+
+    pub(crate) fn origin_len(&self, origin: &Origin) -> usize {
+        self.per_origin.get(origin).copied().unwrap_or(0)
     }
 
     pub(crate) fn peer_count(&self) -> usize {
@@ -290,6 +317,9 @@ impl Registry {
             record,
         });
         let record = &self.entries[slot].record;
+        if let Some(origin) = record.origin() {
+            *self.per_origin.entry(origin).or_default() += 1;
+        }
         self.all.insert(record, seq, slot);
         let ns = self.namespaces.entry(namespace.clone()).or_default();
         ns.index.insert(record, seq, slot);
@@ -328,6 +358,14 @@ impl Registry {
         self.all.remove(entry.seq);
         self.expiry.remove(&(entry.expires, entry.seq));
         self.by_key.remove(&(entry.peer, entry.namespace.clone()));
+        if let Some(origin) = entry.record.origin()
+            && let Some(n) = self.per_origin.get_mut(&origin)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_origin.remove(&origin);
+            }
+        }
         if let Some(ns) = self.namespaces.get_mut(&entry.namespace) {
             ns.index.remove(entry.seq);
             ns.len -= 1;

@@ -4,6 +4,7 @@ mod discover;
 mod durable;
 mod readers;
 mod register;
+mod requests;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use crate::RequestId;
 use crate::codec::{self, CodecError};
 use crate::limits::{Limits, LimitsError, ServerConfig};
 use crate::namespace::{Namespace, NamespaceError};
+use crate::origin::Origin;
 use crate::proto::{self, MessageType, ResponseStatus};
 use crate::record::{Dialect, Reader};
 use crate::registry::Registry;
@@ -23,6 +25,7 @@ use crate::time::Timestamp;
 pub use durable::Loaded;
 use durable::Pending;
 use readers::Readers;
+pub use requests::{RequestCounts, RequestKind};
 
 /// A rendezvous point, as a state machine that does no I/O and reads no clock.
 ///
@@ -75,6 +78,7 @@ pub struct Server {
     dropped_events: u64,
     records_verified: u64,
     busy_refusals: u64,
+    requests: RequestCounts,
 }
 
 /// The outcome of one request: a response to write, or nothing to write.
@@ -187,6 +191,8 @@ pub struct Stats {
     /// Requests answered `E_UNAVAILABLE` because the adapter was over a
     /// bound ([`Server::handle_frame_busy`]).
     pub busy_refusals: u64,
+    /// Requests answered, by type and status.
+    pub requests: RequestCounts,
 }
 
 /// What became of a REGISTER that passed its checks.
@@ -228,6 +234,7 @@ impl Server {
             dropped_events: 0,
             records_verified: 0,
             busy_refusals: 0,
+            requests: RequestCounts::default(),
         })
     }
 
@@ -293,7 +300,7 @@ impl Server {
             _ => discover_error(status, reason.clone()),
         };
         self.refused(peer, kind, status, reason);
-        self.transmits.push_back(Transmit { peer, request_id, message: Some(response) });
+        self.answer(peer, request_id, Ok(kind), Some(response));
         Ok(())
     }
 
@@ -306,7 +313,8 @@ impl Server {
         message: proto::Message,
     ) {
         self.advance(now);
-        let response = match message.message_type() {
+        let kind = message.message_type();
+        let response = match kind {
             Ok(MessageType::Register) => {
                 let register = message.register.unwrap_or_default();
                 match self.register(peer, request_id, register) {
@@ -341,7 +349,19 @@ impl Server {
             Ok(other) => Some(self.unsupported(peer, other as i32, Some(other))),
             Err(raw) => Some(self.unsupported(peer, raw, None)),
         };
-        self.transmits.push_back(Transmit { peer, request_id, message: response });
+        self.answer(peer, request_id, kind, response);
+    }
+
+    /// Queues the outcome of a request of type `kind`, and counts it.
+    fn answer(
+        &mut self,
+        peer: PeerId,
+        request_id: RequestId,
+        kind: Result<MessageType, i32>,
+        message: Option<proto::Message>,
+    ) {
+        self.requests.count(kind, message.as_ref());
+        self.transmits.push_back(Transmit { peer, request_id, message });
     }
 
     /// Expires what is due at `now`.
@@ -356,6 +376,14 @@ impl Server {
     /// [`ServerConfig::unknown_reader`].
     pub fn set_reader_dialect(&mut self, peer: PeerId, reader: impl Into<Reader>) {
         self.readers.told(peer, reader.into());
+    }
+
+    /// Tells the server where `peer` connects from (the IP address of its
+    /// connection), so that its new registrations count toward that
+    /// origin's quota ([`Limits::max_registrations_per_origin`]). Call it
+    /// when a connection is established; the latest call wins.
+    pub fn set_peer_origin(&mut self, peer: PeerId, origin: Origin) {
+        self.readers.connects_from(peer, origin);
     }
 
     /// The adapter's last connection to `peer` closed: forget its dialect.
@@ -392,6 +420,7 @@ impl Server {
             remembered_readers: self.readers.len(),
             readers_evicted: self.readers.evicted(),
             busy_refusals: self.busy_refusals,
+            requests: self.requests,
         }
     }
 

@@ -20,6 +20,7 @@ use libp2p_identity::PeerId;
 use prost::Message as _;
 
 use crate::namespace::Namespace;
+use crate::origin::Origin;
 use crate::proto::ResponseStatus;
 use crate::record::Flavour;
 use crate::registry::StoredRecord;
@@ -173,6 +174,9 @@ struct Stored {
     standard_envelope: Option<Bytes>,
     #[prost(bytes = "bytes", tag = "7")]
     peer_info: Bytes,
+    /// [`Origin::to_bits`]; absent when unknown.
+    #[prost(fixed64, optional, tag = "8")]
+    origin: Option<u64>,
 }
 
 impl StoredRegistration {
@@ -192,6 +196,7 @@ impl StoredRegistration {
             rust_envelope: rust,
             standard_envelope: standard,
             peer_info: self.record.peer_info().clone(),
+            origin: self.record.origin().map(Origin::to_bits),
         }
         .encode_to_vec()
     }
@@ -207,6 +212,7 @@ impl StoredRegistration {
         let record = StoredRecord::from_parts(
             [stored.rust_envelope, stored.standard_envelope],
             stored.peer_info,
+            stored.origin.and_then(Origin::from_bits),
         );
         Ok(StoredRegistration {
             peer,
@@ -230,6 +236,7 @@ mod tests {
         let record = StoredRecord::from_parts(
             [Some(peer.record(Dialect::Signed(Flavour::RustLibp2p))), None],
             peer.record(Dialect::Legacy),
+            Origin::from_ip([192, 0, 2, 1].into()),
         );
         let stored = StoredRegistration {
             peer: peer.id,

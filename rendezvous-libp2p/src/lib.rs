@@ -26,6 +26,7 @@
 pub mod client;
 mod clock;
 pub mod framed;
+pub mod histogram;
 pub mod server;
 pub mod store;
 

@@ -1,5 +1,6 @@
 //! A rendezvous client connected to one rendezvous point.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt, future, select};
@@ -12,7 +13,10 @@ use rendezvous_libp2p::core::{
 };
 use tracing::{debug, info, warn};
 
+use prometheus_client::registry::Registry;
+
 use super::{Identity, NodeError, executor, root_cause};
+use crate::metrics::{Endpoint, RegistryExt};
 
 const LOG: &str = "rendezvous::client";
 
@@ -49,6 +53,9 @@ pub struct ClientOptions {
     pub rendezvous: client::Config,
     /// How long to wait for the point to answer the dial. Defaults to 10 s.
     pub connect_timeout: Duration,
+    /// Where to serve Prometheus metrics at `/metrics` (`--metrics`);
+    /// `None`, the default, for nowhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for ClientOptions {
@@ -61,6 +68,7 @@ impl Default for ClientOptions {
             identity: Identity::default(),
             rendezvous: client::Config::default(),
             connect_timeout: Duration::from_secs(10),
+            metrics: None,
         }
     }
 }
@@ -71,6 +79,40 @@ impl Default for ClientOptions {
 pub struct ClientNode {
     swarm: Swarm<ClientBehaviour>,
     server: PeerId,
+    metrics: Option<Endpoint>,
+    counts: Counts,
+}
+
+/// What the client did since the start, for metrics.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    registered: u64,
+    register_failed: u64,
+    refreshed: u64,
+    refresh_failed: u64,
+    discovered: u64,
+    discover_failed: u64,
+    peers_found: u64,
+    peers_lost: u64,
+}
+
+impl Counts {
+    fn count(&mut self, event: &ClientEvent) {
+        let counter = match event {
+            ClientEvent::Registered { request: Some(_), .. } => &mut self.registered,
+            ClientEvent::Registered { request: None, .. } => &mut self.refreshed,
+            ClientEvent::RegisterFailed { request: Some(_), .. } => &mut self.register_failed,
+            ClientEvent::RegisterFailed { request: None, .. } => &mut self.refresh_failed,
+            ClientEvent::Discovered { .. } => &mut self.discovered,
+            ClientEvent::DiscoverFailed { .. } | ClientEvent::RediscoverFailed { .. } => {
+                &mut self.discover_failed
+            }
+            ClientEvent::PeerFound { .. } => &mut self.peers_found,
+            ClientEvent::PeerLost { .. } => &mut self.peers_lost,
+            _ => return,
+        };
+        *counter += 1;
+    }
 }
 
 impl ClientNode {
@@ -128,7 +170,48 @@ impl ClientNode {
                 return Err(NodeError::Connect(why));
             }
         }
-        Ok(ClientNode { swarm, server })
+        let metrics = match options.metrics {
+            Some(addr) => Some(
+                Endpoint::serve(addr)
+                    .map_err(|e| NodeError::Metrics(format!("{addr}: {}", root_cause(&e))))?,
+            ),
+            None => None,
+        };
+        Ok(ClientNode { swarm, server, metrics, counts: Counts::default() })
+    }
+
+    /// Where metrics are served, if anywhere.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(Endpoint::local_addr)
+    }
+
+    /// Every metric, read now; see [`crate::metrics`].
+    pub fn metrics(&self) -> Registry {
+        let mut r = Registry::with_prefix("rendezvous_client");
+        let c = &self.counts;
+        let outcomes = |ok: u64, failed: u64| {
+            [(vec![("result", "ok")], ok), (vec![("result", "failed")], failed)]
+        };
+        r.counters(
+            "registrations",
+            "First registrations, by result",
+            outcomes(c.registered, c.register_failed),
+        );
+        r.counters(
+            "refreshes",
+            "Registrations renewed before their TTL ran out, by result",
+            outcomes(c.refreshed, c.refresh_failed),
+        );
+        r.counters(
+            "discovers",
+            "Discoveries and rediscoveries, by result",
+            outcomes(c.discovered, c.discover_failed),
+        );
+        r.counter("peers_found", "Peers that appeared in a watched namespace", c.peers_found);
+        r.counter("peers_lost", "Peers that left a watched namespace", c.peers_lost);
+        let connections = self.swarm.network_info().connection_counters().num_established();
+        r.gauge("connections", "Established connections", connections as usize);
+        r
     }
 
     /// Our peer id.
@@ -146,13 +229,24 @@ impl ClientNode {
         &mut self.swarm.behaviour_mut().rendezvous
     }
 
-    /// The next rendezvous event (the swarm's other events are handled here).
+    /// The next rendezvous event (the swarm's other events, and metrics
+    /// scrapes, are handled here).
     pub async fn next_event(&mut self) -> ClientEvent {
         loop {
-            if let SwarmEvent::Behaviour(HostEvent::Rendezvous(event)) =
-                self.swarm.select_next_some().await
-            {
-                return *event;
+            let scrape = async {
+                match &mut self.metrics {
+                    Some(metrics) => metrics.next_scrape().await,
+                    None => future::pending().await,
+                }
+            };
+            select! {
+                event = self.swarm.select_next_some() => {
+                    if let SwarmEvent::Behaviour(HostEvent::Rendezvous(event)) = event {
+                        self.counts.count(&event);
+                        return *event;
+                    }
+                }
+                scrape = scrape.fuse() => scrape.answer(&self.metrics()),
             }
         }
     }

@@ -11,6 +11,7 @@
 //! flag of the binary; `rendezvous --help` maps onto them one to one.
 
 mod client;
+mod fds;
 mod server;
 
 use std::fmt;
@@ -20,7 +21,7 @@ use libp2p_core::multiaddr::{Multiaddr, Protocol};
 use libp2p_identity::{Keypair, PeerId};
 
 pub use client::{ClientNode, ClientOptions, Session};
-pub use server::{ServerNode, ServerOptions};
+pub use server::{Drained, ServerNode, ServerOptions};
 
 use crate::host::{SpawnWith, Task};
 use crate::keyfile;
@@ -73,6 +74,8 @@ pub enum NodeError {
     Rendezvous(String),
     /// The store cannot be opened; the text names the path and the problem.
     Store(String),
+    /// The metrics endpoint cannot listen.
+    Metrics(String),
 }
 
 impl fmt::Display for NodeError {
@@ -81,6 +84,7 @@ impl fmt::Display for NodeError {
             NodeError::Key(why) => write!(f, "cannot use key file {why}"),
             NodeError::Config(why) => write!(f, "invalid settings: {why}"),
             NodeError::Listen(why) => write!(f, "cannot listen: {why}"),
+            NodeError::Metrics(why) => write!(f, "cannot serve metrics: {why}"),
             NodeError::Connect(why) => write!(f, "Failed to connect to server: {why}"),
             NodeError::Rendezvous(why) | NodeError::Store(why) => f.write_str(why),
         }

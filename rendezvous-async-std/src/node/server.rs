@@ -1,18 +1,23 @@
 //! A rendezvous point, ready to run.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt, select};
 use libp2p_core::multiaddr::{Multiaddr, Protocol};
+use libp2p_core::transport::ListenerId;
 use libp2p_identity::PeerId;
 use libp2p_swarm::{Swarm, SwarmEvent};
+use prometheus_client::registry::Registry;
 use rendezvous_libp2p::core::ServerEvent as Core;
 use rendezvous_libp2p::server;
 use tracing::{debug, info, warn};
 
 use super::{Identity, NodeError, executor, root_cause, with_peer};
+use crate::handshakes::Handshakes;
 use crate::host::{self, ConnectionLimits, ServerBehaviour, ServerEvent};
+use crate::metrics::{ConstHistogram, Endpoint, RegistryExt};
 use crate::store::Storage;
 #[cfg(feature = "redb")]
 use crate::store::redb::{self, RedbStore};
@@ -45,6 +50,9 @@ pub struct ServerOptions {
     /// How often to log namespace statistics (`--stats-interval`); `None`
     /// never. Defaults to 10 s.
     pub stats_interval: Option<Duration>,
+    /// Where to serve Prometheus metrics at `/metrics` (`--metrics`);
+    /// `None`, the default, for nowhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for ServerOptions {
@@ -58,6 +66,7 @@ impl Default for ServerOptions {
             rendezvous: server::Config::default(),
             connections: ConnectionLimits::default(),
             stats_interval: Some(Duration::from_secs(10)),
+            metrics: None,
         }
     }
 }
@@ -68,7 +77,21 @@ impl Default for ServerOptions {
 pub struct ServerNode {
     swarm: Swarm<ServerBehaviour>,
     listening: Vec<Multiaddr>,
+    listeners: Vec<ListenerId>,
     stats_interval: Option<Duration>,
+    handshakes: Handshakes,
+    metrics: Option<Endpoint>,
+    limits: ConnectionLimits,
+}
+
+/// What a graceful shutdown achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    /// Requests still unanswered when the time ran out (0: every request
+    /// read was answered).
+    pub unanswered: usize,
+    /// Puts the store had not committed when the time ran out.
+    pub uncommitted: usize,
 }
 
 impl ServerNode {
@@ -119,14 +142,34 @@ impl ServerNode {
             }
         };
         let (keypair, rendezvous) = rendezvous;
-        let behaviour = ServerBehaviour::with(&keypair, rendezvous, options.connections);
-        let swarm = host::build(&keypair, behaviour, executor())
+        let limits = super::fds::fit(options.connections);
+        let behaviour = ServerBehaviour::with(&keypair, rendezvous, limits);
+        let (transport, handshakes) = host::server_transport(&keypair, &limits)
             .map_err(|e| NodeError::Config(e.to_string()))?;
-        let mut node =
-            ServerNode { swarm, listening: Vec::new(), stats_interval: options.stats_interval };
+        let swarm = host::build_with(&keypair, transport, behaviour, executor());
+        let metrics = match options.metrics {
+            Some(addr) => Some(
+                Endpoint::serve(addr)
+                    .map_err(|e| NodeError::Metrics(format!("{addr}: {}", root_cause(&e))))?,
+            ),
+            None => None,
+        };
+        let mut node = ServerNode {
+            swarm,
+            listening: Vec::new(),
+            listeners: Vec::new(),
+            stats_interval: options.stats_interval,
+            handshakes,
+            metrics,
+            limits,
+        };
         for address in options.listen {
             let describe = |e: &dyn std::error::Error| format!("{address}: {}", root_cause(e));
-            node.swarm.listen_on(address.clone()).map_err(|e| NodeError::Listen(describe(&e)))?;
+            let id = node
+                .swarm
+                .listen_on(address.clone())
+                .map_err(|e| NodeError::Listen(describe(&e)))?;
+            node.listeners.push(id);
         }
         loop {
             match node.swarm.select_next_some().await {
@@ -155,15 +198,107 @@ impl ServerNode {
         &self.listening
     }
 
+    /// Where metrics are served, if anywhere.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(Endpoint::local_addr)
+    }
+
+    /// The connection limits in force (after fitting them to the file
+    /// descriptors this process may open).
+    pub fn connection_limits(&self) -> &ConnectionLimits {
+        &self.limits
+    }
+
     /// The rendezvous behaviour: its core, statistics and counters.
     pub fn rendezvous(&self) -> &server::Behaviour {
         &self.swarm.behaviour().rendezvous
     }
 
+    /// Every metric, read now; see [`crate::metrics`].
+    pub fn metrics(&self) -> Registry {
+        let mut r = Registry::with_prefix("rendezvous");
+        let rendezvous = self.rendezvous();
+        let stats = rendezvous.stats();
+        r.gauge("registrations", "Live registrations", stats.registrations);
+        r.gauge("namespaces", "Namespaces with at least one registration", stats.namespaces);
+        r.gauge("registered_peers", "Peers with at least one registration", stats.peers);
+        let requests = stats.requests.iter().map(|(kind, status, n)| {
+            let status = status.map_or("none", |s| s.label());
+            (vec![("type", kind.label()), ("status", status)], n)
+        });
+        r.counters(
+            "requests",
+            "Requests answered, by type and status (none: UNREGISTER, which has no answer)",
+            requests,
+        );
+        r.register(
+            "request_duration_seconds",
+            "From a request's last byte read to its answer's last byte written",
+            ConstHistogram(rendezvous.request_durations()),
+        );
+        r.gauge("requests_in_flight", "Requests read and not yet answered", rendezvous.in_flight());
+        r.counter(
+            "records_verified",
+            "Records parsed and signature-checked",
+            stats.records_verified,
+        );
+        r.counter(
+            "events_dropped",
+            "Registry events dropped from a full queue",
+            stats.dropped_events,
+        );
+        let rejected =
+            rendezvous.stream_stats().by_reason().map(|(reason, n)| (vec![("reason", reason)], n));
+        r.counters(
+            "streams_rejected",
+            "Substreams closed without a request served, by reason",
+            rejected,
+        );
+        let network = self.swarm.network_info();
+        let counters = network.connection_counters();
+        r.gauge("connections", "Established connections", counters.num_established() as usize);
+        let handshakes = self.handshakes.stats();
+        r.gauge("handshakes", "Inbound connections in their handshake", handshakes.pending);
+        r.counter(
+            "handshakes_evicted",
+            "Handshakes ended to make room for newer ones",
+            handshakes.evicted,
+        );
+        r.gauge(
+            "connections_limit",
+            "Most established connections taken",
+            self.limits.max_established as usize,
+        );
+        if let Some(commits) = rendezvous.commit_durations() {
+            r.register(
+                "store_commit_duration_seconds",
+                "From a registration's submission to the store to its commit",
+                ConstHistogram(commits),
+            );
+            r.gauge(
+                "store_pending_puts",
+                "Registrations waiting for the store",
+                rendezvous.pending_puts(),
+            );
+        }
+        r
+    }
+
     /// The next event, with identify's agent versions already handed to
-    /// the rendezvous behaviour.
+    /// the rendezvous behaviour; metrics scrapes are answered meanwhile.
     pub async fn next_event(&mut self) -> SwarmEvent<ServerEvent> {
-        let event = self.swarm.select_next_some().await;
+        let event = loop {
+            let scrape = async {
+                match &mut self.metrics {
+                    Some(metrics) => metrics.next_scrape().await,
+                    None => futures::future::pending().await,
+                }
+            };
+            select! {
+                event = self.swarm.select_next_some() => break event,
+                scrape = scrape.fuse() => scrape.answer(&self.metrics()),
+            }
+        };
         match &event {
             SwarmEvent::Behaviour(ServerEvent::Identify(identify)) => {
                 if let libp2p_identify::Event::Received { peer_id, info, .. } = identify.as_ref() {
@@ -187,7 +322,8 @@ impl ServerNode {
 
     /// Serves until `shutdown` resolves, logging what happens: listen
     /// addresses at INFO, each registration change at DEBUG, refusals at
-    /// WARN, and the statistics every `stats_interval`.
+    /// WARN, and the statistics every `stats_interval`. Then call
+    /// [`drain`](Self::drain).
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) {
         let mut stats = ticker(self.stats_interval);
         let mut shutdown = std::pin::pin!(shutdown.fuse());
@@ -196,6 +332,39 @@ impl ServerNode {
                 event = self.next_event().fuse() => log_event(event, self.peer_id()),
                 _ = stats.select_next_some() => self.log_stats(),
                 () = shutdown => return,
+            }
+        }
+    }
+
+    /// Shuts down gracefully: stops listening, refuses new rendezvous
+    /// substreams, and keeps serving until every request already read is
+    /// answered and the store has committed every registration, or until
+    /// `limit` passes or `abort` resolves. Drop the node afterwards: that
+    /// closes the connections and the store (which writes what it holds).
+    pub async fn drain(&mut self, limit: Duration, abort: impl Future<Output = ()>) -> Drained {
+        for id in std::mem::take(&mut self.listeners) {
+            self.swarm.remove_listener(id);
+        }
+        self.swarm.behaviour_mut().rendezvous.drain();
+        let mut deadline = FutureExt::fuse(async_io::Timer::after(limit));
+        let mut abort = std::pin::pin!(abort.fuse());
+        loop {
+            let rendezvous = self.rendezvous();
+            let left = Drained {
+                unanswered: rendezvous.in_flight(),
+                uncommitted: rendezvous.pending_puts(),
+            };
+            if left == (Drained { unanswered: 0, uncommitted: 0 }) {
+                return left;
+            }
+            // Handlers answer on their own tasks, without waking this one:
+            // look again every few milliseconds.
+            let mut tick = FutureExt::fuse(async_io::Timer::after(Duration::from_millis(5)));
+            select! {
+                event = self.next_event().fuse() => log_event(event, self.peer_id()),
+                _ = tick => {}
+                _ = deadline => return left,
+                () = abort => return left,
             }
         }
     }
@@ -212,16 +381,18 @@ impl ServerNode {
             info!(target: LOG, "Namespace stats: {counts:?}");
         }
         let (core, streams) = (rendezvous.stats(), rendezvous.stream_stats());
+        let evicted = self.handshakes.stats().evicted;
         let troubles = core.dropped_events
             + core.busy_refusals
             + streams.timed_out
             + streams.over_limit
             + streams.malformed
-            + streams.io;
+            + streams.io
+            + evicted;
         if troubles > 0 {
             info!(
                 target: LOG,
-                "Dropped events: {}, requests refused as busy: {}, substreams rejected: {} timed out, {} over the limit, {} malformed, {} I/O errors",
+                "Dropped events: {}, requests refused as busy: {}, substreams rejected: {} timed out, {} over the limit, {} malformed, {} I/O errors; handshakes evicted: {evicted}",
                 core.dropped_events,
                 core.busy_refusals,
                 streams.timed_out,

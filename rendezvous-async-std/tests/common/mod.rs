@@ -69,6 +69,11 @@ impl Proc {
         }
     }
 
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills it at once (SIGKILL): no shutdown, no flush.
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();

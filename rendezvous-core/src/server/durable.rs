@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use libp2p_identity::PeerId;
 
-use super::{Event, Server, Transmit, register_response};
+use super::{Event, Server, register_response};
 use crate::RequestId;
 use crate::namespace::Namespace;
+use crate::origin::Origin;
 use crate::proto::{MessageType, ResponseStatus};
 use crate::record::Dialect;
 use crate::registry::StoredRecord;
@@ -45,6 +46,7 @@ pub(crate) struct Pending {
     puts: BTreeMap<ActionId, PendingPut>,
     new_per_peer: HashMap<PeerId, usize>,
     new_per_namespace: HashMap<Namespace, usize>,
+    new_per_origin: HashMap<Origin, usize>,
     new_total: usize,
     /// The latest pending put of each key.
     latest: HashMap<(PeerId, Namespace), ActionId>,
@@ -59,6 +61,10 @@ impl Pending {
 
     pub(crate) fn new_in_namespace(&self, namespace: &Namespace) -> usize {
         self.new_per_namespace.get(namespace).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn new_with_origin(&self, origin: &Origin) -> usize {
+        self.new_per_origin.get(origin).copied().unwrap_or(0)
     }
 
     pub(crate) fn new_in_all(&self) -> usize {
@@ -84,6 +90,9 @@ impl Pending {
         if put.new {
             *self.new_per_peer.entry(key.0).or_default() += 1;
             *self.new_per_namespace.entry(key.1.clone()).or_default() += 1;
+            if let Some(origin) = put.record.origin() {
+                *self.new_per_origin.entry(origin).or_default() += 1;
+            }
             self.new_total += 1;
         }
         self.latest.insert(key, id);
@@ -108,6 +117,9 @@ impl Pending {
         if put.new {
             decrement(&mut self.new_per_peer, &key.0);
             decrement(&mut self.new_per_namespace, &key.1);
+            if let Some(origin) = put.record.origin() {
+                decrement(&mut self.new_per_origin, &origin);
+            }
             self.new_total -= 1;
         }
         Some(put)
@@ -175,7 +187,7 @@ impl Server {
                 let (peer, request_id) = (put.grant.peer, put.request_id);
                 let message = register_response(status, Some(reason.clone()), None);
                 self.refused(peer, MessageType::Register, status, reason);
-                self.transmits.push_back(Transmit { peer, request_id, message: Some(message) });
+                self.answer(peer, request_id, Ok(MessageType::Register), Some(message));
             }
         }
     }
@@ -268,7 +280,7 @@ impl Server {
     fn answer_ok(&mut self, put: PendingPut) {
         let (peer, request_id, ttl) = (put.grant.peer, put.request_id, put.grant.ttl);
         let message = register_response(ResponseStatus::Ok, None, Some(ttl.as_secs()));
-        self.transmits.push_back(Transmit { peer, request_id, message: Some(message) });
+        self.answer(peer, request_id, Ok(MessageType::Register), Some(message));
     }
 
     /// Hands a checked registration to the store and holds its answer.

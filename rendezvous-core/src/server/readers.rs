@@ -1,4 +1,5 @@
-//! What each peer reads, remembered for a bounded number of peers.
+//! What each peer reads, and where it connects from, remembered for a
+//! bounded number of peers.
 //!
 //! Two sources tell what a peer reads: the adapter (from identify's agent
 //! version, see [`Reader::from_agent_version`]) and the peer's own REGISTERs
@@ -11,12 +12,14 @@
 use libp2p_identity::PeerId;
 
 use crate::lru::Lru;
+use crate::origin::Origin;
 use crate::record::Reader;
 
 #[derive(Debug, Default)]
 struct Remembered {
     from_agent: Option<Reader>,
     from_register: Option<Reader>,
+    origin: Option<Origin>,
 }
 
 impl Remembered {
@@ -45,6 +48,16 @@ impl Readers {
     /// The adapter says what `peer` reads.
     pub(crate) fn told(&mut self, peer: PeerId, reader: Reader) {
         self.0.entry(peer, Remembered::default).from_agent = Some(reader);
+    }
+
+    /// The adapter says where `peer` connects from.
+    pub(crate) fn connects_from(&mut self, peer: PeerId, origin: Origin) {
+        self.0.entry(peer, Remembered::default).origin = Some(origin);
+    }
+
+    /// Where `peer` connects from, if known; counts as a use.
+    pub(crate) fn origin(&mut self, peer: &PeerId) -> Option<Origin> {
+        self.0.get_mut(peer)?.origin
     }
 
     /// `peer` registered a record that `reader`s read.

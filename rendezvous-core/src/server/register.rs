@@ -10,6 +10,7 @@ use super::durable::Grant;
 use super::{Admitted, Event, Refusal, Server, namespace_refusal};
 use crate::RequestId;
 use crate::namespace::Namespace;
+use crate::origin::Origin;
 use crate::proto::{self, ResponseStatus};
 use crate::record::{Dialect, Flavour, Record, encode_peer_info};
 use crate::registry::{Inserted, StoredRecord};
@@ -47,13 +48,14 @@ impl Server {
         let (dialect, mut record) =
             self.verify_record(peer, register.signed_peer_record.unwrap_or_default())?;
         self.add_other_records(peer, &mut record, register.other_records)?;
+        let record = record.with_origin(self.readers.origin(&peer));
         // Another flavour of the same record joins the registration (or the
         // put still on its way to the store).
         let base = self.pending.latest_record(&peer, &namespace).cloned();
         let base = base.or_else(|| self.registry.get(&peer, &namespace).map(|e| e.record.clone()));
         let new = base.is_none();
         if new {
-            self.check_room(&peer, &namespace)?;
+            self.check_room(&peer, &namespace, record.origin())?;
         }
         let record = match base {
             Some(older) => older.merged(record),
@@ -72,7 +74,12 @@ impl Server {
 
     /// Whether a registration of `peer` in `namespace`, new, fits the limits
     /// (counting those on their way to the store).
-    fn check_room(&self, peer: &PeerId, namespace: &Namespace) -> Result<(), Refusal> {
+    fn check_room(
+        &self,
+        peer: &PeerId,
+        namespace: &Namespace,
+        origin: Option<Origin>,
+    ) -> Result<(), Refusal> {
         let limits = &self.config.limits;
         let pending = &self.pending;
         if self.registry.peer_len(peer) + pending.new_for_peer(peer)
@@ -94,6 +101,18 @@ impl Server {
                 format!(
                     "namespace holds {} registrations, the limit per namespace",
                     limits.max_registrations_per_namespace
+                ),
+            ));
+        }
+        if let Some(origin) = origin
+            && self.registry.origin_len(&origin) + pending.new_with_origin(&origin)
+                >= limits.max_registrations_per_origin
+        {
+            return Err(Refusal::new(
+                ResponseStatus::EUnavailable,
+                format!(
+                    "{origin} holds {} registrations, the limit per address",
+                    limits.max_registrations_per_origin
                 ),
             ));
         }

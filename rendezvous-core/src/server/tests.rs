@@ -199,8 +199,10 @@ fn the_timeout_is_the_earliest_expiry_and_moves_forward_after_it_fires() {
         h.events().into_iter().filter(|e| matches!(e, Event::Expired { .. })).collect();
     assert_eq!(expired.len(), 2);
     // Their readers are remembered until they disconnect, not until expiry.
-    let stats = Stats { records_verified: 2, remembered_readers: 2, ..Stats::default() };
-    assert_eq!(h.server().stats(), stats);
+    let stats = h.server().stats();
+    let counts =
+        (stats.registrations, stats.peers, stats.records_verified, stats.remembered_readers);
+    assert_eq!(counts, (0, 0, 2, 2));
 }
 
 #[test]
@@ -349,6 +351,60 @@ fn the_per_peer_per_namespace_and_total_limits_hold_and_name_themselves() {
     assert_eq!(h.server().stats().registrations, 5);
     h.request(&peers[3].id, testing::unregister("c"));
     h.register_ok(&peers[4], "d", RUST);
+}
+
+#[test]
+fn one_address_cannot_hold_more_than_its_quota_whatever_its_peer_ids() {
+    let limits = Limits { max_registrations_per_origin: 3, ..Limits::default() };
+    let mut h = Harness::with(limits);
+    let (home, elsewhere) = (
+        Origin::from_ip([192, 0, 2, 1].into()).unwrap(),
+        Origin::from_ip([192, 0, 2, 2].into()).unwrap(),
+    );
+    let peers: Vec<_> = (0..6).map(TestPeer::new).collect();
+    for peer in &peers[..4] {
+        h.server().set_peer_origin(peer.id, home);
+    }
+    h.server().set_peer_origin(peers[4].id, elsewhere);
+    h.register_ok(&peers[0], "a", RUST);
+    h.register_ok(&peers[1], "a", RUST);
+    h.register_ok(&peers[2], "b", STANDARD);
+    let (s, text) = status(&h.register(&peers[3], "a", RUST, None));
+    assert_eq!(s, ResponseStatus::EUnavailable);
+    assert_eq!(text, "192.0.2.1 holds 3 registrations, the limit per address");
+    h.register_ok(&peers[0], "a", RUST); // a refresh is not a new registration
+    h.register_ok(&peers[4], "a", RUST); // another address has its own quota
+    h.register_ok(&peers[5], "a", RUST); // and an unknown origin counts toward none
+    h.request(&peers[1].id, testing::unregister("a"));
+    h.register_ok(&peers[3], "a", RUST);
+    // Expiry frees the quota too.
+    h.advance(3 * 3600);
+    h.register_ok(&peers[1], "c", RUST);
+}
+
+#[test]
+fn every_request_is_counted_by_type_and_status() {
+    let mut h = Harness::new();
+    let a = TestPeer::new(1);
+    h.register_ok(&a, "x", RUST);
+    h.register(&a, "x", RUST, Some(1));
+    h.discover(&a.id, Some("x"), None, None);
+    h.discover(&a.id, Some("x"), None, Some(Bytes::from_static(b"bad")));
+    h.request(&a.id, testing::unregister("x"));
+    let mut other = testing::discover(None, None, None);
+    other.r#type = Some(MessageType::RegisterResponse as i32);
+    h.request(&a.id, other);
+    let counts = h.server().stats().requests;
+    let kinds = [RequestKind::Register, RequestKind::Discover, RequestKind::Unregister];
+    let [register, discover, unregister] = kinds;
+    assert_eq!(counts.get(register, Some(ResponseStatus::Ok)), 1);
+    assert_eq!(counts.get(register, Some(ResponseStatus::EInvalidTtl)), 1);
+    assert_eq!(counts.get(discover, Some(ResponseStatus::Ok)), 1);
+    assert_eq!(counts.get(discover, Some(ResponseStatus::EInvalidCookie)), 1);
+    assert_eq!(counts.get(unregister, None), 1);
+    assert_eq!(counts.get(RequestKind::Other, Some(ResponseStatus::EUnavailable)), 1);
+    assert_eq!(counts.iter().count(), 6);
+    assert_eq!(counts.total(), 6);
 }
 
 #[test]

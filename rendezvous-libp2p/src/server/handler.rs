@@ -13,8 +13,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_bounded::{Delay, FuturesTupleSet};
@@ -24,15 +25,50 @@ use libp2p_swarm::{ConnectionHandler, ConnectionHandlerEvent, Stream, SubstreamP
 
 use crate::PROTOCOL;
 use crate::framed::Framed;
+use crate::histogram::Histogram;
 
-/// Bounds of one connection's substreams.
-#[derive(Clone, Debug)]
-pub(crate) struct Limits {
+/// What every handler of one behaviour shares: the bounds of a connection's
+/// substreams, and what the behaviour reads across connections.
+#[derive(Debug)]
+pub(crate) struct Shared {
     pub(crate) max_streams: usize,
     pub(crate) max_busy_streams: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) max_frame: usize,
+    /// From a request's last byte read to its answer's last byte written.
+    pub(crate) durations: Histogram,
+    /// Requests read and not yet answered (or dropped with their
+    /// connection), on every connection.
+    pub(crate) in_flight: AtomicUsize,
+    /// Shutting down: new substreams are refused; the ones open are served.
+    pub(crate) draining: AtomicBool,
+}
+
+/// A request read and not yet answered: counted in
+/// [`Shared::in_flight`] until dropped, and timed until answered.
+#[derive(Debug)]
+struct InFlight {
+    shared: Arc<Shared>,
+    since: Instant,
+}
+
+impl InFlight {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { shared: shared.clone(), since: Instant::now() }
+    }
+
+    /// Its answer is written (or it needed none).
+    fn answered(self) {
+        self.shared.durations.observe(self.since.elapsed());
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Identifies a substream within its connection.
@@ -52,6 +88,8 @@ pub enum ToBehaviour {
     TimedOut,
     /// A substream arrived over both bounds and was reset.
     Refused,
+    /// A substream arrived while shutting down and was reset.
+    Draining,
     /// A substream ended without delivering a request.
     Empty,
 }
@@ -79,9 +117,11 @@ type Read = (Framed<Stream>, io::Result<Option<Bytes>>);
 
 /// Moves frames between inbound substreams and the behaviour.
 pub struct Handler {
-    limits: Arc<Limits>,
+    shared: Arc<Shared>,
     reading: FuturesTupleSet<Read, Tag>,
-    parked: HashMap<StreamId, (Framed<Stream>, bool)>,
+    /// Substreams whose request the behaviour has, with whether they are
+    /// over the bound.
+    parked: HashMap<StreamId, (Framed<Stream>, bool, InFlight)>,
     /// Substreams writing a last answer and closing, tagged `busy`.
     closing: FuturesTupleSet<(), bool>,
     /// Open substreams within the bound, and over it, wherever they are
@@ -93,9 +133,9 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub(crate) fn new(limits: Arc<Limits>) -> Self {
-        let all = limits.max_streams + limits.max_busy_streams;
-        let (read_for, write_for) = (limits.request_timeout, limits.write_timeout);
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let all = shared.max_streams + shared.max_busy_streams;
+        let (read_for, write_for) = (shared.request_timeout, shared.write_timeout);
         Handler {
             reading: FuturesTupleSet::new(move || Delay::futures_timer(read_for), all),
             closing: FuturesTupleSet::new(move || Delay::futures_timer(write_for), all),
@@ -104,14 +144,18 @@ impl Handler {
             busy: 0,
             next_id: 0,
             events: VecDeque::new(),
-            limits,
+            shared,
         }
     }
 
     fn accept(&mut self, stream: Stream) {
-        let busy = if self.open < self.limits.max_streams {
+        if self.shared.draining.load(Ordering::Relaxed) {
+            self.events.push_back(ToBehaviour::Draining);
+            return; // dropping it resets it
+        }
+        let busy = if self.open < self.shared.max_streams {
             false
-        } else if self.busy < self.limits.max_busy_streams {
+        } else if self.busy < self.shared.max_busy_streams {
             true
         } else {
             tracing::debug!("resetting an inbound rendezvous substream: {} open", self.open);
@@ -120,14 +164,20 @@ impl Handler {
         };
         self.next_id += 1;
         let tag = Tag { id: StreamId(self.next_id), busy, served: false };
-        let framed = Framed::new(stream, self.limits.max_frame);
-        if self.reading.try_push(answer_then_read(framed, None), tag).is_ok() {
+        let framed = Framed::new(stream, self.shared.max_frame);
+        if self.reading.try_push(answer_then_read(framed, None, None), tag).is_ok() {
             self.count(busy, 1);
         }
     }
 
-    fn close(&mut self, framed: Framed<Stream>, answer: Option<Bytes>, busy: bool) {
-        if self.closing.try_push(finish(framed, answer), busy).is_err() {
+    fn close(
+        &mut self,
+        framed: Framed<Stream>,
+        answer: Option<Bytes>,
+        busy: bool,
+        request: Option<InFlight>,
+    ) {
+        if self.closing.try_push(finish(framed, answer, request), busy).is_err() {
             self.count(busy, -1); // unreachable: the set has room for every open substream
         }
     }
@@ -140,7 +190,8 @@ impl Handler {
     fn on_read(&mut self, result: Result<Read, futures_bounded::Timeout>, tag: Tag) {
         match result {
             Ok((framed, Ok(Some(body)))) => {
-                self.parked.insert(tag.id, (framed, tag.busy));
+                let request = InFlight::new(&self.shared);
+                self.parked.insert(tag.id, (framed, tag.busy, request));
                 self.events.push_back(ToBehaviour::Request {
                     stream: tag.id,
                     body,
@@ -151,7 +202,7 @@ impl Handler {
                 if !tag.served {
                     self.events.push_back(ToBehaviour::Empty);
                 }
-                self.close(framed, None, tag.busy);
+                self.close(framed, None, tag.busy, None);
             }
             // A reset after the last answer is how go clients end a
             // substream; anything else is a failure.
@@ -171,21 +222,32 @@ impl Handler {
     }
 }
 
-/// Writes `answer` (if any), then reads the next request.
-async fn answer_then_read(mut framed: Framed<Stream>, answer: Option<Bytes>) -> Read {
+/// Writes `answer` (if any) to `request`, then reads the next request.
+async fn answer_then_read(
+    mut framed: Framed<Stream>,
+    answer: Option<Bytes>,
+    request: Option<InFlight>,
+) -> Read {
     if let Some(frame) = answer
         && let Err(e) = framed.write_frame(&frame).await
     {
         return (framed, Err(e));
     }
+    if let Some(request) = request {
+        request.answered();
+    }
     let next = framed.read_frame().await;
     (framed, next)
 }
 
-/// Writes `answer` (if any) and closes.
-async fn finish(mut framed: Framed<Stream>, answer: Option<Bytes>) {
-    if let Some(frame) = answer {
-        let _ = framed.write_frame(&frame).await;
+/// Writes `answer` (if any) to `request` and closes.
+async fn finish(mut framed: Framed<Stream>, answer: Option<Bytes>, request: Option<InFlight>) {
+    let written = match answer {
+        Some(frame) => framed.write_frame(&frame).await.is_ok(),
+        None => true,
+    };
+    if let Some(request) = request.filter(|_| written) {
+        request.answered();
     }
     let _ = framed.close().await;
 }
@@ -221,15 +283,16 @@ impl ConnectionHandler for Handler {
     }
 
     fn on_behaviour_event(&mut self, answer: FromBehaviour) {
-        let Some((framed, busy)) = self.parked.remove(&answer.stream) else {
+        let Some((framed, busy, request)) = self.parked.remove(&answer.stream) else {
             return;
         };
         if answer.close || busy {
-            self.close(framed, answer.frame, busy);
+            self.close(framed, answer.frame, busy, Some(request));
             return;
         }
         let tag = Tag { id: answer.stream, busy, served: true };
-        if self.reading.try_push(answer_then_read(framed, answer.frame), tag).is_err() {
+        let next = answer_then_read(framed, answer.frame, Some(request));
+        if self.reading.try_push(next, tag).is_err() {
             self.count(busy, -1); // unreachable: the set has room for every open substream
         }
     }

@@ -16,23 +16,30 @@ mod handler;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use futures_timer::Delay;
+use libp2p_core::multiaddr::Protocol;
 use libp2p_core::{Endpoint, Multiaddr, transport::PortUse};
 use libp2p_identity::PeerId;
 use libp2p_swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandler,
-    THandlerInEvent, THandlerOutEvent, ToSwarm,
+    CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use rendezvous_core::{
-    LimitsError, Loaded, Reader, RequestId, Server, ServerConfig, ServerEvent, Stats, Timestamp,
+    LimitsError, Loaded, Origin, Reader, RequestId, Server, ServerConfig, ServerEvent, Stats,
+    Timestamp,
 };
 
 use crate::clock::{Clock, Timer};
+use crate::histogram;
 use crate::store::{Change, Snapshot, Store};
 pub use handler::Handler;
-use handler::{FromBehaviour, StreamId, ToBehaviour};
+use handler::{FromBehaviour, Shared, StreamId, ToBehaviour};
+use rendezvous_core::store::{ActionId, Commit, StoreAction};
 
 /// Configuration of the server behaviour.
 ///
@@ -63,6 +70,33 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Longest wait to write one response. Defaults to 10 s.
     pub write_timeout: Duration,
+    /// Close a connection that has carried no rendezvous request for this
+    /// long, whatever else (identify, ping) still uses it; `None` never.
+    /// Defaults to 60 s. Clients reconnect when they next need the point.
+    pub idle_timeout: Option<Duration>,
+    /// Most requests per second one peer may make, over all its
+    /// connections; beyond it requests are answered `E_UNAVAILABLE`
+    /// (UNREGISTERs are still applied). `None`, the default, for no limit.
+    /// A REGISTER with a record not seen before costs a signature check
+    /// (tens of µs), which this bounds per peer.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket per peer: `per_second` tokens added each second, up to
+/// `burst`; each request takes one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Requests allowed at once after a quiet spell.
+    pub burst: f64,
+}
+
+impl RateLimit {
+    /// `per_second` sustained, bursts of twice that.
+    pub fn per_second(per_second: f64) -> Self {
+        RateLimit { per_second, burst: (2.0 * per_second).max(1.0) }
+    }
 }
 
 impl Default for Config {
@@ -77,6 +111,8 @@ impl Default for Config {
             max_busy_streams_per_connection: 32,
             request_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(60)),
+            rate_limit: None,
         }
     }
 }
@@ -113,6 +149,9 @@ pub enum Rejection {
     OverLimit,
     /// It ended without sending a request.
     Empty,
+    /// It arrived while the point was shutting down
+    /// ([`Behaviour::drain`]).
+    ShuttingDown,
 }
 
 impl Rejection {
@@ -124,6 +163,7 @@ impl Rejection {
             Rejection::TimedOut => "timeout",
             Rejection::OverLimit => "over_limit",
             Rejection::Empty => "empty",
+            Rejection::ShuttingDown => "shutting_down",
         }
     }
 }
@@ -141,6 +181,37 @@ pub struct StreamStats {
     pub over_limit: u64,
     /// Ended without sending a request.
     pub empty: u64,
+    /// Reset because the point was shutting down.
+    pub shutting_down: u64,
+}
+
+impl StreamStats {
+    /// Every reason with its count, named as [`Rejection::name`] names it.
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
+        [
+            ("malformed", self.malformed),
+            ("io", self.io),
+            ("timeout", self.timed_out),
+            ("over_limit", self.over_limit),
+            ("empty", self.empty),
+            ("shutting_down", self.shutting_down),
+        ]
+    }
+}
+
+/// A connection, for the idle timeout.
+#[derive(Debug)]
+struct Connection {
+    peer: PeerId,
+    /// When it last carried a request or an answer.
+    active: Instant,
+}
+
+/// A peer's token bucket.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
 }
 
 /// Where a request's answer goes.
@@ -155,39 +226,66 @@ struct Route {
 pub struct Behaviour {
     core: Server,
     timer: Timer,
-    limits: Arc<handler::Limits>,
+    shared: Arc<Shared>,
     busy_reason: String,
     routes: HashMap<RequestId, Route>,
     next_request: u64,
     actions: VecDeque<ToSwarm<Event, FromBehaviour>>,
     streams: StreamStats,
     store: Option<Box<dyn Store>>,
+    connections: HashMap<ConnectionId, Connection>,
+    idle_timeout: Option<Duration>,
+    /// When to look for idle connections next.
+    sweep: Option<Delay>,
+    rate_limit: Option<RateLimit>,
+    rate_reason: String,
+    buckets: HashMap<PeerId, Bucket>,
+    /// When each put still waiting for its commit was handed to the store.
+    submitted: HashMap<ActionId, Instant>,
+    commit_durations: histogram::Histogram,
 }
 
 impl Behaviour {
     /// A server with `config`, or why its limits cannot work.
     pub fn new(config: Config) -> Result<Self, LimitsError> {
-        let limits = Arc::new(handler::Limits {
+        let shared = Arc::new(Shared {
             max_streams: config.max_streams_per_connection.max(1),
             max_busy_streams: config.max_busy_streams_per_connection,
             request_timeout: config.request_timeout,
             write_timeout: config.write_timeout,
             max_frame: config.core.limits.max_request_frame,
+            durations: histogram::Histogram::new(),
+            in_flight: Default::default(),
+            draining: Default::default(),
         });
         let busy_reason = format!(
             "{} requests in flight on this connection, the server's limit; retry later",
-            limits.max_streams
+            shared.max_streams
         );
+        let rate_reason = config.rate_limit.map_or_else(String::new, |rate| {
+            format!(
+                "over {} requests/s from this peer, the server's limit; retry later",
+                rate.per_second
+            )
+        });
         Ok(Behaviour {
             core: Server::new(config.core)?,
             timer: Timer::new(Clock::new()),
-            limits,
+            shared,
             busy_reason,
             routes: HashMap::new(),
             next_request: 0,
             actions: VecDeque::new(),
             streams: StreamStats::default(),
             store: None,
+            connections: HashMap::new(),
+            idle_timeout: config.idle_timeout.filter(|t| !t.is_zero()),
+            sweep: None,
+            rate_limit: config.rate_limit,
+            rate_reason,
+            buckets: HashMap::new(),
+            submitted: HashMap::new(),
+            commit_durations: histogram::Histogram::new(),
         })
     }
 
@@ -223,6 +321,36 @@ impl Behaviour {
         self.streams
     }
 
+    /// Requests read and not yet answered, on every connection.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// How long requests took, from their last byte read to their answer's
+    /// last byte written.
+    pub fn request_durations(&self) -> histogram::Snapshot {
+        self.shared.durations.snapshot()
+    }
+
+    /// How long the store took to commit each put, from its submission to
+    /// its commit; `None` without a store.
+    pub fn commit_durations(&self) -> Option<histogram::Snapshot> {
+        self.store.as_ref().map(|_| self.commit_durations.snapshot())
+    }
+
+    /// Puts handed to the store and not yet committed.
+    pub fn pending_puts(&self) -> usize {
+        self.core.pending_puts()
+    }
+
+    /// Starts a graceful shutdown: new rendezvous substreams are reset
+    /// (counted as [`Rejection::ShuttingDown`]); requests already read are
+    /// answered. Wait for [`in_flight`](Self::in_flight) to reach 0, then
+    /// close.
+    pub fn drain(&mut self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+    }
+
     /// Tells the server what `peer` reads; see
     /// [`Server::set_reader_dialect`].
     pub fn set_reader_dialect(&mut self, peer: PeerId, reader: impl Into<Reader>) {
@@ -250,8 +378,14 @@ impl Behaviour {
                 let id = RequestId(self.next_request);
                 self.routes.insert(id, Route { peer, connection, stream });
                 let now = self.now();
+                let instant = Instant::now();
+                if let Some(c) = self.connections.get_mut(&connection) {
+                    c.active = instant;
+                }
                 let handled = if busy {
                     self.core.handle_frame_busy(now, peer, id, &body, &self.busy_reason)
+                } else if !self.take_token(peer, instant) {
+                    self.core.handle_frame_busy(now, peer, id, &body, &self.rate_reason)
                 } else {
                     self.core.handle_frame(now, peer, id, &body)
                 };
@@ -285,6 +419,10 @@ impl Behaviour {
                 self.streams.over_limit += 1;
                 Rejection::OverLimit
             }
+            ToBehaviour::Draining => {
+                self.streams.shutting_down += 1;
+                Rejection::ShuttingDown
+            }
             ToBehaviour::Empty => {
                 self.streams.empty += 1;
                 Rejection::Empty
@@ -292,6 +430,50 @@ impl Behaviour {
         };
         let event = Event::StreamRejected { peer, reason };
         self.actions.push_back(ToSwarm::GenerateEvent(event));
+    }
+
+    /// Whether `peer` may make a request now, under the rate limit.
+    fn take_token(&mut self, peer: PeerId, now: Instant) -> bool {
+        let Some(rate) = self.rate_limit else {
+            return true;
+        };
+        let bucket = self.buckets.entry(peer).or_insert(Bucket { tokens: rate.burst, at: now });
+        let refill = now.saturating_duration_since(bucket.at).as_secs_f64() * rate.per_second;
+        bucket.tokens = (bucket.tokens + refill).min(rate.burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Closes connections that carried no request for the idle timeout and
+    /// have none in flight; re-arms the sweep.
+    fn sweep_idle(&mut self, cx: &mut Context<'_>) {
+        let Some(timeout) = self.idle_timeout else {
+            return;
+        };
+        let every = (timeout / 4).max(Duration::from_millis(100));
+        let sweep = self.sweep.get_or_insert_with(|| Delay::new(every));
+        if sweep.poll_unpin(cx).is_pending() {
+            return;
+        }
+        let now = Instant::now();
+        let busy: std::collections::HashSet<ConnectionId> =
+            self.routes.values().map(|r| r.connection).collect();
+        for (&id, c) in &self.connections {
+            if now.saturating_duration_since(c.active) >= timeout && !busy.contains(&id) {
+                self.actions.push_back(ToSwarm::CloseConnection {
+                    peer_id: c.peer,
+                    connection: CloseConnection::One(id),
+                });
+            }
+        }
+        let mut next = Delay::new(every);
+        let _ = next.poll_unpin(cx); // registers the waker
+        self.sweep = Some(next);
     }
 
     fn answer(&mut self, peer: PeerId, connection: ConnectionId, answer: FromBehaviour) {
@@ -307,12 +489,18 @@ impl Behaviour {
     fn drain_core(&mut self) {
         if let Some(store) = &mut self.store {
             while let Some(action) = self.core.poll_store() {
+                if let StoreAction::Put { id, .. } = &action {
+                    self.submitted.insert(*id, Instant::now());
+                }
                 store.submit(action);
             }
         }
         while let Some(transmit) = self.core.poll_transmit() {
             // Gone if its connection closed meanwhile.
             if let Some(route) = self.routes.remove(&transmit.request_id) {
+                if let Some(c) = self.connections.get_mut(&route.connection) {
+                    c.active = Instant::now();
+                }
                 let frame = transmit.to_frame();
                 let answer = FromBehaviour { stream: route.stream, frame, close: false };
                 self.answer(route.peer, route.connection, answer);
@@ -331,29 +519,36 @@ impl NetworkBehaviour for Behaviour {
 
     fn handle_established_inbound_connection(
         &mut self,
-        _: ConnectionId,
-        _: PeerId,
+        connection: ConnectionId,
+        peer: PeerId,
         _: &Multiaddr,
-        _: &Multiaddr,
+        remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(Handler::new(self.limits.clone()))
+        if let Some(origin) = origin(remote) {
+            self.core.set_peer_origin(peer, origin);
+        }
+        self.connections.insert(connection, Connection { peer, active: Instant::now() });
+        Ok(Handler::new(self.shared.clone()))
     }
 
     fn handle_established_outbound_connection(
         &mut self,
-        _: ConnectionId,
-        _: PeerId,
+        connection: ConnectionId,
+        peer: PeerId,
         _: &Multiaddr,
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(Handler::new(self.limits.clone()))
+        self.connections.insert(connection, Connection { peer, active: Instant::now() });
+        Ok(Handler::new(self.shared.clone()))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         if let FromSwarm::ConnectionClosed(closed) = event {
             self.routes.retain(|_, route| route.connection != closed.connection_id);
+            self.connections.remove(&closed.connection_id);
             if closed.remaining_established == 0 {
+                self.buckets.remove(&closed.peer_id);
                 self.core.handle_disconnected(self.timer.now(), &closed.peer_id);
                 self.drain_core();
             }
@@ -370,12 +565,21 @@ impl NetworkBehaviour for Behaviour {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        self.sweep_idle(cx);
         loop {
             if let Some(action) = self.actions.pop_front() {
                 return Poll::Ready(action);
             }
             let commit = self.store.as_mut().map(|store| store.poll_commit(cx));
             if let Some(Poll::Ready(commit)) = commit {
+                let id = match &commit {
+                    Commit::Stored { id, .. } | Commit::Logged { id, .. } => *id,
+                    Commit::Refused { id, .. } => *id,
+                    _ => ActionId(0),
+                };
+                if let Some(since) = self.submitted.remove(&id) {
+                    self.commit_durations.observe(since.elapsed());
+                }
                 let now = self.now();
                 self.core.handle_commit(now, commit);
                 self.drain_core();
@@ -401,5 +605,15 @@ impl NetworkBehaviour for Behaviour {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+/// The origin of a connection from `remote`: its IP address, if it has one
+/// (a relayed connection counts as the relay's).
+fn origin(remote: &Multiaddr) -> Option<Origin> {
+    match remote.iter().next()? {
+        Protocol::Ip4(ip) => Origin::from_ip(ip.into()),
+        Protocol::Ip6(ip) => Origin::from_ip(ip.into()),
+        _ => None,
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release --bins && target/release/load [--quick] [--fresh]
-//!   [--sizes 1000,10000,100000] [--py-sizes 1000] [--servers ours,ours-durable,ours-redis,rust,py]
+//!   [--sizes 1000,10000,100000] [--py-sizes 1000] [--servers ours,ours-durable,ours-redis,ours-metrics,rust,py]
 //!   [--connections 20] [--inflight 8] [--svg PATH]
 //!   [--inflight-list 64,128,256] [--inflight-n 20000] [--py-inflight-n 1000]
 //!   [--sustain SECONDS --rate PER_S]
@@ -125,7 +125,7 @@ fn options() -> Result<Options, Error> {
 }
 
 fn ours(kind: Kind) -> bool {
-    matches!(kind, Kind::Ours | Kind::OursDurable | Kind::OursRedis)
+    matches!(kind, Kind::Ours | Kind::OursDurable | Kind::OursRedis | Kind::OursMetrics)
 }
 
 #[tokio::main]

@@ -121,6 +121,23 @@ pub(crate) fn inflight_table(runs: &[InflightRun]) {
             );
         }
     }
+    for scraped in runs.iter().filter(|r| r.kind == Kind::OursMetrics && r.refresh.is_some()) {
+        let plain = runs.iter().find(|r| {
+            r.kind == Kind::Ours && r.inflight == scraped.inflight && r.refresh.is_some()
+        });
+        if let Some(plain) = plain {
+            println!(
+                "{} in flight, all registered: server CPU per refresh with --metrics scraped every second {:.1} µs, without {:.1} µs ({:+.1}%)",
+                scraped.inflight,
+                scraped.cpu_per_refresh_us,
+                plain.cpu_per_refresh_us,
+                100.0
+                    * (scraped.cpu_per_refresh_us
+                        / plain.cpu_per_refresh_us.max(f64::MIN_POSITIVE)
+                        - 1.0)
+            );
+        }
+    }
     for theirs in runs.iter().filter(|r| r.kind == Kind::Rust && r.refresh.is_some()) {
         let ours = runs
             .iter()
@@ -208,6 +225,7 @@ pub(crate) fn svg(runs: &[ScaleRun]) -> String {
         (Kind::Ours, "#1b7f3b", 0),
         (Kind::OursDurable, "#2f9e44", 1),
         (Kind::OursRedis, "#c92a2a", 2),
+        (Kind::OursMetrics, "#0b7285", 5),
         (Kind::Rust, "#b5651d", 3),
         (Kind::Py, "#3b5bdb", 4),
     ] {

@@ -21,6 +21,8 @@ pub(crate) enum Kind {
     OursDurable,
     /// Ours sharing its registry through a Redis of the tool's own.
     OursRedis,
+    /// Ours with `--metrics`, scraped every second as Prometheus would.
+    OursMetrics,
     Rust,
     Py,
 }
@@ -31,6 +33,7 @@ impl Kind {
             Kind::Ours => "ours",
             Kind::OursDurable => "ours, data dir",
             Kind::OursRedis => "ours, redis",
+            Kind::OursMetrics => "ours, metrics scraped 1/s",
             Kind::Rust => "rust-libp2p 0.18",
             Kind::Py => "py-libp2p 0.8.1",
         }
@@ -41,6 +44,7 @@ impl Kind {
             "ours" => Ok(Kind::Ours),
             "ours-durable" => Ok(Kind::OursDurable),
             "ours-redis" => Ok(Kind::OursRedis),
+            "ours-metrics" => Ok(Kind::OursMetrics),
             "rust" => Ok(Kind::Rust),
             "py" => Ok(Kind::Py),
             other => Err(format!("unknown server {other}")),
@@ -58,10 +62,15 @@ pub(crate) struct Server {
     data_dir: Option<PathBuf>,
     /// The Redis it shares, when it has one of its own.
     redis: Option<RedisServer>,
+    /// Stops the scraper, when there is one.
+    scraping: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Some(scraping) = &self.scraping {
+            scraping.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(dir) = &self.data_dir {
@@ -101,7 +110,7 @@ impl Server {
             std::env::temp_dir().join(format!("rendezvous-load-{}-{run}", std::process::id()))
         });
         let mut command = match kind {
-            Kind::Ours | Kind::OursDurable | Kind::OursRedis => {
+            Kind::Ours | Kind::OursDurable | Kind::OursRedis | Kind::OursMetrics => {
                 // `RENDEZVOUS_BIN` measures another build (say, the one before a change).
                 let binary = match std::env::var_os("RENDEZVOUS_BIN") {
                     Some(path) => PathBuf::from(path),
@@ -116,7 +125,12 @@ impl Server {
                     "1000000",
                     "--max-per-namespace",
                     "1000000",
+                    "--max-per-ip",
+                    "10000000",
                 ]);
+                if kind == Kind::OursMetrics {
+                    c.args(["--metrics", "127.0.0.1:0"]);
+                }
                 match (&data_dir, &redis) {
                     (Some(dir), _) => c.arg("--data-dir").arg(dir),
                     (None, Some(url)) => c.arg("--redis").arg(url),
@@ -145,12 +159,16 @@ impl Server {
                 }
             });
         }
+        let mut metrics = None;
         let address = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))
                 .map_err(|_| format!("{} did not start", kind.name()))?;
+            if let Some(at) = line.split("Metrics at http://").nth(1) {
+                metrics = Some(at.trim_end_matches("/metrics").to_owned());
+            }
             let found = match kind {
-                Kind::Ours | Kind::OursDurable | Kind::OursRedis => {
+                Kind::Ours | Kind::OursDurable | Kind::OursRedis | Kind::OursMetrics => {
                     line.split(" --address ").nth(1)
                 }
                 Kind::Rust | Kind::Py => line.strip_prefix("ADDR "),
@@ -162,7 +180,8 @@ impl Server {
         let Some(Protocol::P2p(peer)) = address.iter().last() else {
             return Err("server address without /p2p/".into());
         };
-        Ok(Server { kind, child, address, peer, data_dir, redis: None })
+        let scraping = metrics.map(scrape_every_second);
+        Ok(Server { kind, child, address, peer, data_dir, redis: None, scraping })
     }
 
     /// The server's CPU seconds so far.
@@ -179,6 +198,24 @@ impl Server {
     pub(crate) fn rss_mib(&self) -> f64 {
         status_kib(self.child.id(), "VmRSS:") / 1024.0
     }
+}
+
+/// Scrapes `http://{at}/metrics` every second until the flag is cleared.
+fn scrape_every_second(at: String) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::io::{Read, Write};
+    let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let running = on.clone();
+    std::thread::spawn(move || {
+        while running.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(mut stream) = std::net::TcpStream::connect(&at) {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+                let _ = stream.read_to_end(&mut Vec::new());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    on
 }
 
 /// This process's CPU seconds so far: the load tool shares the cores with

@@ -1,16 +1,18 @@
 //! Command-line flags: the py-libp2p rendezvous demo's, with the same
 //! meanings and defaults, plus server limits, a key file and statistics.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use libp2p_core::multiaddr::{Multiaddr, Protocol};
+use rendezvous_async_std::host::ConnectionLimits;
 use rendezvous_async_std::logging;
 use rendezvous_async_std::node::{ClientOptions, Identity, ServerOptions};
 use rendezvous_async_std::store::{Storage, default_data_dir};
 use rendezvous_libp2p::core::{Limits, RecordFlavour};
+use rendezvous_libp2p::server::RateLimit;
 
 /// A libp2p rendezvous point and client.
 ///
@@ -114,9 +116,50 @@ pub(crate) struct Args {
     #[arg(long, value_name = "URL", conflicts_with_all = ["in_memory", "data_dir"])]
     pub(crate) redis: Option<String>,
 
+    /// Most registrations from one IP address (an IPv6 /64), whatever the
+    /// peer ids (server) [default: a tenth of --max-total].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_per_ip: Option<usize>,
+
     /// Log namespace statistics every this many seconds (server; 0: never).
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub(crate) stats_interval: u64,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) metrics: Option<SocketAddr>,
+
+    /// Most established connections (server; lowered at start if the
+    /// process may not open that many files).
+    #[arg(long, default_value_t = ConnectionLimits::default().max_established, value_name = "N")]
+    pub(crate) max_connections: u32,
+
+    /// Most connections from one peer id (server).
+    #[arg(long, default_value_t = ConnectionLimits::default().max_per_peer, value_name = "N")]
+    pub(crate) max_connections_per_peer: u32,
+
+    /// Most connections from one IP address (server).
+    #[arg(long, default_value_t = ConnectionLimits::default().max_per_ip, value_name = "N")]
+    pub(crate) max_connections_per_ip: u32,
+
+    /// Most connections in their handshake at once; the oldest makes room
+    /// for a newer one (server).
+    #[arg(long, default_value_t = ConnectionLimits::default().handshakes.max, value_name = "N")]
+    pub(crate) max_handshakes: usize,
+
+    /// Longest a connection may take to finish its handshake (server).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) handshake_timeout: u64,
+
+    /// Close a connection that carries no rendezvous request for this long
+    /// (server; 0: never).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub(crate) idle_timeout: u64,
+
+    /// Most requests per second from one peer; beyond, they are answered
+    /// E_UNAVAILABLE (server; 0: no limit).
+    #[arg(long, default_value_t = 0.0, value_name = "N")]
+    pub(crate) rate_limit: f64,
 }
 
 /// `--log-format`.
@@ -204,13 +247,32 @@ impl Args {
 
     /// The server's options, one field per flag.
     pub(crate) fn server_options(&self) -> Result<ServerOptions, String> {
+        let defaults = ConnectionLimits::default();
         let mut options = ServerOptions {
             listen: self.listen(),
             identity: self.identity(),
             storage: self.storage()?,
             stats_interval: Some(Duration::from_secs(self.stats_interval)),
+            metrics: self.metrics,
+            connections: ConnectionLimits {
+                max_established: self.max_connections,
+                max_per_peer: self.max_connections_per_peer,
+                max_per_ip: self.max_connections_per_ip,
+                handshakes: rendezvous_async_std::handshakes::Limits {
+                    max: self.max_handshakes,
+                    max_per_ip: defaults.handshakes.max_per_ip.min(self.max_handshakes),
+                },
+                handshake_timeout: Duration::from_secs(self.handshake_timeout),
+            },
             ..ServerOptions::default()
         };
+        if !(self.rate_limit >= 0.0 && self.rate_limit.is_finite()) {
+            return Err(format!("--rate-limit {} is not a rate (use 0 for none)", self.rate_limit));
+        }
+        let rendezvous = &mut options.rendezvous;
+        rendezvous.idle_timeout = Some(Duration::from_secs(self.idle_timeout));
+        rendezvous.rate_limit =
+            (self.rate_limit > 0.0).then(|| RateLimit::per_second(self.rate_limit));
         let limits = &mut options.rendezvous.core.limits;
         let (min, max) = (Duration::from_secs(self.min_ttl), Duration::from_secs(self.max_ttl));
         limits.min_ttl = min;
@@ -219,6 +281,8 @@ impl Args {
         limits.max_registrations_per_namespace = self.max_per_namespace;
         limits.max_registrations_per_peer = self.max_per_peer;
         limits.max_registrations = self.max_total;
+        limits.max_registrations_per_origin =
+            self.max_per_ip.unwrap_or((self.max_total / 10).max(1));
         Ok(options)
     }
 
@@ -229,6 +293,7 @@ impl Args {
             server,
             listen: self.listen(),
             identity: self.identity(),
+            metrics: self.metrics,
             ..ClientOptions::default()
         };
         let core = &mut options.rendezvous.core;
@@ -302,6 +367,19 @@ mod tests {
         assert!(parse(&["--mode", "client", "--record-flavour", "purple"]).is_err());
         let args = parse(&["--mode", "client", "--record-flavour", "standard"]).unwrap();
         assert_eq!(args.record_flavour, RecordFlavour::Standard);
+    }
+
+    #[test]
+    fn the_address_quota_defaults_to_a_tenth_of_the_total() {
+        let args = parse(&["--mode", "server", "--in-memory", "--max-total", "50000"]).unwrap();
+        let limits = args.server_options().unwrap().rendezvous.core.limits;
+        assert_eq!(limits.max_registrations_per_origin, 5000);
+        let args = parse(&["--mode", "server", "--in-memory", "--max-per-ip", "7"]).unwrap();
+        let limits = args.server_options().unwrap().rendezvous.core.limits;
+        assert_eq!(limits.max_registrations_per_origin, 7);
+        assert!(parse(&["--mode", "server", "--rate-limit", "-1"]).is_err());
+        let args = parse(&["--mode", "server", "--in-memory", "--rate-limit", "NaN"]).unwrap();
+        assert!(args.server_options().is_err());
     }
 
     #[test]

@@ -13,12 +13,16 @@ use libp2p_core::multiaddr::{Multiaddr, Protocol};
 use rendezvous_async_std::logging;
 use rendezvous_async_std::node::{ClientNode, NodeError, ServerNode, Session};
 use rendezvous_libp2p::core::Namespace;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use cli::{Args, Mode};
 
 const SERVER: &str = "rendezvous::server";
 const CLIENT: &str = "rendezvous::client";
+
+/// How long a server waits for requests in flight when told to stop;
+/// writing out the store takes the rest of its five seconds.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// A failure that ends the program: one line, non-zero exit.
 struct Fatal(String);
@@ -75,6 +79,9 @@ async fn run_server(args: &Args) -> Result<(), Fatal> {
     for address in node.listen_addresses() {
         info!(target: SERVER, "Listening on: {address}");
     }
+    if let Some(metrics) = node.metrics_address() {
+        info!(target: SERVER, "Metrics at http://{metrics}/metrics");
+    }
     let first = &node.listen_addresses()[0];
     let namespace = cli::shell_word(&args.namespace);
     info!(target: SERVER, "To connect a client, use:");
@@ -82,6 +89,18 @@ async fn run_server(args: &Args) -> Result<(), Fatal> {
     info!(target: SERVER, "Press Ctrl+C to stop...");
     node.run(async { interrupts.next().await.unwrap_or(()) }).await;
     info!(target: SERVER, "Shutting down rendezvous server...");
+    // A second Ctrl+C leaves without waiting.
+    let left = node.drain(DRAIN_TIMEOUT, async { interrupts.next().await.unwrap_or(()) }).await;
+    if left.unanswered > 0 || left.uncommitted > 0 {
+        warn!(
+            target: SERVER,
+            "Stopped with {} requests unanswered and {} registrations not yet stored",
+            left.unanswered,
+            left.uncommitted
+        );
+    }
+    drop(node); // closes connections, then the store (which writes what it holds)
+    info!(target: SERVER, "Stopped");
     Ok(())
 }
 
@@ -106,6 +125,9 @@ async fn run_client(args: &Args) -> Result<(), Fatal> {
         info!(target: CLIENT, "🔄 Refresh mode enabled - discovery service running in background");
     }
     info!(target: CLIENT, "Client started with peer ID: {}", node.peer_id());
+    if let Some(metrics) = node.metrics_address() {
+        info!(target: CLIENT, "Metrics at http://{metrics}/metrics");
+    }
     let ttl = Duration::from_secs(args.ttl);
     node.run(Session { namespace, ttl, stay: args.refresh }, interrupts).await?;
     Ok(())
