@@ -1,5 +1,5 @@
-//! A libp2p host for the rendezvous behaviours: TCP + noise + yamux,
-//! identify, ping and connection limits, on any executor.
+//! A libp2p host for the rendezvous behaviours: TCP or WebSocket, noise,
+//! yamux, identify, ping and connection limits, on any executor.
 //!
 //! A point's connections are bounded at every stage: handshakes under way
 //! ([`handshakes`](crate::handshakes), oldest evicted), established ones in
@@ -22,6 +22,7 @@ use rendezvous_libp2p::{client, server};
 use crate::handshakes::{self, Bounded, Handshakes};
 use crate::per_ip;
 use crate::transport::TcpTransport;
+use crate::websocket;
 
 /// What this host announces in identify: the prefix our server reads as
 /// "reads every dialect" ([`rendezvous_libp2p::core::AGENT_PREFIX`]).
@@ -194,13 +195,15 @@ fn identify(keypair: &Keypair) -> libp2p_identify::Behaviour {
     libp2p_identify::Behaviour::new(config)
 }
 
-/// TCP + noise + yamux, authenticated with `keypair`, each handshake
-/// given `handshake_timeout`.
-pub fn transport(
+/// TCP or WebSocket (`/ws`, and `/wss` with `tls`), then noise and yamux,
+/// authenticated with `keypair`, each handshake given `handshake_timeout`.
+fn upgraded(
     keypair: &Keypair,
     handshake_timeout: Duration,
+    tls: Option<&websocket::Tls>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, libp2p_noise::Error> {
     Ok(TcpTransport::default()
+        .or_transport(websocket::transport(tls))
         .upgrade(Version::V1)
         .authenticate(libp2p_noise::Config::new(keypair)?)
         .multiplex(libp2p_yamux::Config::default())
@@ -208,14 +211,25 @@ pub fn transport(
         .boxed())
 }
 
-/// A point's transport: [`transport`] with its inbound handshakes bounded
-/// by `limits`, and a handle on their counts.
+/// TCP or WebSocket (`/ws`, `/wss`), then noise and yamux, authenticated
+/// with `keypair`, each handshake given `handshake_timeout`.
+pub fn transport(
+    keypair: &Keypair,
+    handshake_timeout: Duration,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, libp2p_noise::Error> {
+    upgraded(keypair, handshake_timeout, None)
+}
+
+/// A point's transport: [`transport`], serving `/wss` with `tls` if given,
+/// with its inbound handshakes bounded by `limits`; and a handle on their
+/// counts.
 pub fn server_transport(
     keypair: &Keypair,
     limits: &ConnectionLimits,
+    tls: Option<&websocket::Tls>,
 ) -> Result<(Boxed<(PeerId, StreamMuxerBox)>, Handshakes), libp2p_noise::Error> {
-    let (bounded, handshakes) =
-        Bounded::new(transport(keypair, limits.handshake_timeout)?, limits.handshakes);
+    let transport = upgraded(keypair, limits.handshake_timeout, tls)?;
+    let (bounded, handshakes) = Bounded::new(transport, limits.handshakes);
     Ok((bounded.boxed(), handshakes))
 }
 

@@ -3,8 +3,9 @@
 //!
 //! - [`transport`]: TCP for libp2p on async-io (rust-libp2p's own TCP
 //!   transport only supports tokio now).
-//! - [`host`]: TCP + noise + yamux, identify, ping and connection limits
-//!   around the `rendezvous-libp2p` behaviours, on any executor.
+//! - [`websocket`]: `/ws` and `/wss` on that transport, for browsers.
+//! - [`host`]: TCP or WebSocket, noise, yamux, identify, ping and connection
+//!   limits around the `rendezvous-libp2p` behaviours, on any executor.
 //! - [`node`]: a ready rendezvous point ([`node::ServerNode`]) and client
 //!   ([`node::ClientNode`]): what the `rendezvous` binary does, in one call.
 //! - [`store`]: store engines for a durable point (an embedded one behind
@@ -27,3 +28,4 @@ pub mod node;
 pub mod per_ip;
 pub mod store;
 pub mod transport;
+pub mod websocket;

@@ -23,6 +23,7 @@ use crate::store::Storage;
 use crate::store::redb::{self, RedbStore};
 #[cfg(feature = "redis")]
 use crate::store::redis::RedisStore;
+use crate::websocket::Tls;
 use rendezvous_libp2p::core::LimitsError;
 
 const LOG: &str = "rendezvous::server";
@@ -53,6 +54,10 @@ pub struct ServerOptions {
     /// Where to serve Prometheus metrics at `/metrics` (`--metrics`);
     /// `None`, the default, for nowhere.
     pub metrics: Option<SocketAddr>,
+    /// The certificate for `/wss` listen addresses (`--ws-cert`,
+    /// `--ws-key`); `None`, the default, for none: such addresses are then
+    /// refused.
+    pub ws_tls: Option<Tls>,
 }
 
 impl Default for ServerOptions {
@@ -67,6 +72,7 @@ impl Default for ServerOptions {
             connections: ConnectionLimits::default(),
             stats_interval: Some(Duration::from_secs(10)),
             metrics: None,
+            ws_tls: None,
         }
     }
 }
@@ -95,8 +101,8 @@ pub struct Drained {
 }
 
 impl ServerNode {
-    /// Builds the point and listens; returns once the first address is up,
-    /// or with the reason none can be.
+    /// Builds the point and listens; returns once every listener has an
+    /// address, or with the reason one cannot.
     pub async fn start(options: ServerOptions) -> Result<ServerNode, NodeError> {
         options.rendezvous.core.limits.validate().map_err(|e| NodeError::Config(e.to_string()))?;
         let config = |e: LimitsError| NodeError::Config(e.to_string());
@@ -144,8 +150,9 @@ impl ServerNode {
         let (keypair, rendezvous) = rendezvous;
         let limits = super::fds::fit(options.connections);
         let behaviour = ServerBehaviour::with(&keypair, rendezvous, limits);
-        let (transport, handshakes) = host::server_transport(&keypair, &limits)
-            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let (transport, handshakes) =
+            host::server_transport(&keypair, &limits, options.ws_tls.as_ref())
+                .map_err(|e| NodeError::Config(e.to_string()))?;
         let swarm = host::build_with(&keypair, transport, behaviour, executor());
         let metrics = match options.metrics {
             Some(addr) => Some(
@@ -171,11 +178,14 @@ impl ServerNode {
                 .map_err(|e| NodeError::Listen(describe(&e)))?;
             node.listeners.push(id);
         }
-        loop {
+        // Up once every listener has an address (TCP and WebSocket bind
+        // separately; either may fail).
+        let mut waiting = node.listeners.clone();
+        while !waiting.is_empty() {
             match node.swarm.select_next_some().await {
-                SwarmEvent::NewListenAddr { address, .. } => {
+                SwarmEvent::NewListenAddr { listener_id, address } => {
                     node.listening.push(with_peer(&address, node.peer_id()));
-                    return Ok(node);
+                    waiting.retain(|id| *id != listener_id);
                 }
                 SwarmEvent::ListenerClosed { reason: Err(e), addresses, .. } => {
                     return Err(NodeError::Listen(format!("{addresses:?}: {}", root_cause(&e))));
@@ -186,6 +196,7 @@ impl ServerNode {
                 _ => {}
             }
         }
+        Ok(node)
     }
 
     /// The point's peer id.

@@ -69,6 +69,11 @@ impl Proc {
         }
     }
 
+    /// Every line read so far.
+    pub(crate) fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
     /// Its process id.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()

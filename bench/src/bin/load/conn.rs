@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, Transport};
+use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, SwarmBuilder, noise, tcp, yamux};
 use rendezvous_core::record::{Record, encode_peer_info};
@@ -23,6 +27,27 @@ const MAX_RESPONSE: usize = 4 * 1024 * 1024;
 /// The address our made-up registrations announce.
 pub(crate) const ADDRESS: &str = "/ip4/127.0.0.1/tcp/4001";
 
+/// TCP, or WebSocket over TCP when `websocket`; then noise and yamux.
+fn transport(key: &Keypair, websocket: bool) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Error> {
+    let tcp = || tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let upgrade = |t: Boxed<_>| -> Result<_, Error> {
+        Ok(t.upgrade(Version::V1Lazy)
+            .authenticate(noise::Config::new(key)?)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed())
+    };
+    if websocket {
+        upgrade(libp2p_websocket::Config::new(tcp()).map(|s, _| Box::new(s) as Box<dyn Io>).boxed())
+    } else {
+        upgrade(tcp().map(|s, _| Box::new(s) as Box<dyn Io>).boxed())
+    }
+}
+
+/// A byte stream either transport yields.
+trait Io: futures::AsyncRead + futures::AsyncWrite + Send + Unpin {}
+impl<T: futures::AsyncRead + futures::AsyncWrite + Send + Unpin> Io for T {}
+
 /// One client connection: its identity, the point it is connected to, and
 /// a way to open substreams.
 pub(crate) struct Conn {
@@ -35,13 +60,10 @@ impl Conn {
     /// Dials `server` with a new identity.
     pub(crate) async fn open(server: &Server) -> Result<Conn, Error> {
         let keypair = Keypair::generate_ed25519();
+        let websocket = server.address.iter().any(|p| matches!(p, Protocol::Ws(_)));
         let mut swarm = SwarmBuilder::with_existing_identity(keypair.clone())
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )?
+            .with_other_transport(|key| transport(key, websocket))?
             .with_behaviour(|_| libp2p_stream::Behaviour::new())?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
             .build();

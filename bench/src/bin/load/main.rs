@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release --bins && target/release/load [--quick] [--fresh]
-//!   [--sizes 1000,10000,100000] [--py-sizes 1000] [--servers ours,ours-durable,ours-redis,ours-metrics,rust,py]
+//!   [--sizes 1000,10000,100000] [--py-sizes 1000] [--servers ours,ours-durable,ours-redis,ours-metrics,ours-ws,rust,py]
 //!   [--connections 20] [--inflight 8] [--svg PATH]
 //!   [--inflight-list 64,128,256] [--inflight-n 20000] [--py-inflight-n 1000]
 //!   [--sustain SECONDS --rate PER_S]
@@ -125,7 +125,10 @@ fn options() -> Result<Options, Error> {
 }
 
 fn ours(kind: Kind) -> bool {
-    matches!(kind, Kind::Ours | Kind::OursDurable | Kind::OursRedis | Kind::OursMetrics)
+    matches!(
+        kind,
+        Kind::Ours | Kind::OursDurable | Kind::OursRedis | Kind::OursMetrics | Kind::OursWs
+    )
 }
 
 #[tokio::main]
@@ -176,7 +179,8 @@ async fn real_main() -> Result<(), Error> {
             eprintln!("load: {} with {w} in flight on one connection...", kind.name());
             inflight.push(phases::inflight(kind, n, w).await?);
         }
-        if kind != Kind::Py {
+        // rust-libp2p's client here dials TCP only.
+        if !matches!(kind, Kind::Py | Kind::OursWs) {
             eprintln!("load: rust-libp2p's client against {}...", kind.name());
             inflight.push(phases::their_client(kind, n, 64).await?);
         }

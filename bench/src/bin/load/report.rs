@@ -226,6 +226,7 @@ pub(crate) fn svg(runs: &[ScaleRun]) -> String {
         (Kind::OursDurable, "#2f9e44", 1),
         (Kind::OursRedis, "#c92a2a", 2),
         (Kind::OursMetrics, "#0b7285", 5),
+        (Kind::OursWs, "#862e9c", 6),
         (Kind::Rust, "#b5651d", 3),
         (Kind::Py, "#3b5bdb", 4),
     ] {

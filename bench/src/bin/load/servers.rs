@@ -23,6 +23,8 @@ pub(crate) enum Kind {
     OursRedis,
     /// Ours with `--metrics`, scraped every second as Prometheus would.
     OursMetrics,
+    /// Ours, its clients connected over `/ws` instead of TCP.
+    OursWs,
     Rust,
     Py,
 }
@@ -34,6 +36,7 @@ impl Kind {
             Kind::OursDurable => "ours, data dir",
             Kind::OursRedis => "ours, redis",
             Kind::OursMetrics => "ours, metrics scraped 1/s",
+            Kind::OursWs => "ours, over /ws",
             Kind::Rust => "rust-libp2p 0.18",
             Kind::Py => "py-libp2p 0.8.1",
         }
@@ -45,6 +48,7 @@ impl Kind {
             "ours-durable" => Ok(Kind::OursDurable),
             "ours-redis" => Ok(Kind::OursRedis),
             "ours-metrics" => Ok(Kind::OursMetrics),
+            "ours-ws" => Ok(Kind::OursWs),
             "rust" => Ok(Kind::Rust),
             "py" => Ok(Kind::Py),
             other => Err(format!("unknown server {other}")),
@@ -110,7 +114,7 @@ impl Server {
             std::env::temp_dir().join(format!("rendezvous-load-{}-{run}", std::process::id()))
         });
         let mut command = match kind {
-            Kind::Ours | Kind::OursDurable | Kind::OursRedis | Kind::OursMetrics => {
+            Kind::Ours | Kind::OursDurable | Kind::OursRedis | Kind::OursMetrics | Kind::OursWs => {
                 // `RENDEZVOUS_BIN` measures another build (say, the one before a change).
                 let binary = match std::env::var_os("RENDEZVOUS_BIN") {
                     Some(path) => PathBuf::from(path),
@@ -130,6 +134,9 @@ impl Server {
                 ]);
                 if kind == Kind::OursMetrics {
                     c.args(["--metrics", "127.0.0.1:0"]);
+                }
+                if kind == Kind::OursWs {
+                    c.args(["--ws-port", "0"]);
                 }
                 match (&data_dir, &redis) {
                     (Some(dir), _) => c.arg("--data-dir").arg(dir),
@@ -159,7 +166,7 @@ impl Server {
                 }
             });
         }
-        let mut metrics = None;
+        let (mut metrics, mut ws) = (None, None);
         let address = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))
@@ -167,14 +174,24 @@ impl Server {
             if let Some(at) = line.split("Metrics at http://").nth(1) {
                 metrics = Some(at.trim_end_matches("/metrics").to_owned());
             }
+            if let Some(at) = line.split("Listening on: ").nth(1)
+                && at.contains("/ws/")
+            {
+                ws = Some(at.trim().parse::<Multiaddr>()?);
+            }
             let found = match kind {
-                Kind::Ours | Kind::OursDurable | Kind::OursRedis | Kind::OursMetrics => {
-                    line.split(" --address ").nth(1)
-                }
+                Kind::Ours
+                | Kind::OursDurable
+                | Kind::OursRedis
+                | Kind::OursMetrics
+                | Kind::OursWs => line.split(" --address ").nth(1),
                 Kind::Rust | Kind::Py => line.strip_prefix("ADDR "),
             };
             if let Some(address) = found.and_then(|a| a.split_whitespace().next()) {
-                break address.parse::<Multiaddr>()?;
+                match kind {
+                    Kind::OursWs => break ws.take().ok_or("no /ws address printed")?,
+                    _ => break address.parse::<Multiaddr>()?,
+                }
             }
         };
         let Some(Protocol::P2p(peer)) = address.iter().last() else {

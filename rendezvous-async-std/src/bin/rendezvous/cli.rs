@@ -11,6 +11,7 @@ use rendezvous_async_std::host::ConnectionLimits;
 use rendezvous_async_std::logging;
 use rendezvous_async_std::node::{ClientOptions, Identity, ServerOptions};
 use rendezvous_async_std::store::{Storage, default_data_dir};
+use rendezvous_async_std::websocket::Tls;
 use rendezvous_libp2p::core::{Limits, RecordFlavour};
 use rendezvous_libp2p::server::RateLimit;
 
@@ -125,6 +126,20 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub(crate) stats_interval: u64,
 
+    /// Also listen for WebSocket (/ws) on this port, for browsers (server;
+    /// 0: a port the system picks).
+    #[arg(long, value_name = "PORT")]
+    pub(crate) ws_port: Option<u16>,
+
+    /// Serve the WebSocket port as /wss with this PEM certificate chain
+    /// (server; with --ws-key).
+    #[arg(long, value_name = "PATH", requires_all = ["ws_key", "ws_port"])]
+    pub(crate) ws_cert: Option<PathBuf>,
+
+    /// The PEM private key of --ws-cert (server).
+    #[arg(long, value_name = "PATH", requires = "ws_cert")]
+    pub(crate) ws_key: Option<PathBuf>,
+
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) metrics: Option<SocketAddr>,
@@ -227,6 +242,22 @@ impl Args {
         vec![Multiaddr::empty().with(self.listen.into()).with(Protocol::Tcp(self.port))]
     }
 
+    /// The TCP listener, and the WebSocket one if asked for.
+    fn server_listen(&self) -> Vec<Multiaddr> {
+        let mut listen = self.listen();
+        if let Some(port) = self.ws_port {
+            let ws = if self.ws_cert.is_some() {
+                Protocol::Wss("/".into())
+            } else {
+                Protocol::Ws("/".into())
+            };
+            listen.push(
+                Multiaddr::empty().with(self.listen.into()).with(Protocol::Tcp(port)).with(ws),
+            );
+        }
+        listen
+    }
+
     fn identity(&self) -> Identity {
         self.key_file.clone().map_or(Identity::Auto, Identity::KeyFile)
     }
@@ -248,8 +279,15 @@ impl Args {
     /// The server's options, one field per flag.
     pub(crate) fn server_options(&self) -> Result<ServerOptions, String> {
         let defaults = ConnectionLimits::default();
+        let ws_tls = match (&self.ws_cert, &self.ws_key) {
+            (Some(cert), Some(key)) => Some(
+                Tls::from_pem_files(cert, key).map_err(|e| format!("--ws-cert/--ws-key: {e}"))?,
+            ),
+            _ => None,
+        };
         let mut options = ServerOptions {
-            listen: self.listen(),
+            listen: self.server_listen(),
+            ws_tls,
             identity: self.identity(),
             storage: self.storage()?,
             stats_interval: Some(Duration::from_secs(self.stats_interval)),

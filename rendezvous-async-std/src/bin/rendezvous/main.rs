@@ -69,10 +69,7 @@ fn interrupts() -> Result<futures::channel::mpsc::UnboundedReceiver<()>, Fatal> 
 async fn run_server(args: &Args) -> Result<(), Fatal> {
     let mut interrupts = interrupts()?;
     let mut node = ServerNode::start(args.server_options()?).await.map_err(|e| match e {
-        NodeError::Listen(why) => Fatal(format!(
-            "cannot listen on {}:{}: {why} (is port {} in use?)",
-            args.listen, args.port, args.port
-        )),
+        NodeError::Listen(why) => Fatal(format!("cannot listen on {why}")),
         other => Fatal(other.to_string()),
     })?;
     info!(target: SERVER, "Rendezvous server started with peer ID: {}", node.peer_id());
