@@ -11,10 +11,13 @@
 //! - [`store`]: store engines for a durable point (an embedded one behind
 //!   the default `redb` feature).
 //!
+//! - [`runtime`]: the threads a node runs on (one, by default, in the
+//!   binary).
+//!
 //! async-std 1.13 is discontinued upstream. Nothing here depends on it but
-//! the binary's `block_on` and `spawn`: the transport runs on async-io, the
-//! reactor async-std itself uses, and [`host::build`] takes any executor, so
-//! moving to smol (tested) or another async-io executor is a one-line change.
+//! [`runtime`]'s fallback outside [`runtime::run`]: the transport runs on
+//! async-io, the reactor async-std itself uses, [`runtime::run`] on
+//! async-executor, and [`host::build`] takes any executor (smol is tested).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,6 +29,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod per_ip;
+pub mod runtime;
 pub mod store;
 pub mod transport;
 pub mod websocket;

@@ -93,11 +93,9 @@ impl fmt::Display for NodeError {
 
 impl std::error::Error for NodeError {}
 
-/// Runs the swarm's tasks on async-std's executor.
+/// Runs the swarm's tasks where [`crate::runtime`] says.
 fn executor() -> SpawnWith<impl Fn(Task) + Send + 'static> {
-    SpawnWith(|task| {
-        async_std::task::spawn(task);
-    })
+    SpawnWith(crate::runtime::spawn)
 }
 
 /// The innermost error's message: what actually went wrong, without the

@@ -160,8 +160,8 @@ impl RedisStore {
         let (committed, commits) = unbounded();
         let (changed, changes) = unbounded();
         let url = url.to_owned();
-        async_std::task::spawn(write(writer.clone(), queued, committed, limits, url.clone()));
-        async_std::task::spawn(follow(client, writer, last_id, changed, url));
+        crate::runtime::spawn(write(writer.clone(), queued, committed, limits, url.clone()));
+        crate::runtime::spawn(follow(client, writer, last_id, changed, url));
         Ok((RedisStore { actions, commits, changes }, snapshot))
     }
 }

@@ -2,6 +2,7 @@
 //! meanings and defaults, plus server limits, a key file and statistics.
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -139,6 +140,12 @@ pub(crate) struct Args {
     /// The PEM private key of --ws-cert (server).
     #[arg(long, value_name = "PATH", requires = "ws_cert")]
     pub(crate) ws_key: Option<PathBuf>,
+
+    /// Threads to run on: 1 serves every connection from one thread, with
+    /// no wakeups across threads (the least CPU per request); more raise
+    /// throughput where one core is not enough.
+    #[arg(long, default_value = "1", value_name = "N")]
+    pub(crate) threads: NonZeroUsize,
 
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT")]

@@ -42,12 +42,13 @@ fn main() -> ExitCode {
         }
     };
     logging::init(args.verbose, args.log_format.into());
-    let result = async_std::task::block_on(async {
+    let run = async {
         match args.mode {
             Mode::Server => run_server(&args).await,
             Mode::Client => run_client(&args).await,
         }
-    });
+    };
+    let result = rendezvous_async_std::runtime::run(args.threads, run);
     let Err(Fatal(message)) = result else {
         return ExitCode::SUCCESS;
     };
