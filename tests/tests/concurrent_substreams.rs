@@ -3,32 +3,18 @@
 //! in the way of a legitimate request.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the failure report
 
+mod common;
+
 use std::time::Duration;
 
 use futures::AsyncWriteExt;
-use libp2p::{Multiaddr, PeerId};
 use rendezvous_libp2p::core::proto::{self, ResponseStatus, read_status};
 use rendezvous_libp2p::core::testing::{self, TestPeer};
 use rendezvous_libp2p::core::{Dialect, Flavour, Limits, codec};
 use rendezvous_libp2p::server;
-use rendezvous_tests::net::{
-    expect, listen, raw_connection, raw_connection_as, read_frame, spawn, swarm,
-};
-use tokio::sync::mpsc::UnboundedReceiver;
+use rendezvous_tests::net::{expect, raw_connection, raw_connection_as, read_frame};
 
-async fn our_server(
-    config: server::Config,
-) -> (PeerId, Multiaddr, UnboundedReceiver<server::Event>) {
-    let mut s = swarm(|_| server::Behaviour::new(config).unwrap());
-    let addr = listen(&mut s).await;
-    let id = *s.local_peer_id();
-    (id, addr, spawn(s))
-}
-
-fn register_status(answer: &proto::Message) -> (ResponseStatus, String) {
-    let body = answer.register_response.clone().expect("a register response");
-    (read_status(body.status).unwrap(), body.status_text.unwrap_or_default())
-}
+use common::{our_server, register_status};
 
 /// A REGISTER of `raw`'s own identity: signed with its key.
 fn register(raw_key: &TestPeer, ns: &str) -> proto::Message {

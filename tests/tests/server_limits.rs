@@ -3,34 +3,22 @@
 //! other protocol can defeat, and draining for a graceful shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the failure report
 
+mod common;
+
 use std::time::Duration;
 
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId};
-use rendezvous_libp2p::core::proto::{self, ResponseStatus, read_status};
+use rendezvous_libp2p::core::proto::{ResponseStatus, read_status};
 use rendezvous_libp2p::core::testing::{self, TestPeer};
 use rendezvous_libp2p::core::{Dialect, Flavour, Limits, codec};
 use rendezvous_libp2p::server::{self, RateLimit};
-use rendezvous_tests::net::{LIMIT, listen, raw_connection_as, read_frame, spawn, swarm};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use rendezvous_tests::net::{LIMIT, listen, raw_connection_as, read_frame, swarm};
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+use common::{our_server, register_status};
 
 const RUST: Dialect = Dialect::Signed(Flavour::RustLibp2p);
-
-/// A server running in the background (while the receiver lives).
-async fn our_server(
-    config: server::Config,
-) -> (PeerId, Multiaddr, UnboundedReceiver<server::Event>) {
-    let mut s = swarm(|_| server::Behaviour::new(config).unwrap());
-    let addr = listen(&mut s).await;
-    let id = *s.local_peer_id();
-    (id, addr, spawn(s))
-}
-
-fn status(answer: &proto::Message) -> (ResponseStatus, String) {
-    let body = answer.register_response.clone().expect("a register response");
-    (read_status(body.status).unwrap(), body.status_text.unwrap_or_default())
-}
 
 #[tokio::test]
 async fn a_peer_over_its_rate_is_answered_unavailable_and_its_unregisters_still_apply() {
@@ -45,7 +33,7 @@ async fn a_peer_over_its_rate_is_answered_unavailable_and_its_unregisters_still_
     let mut answers = Vec::new();
     for i in 0..8 {
         let request = testing::register(&format!("ns{i}"), me.record(RUST), None);
-        answers.push(status(&raw.request(server_id, &request).await.unwrap()));
+        answers.push(register_status(&raw.request(server_id, &request).await.unwrap()));
     }
     let ok = answers.iter().filter(|(s, _)| *s == ResponseStatus::Ok).count();
     assert_eq!(ok, 5, "{answers:?}");
@@ -56,7 +44,10 @@ async fn a_peer_over_its_rate_is_answered_unavailable_and_its_unregisters_still_
     let other = TestPeer::new(2);
     let mut raw2 = raw_connection_as(other.keypair.clone(), server_id, &addr).await;
     let request = testing::register("ns0", other.record(RUST), None);
-    assert_eq!(status(&raw2.request(server_id, &request).await.unwrap()).0, ResponseStatus::Ok);
+    assert_eq!(
+        register_status(&raw2.request(server_id, &request).await.unwrap()).0,
+        ResponseStatus::Ok
+    );
     // Over the rate, an UNREGISTER is still applied (it has no answer to
     // refuse with): ns0 is gone for a discoverer.
     let mut stream = raw.open(server_id).await;
@@ -86,7 +77,7 @@ async fn identities_from_one_address_share_its_quota() {
         let me = TestPeer::new(10 + i);
         let mut raw = raw_connection_as(me.keypair.clone(), server_id, &addr).await;
         let request = testing::register("chat", me.record(RUST), None);
-        answers.push(status(&raw.request(server_id, &request).await.unwrap()));
+        answers.push(register_status(&raw.request(server_id, &request).await.unwrap()));
     }
     let statuses: Vec<_> = answers.iter().map(|(s, _)| *s).collect();
     use ResponseStatus::{EUnavailable, Ok};
