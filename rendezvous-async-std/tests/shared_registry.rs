@@ -28,12 +28,20 @@ struct Point {
 }
 
 fn point(redis: &RedisServer, name: &str) -> Point {
+    point_at(&redis.url(), name)
+}
+
+fn point_at(url: &str, name: &str) -> Point {
     let key = std::env::temp_dir().join(format!("rendezvous-point-{name}-{}", std::process::id()));
     let _ = std::fs::remove_file(&key);
-    spawn(redis, key)
+    spawn_at(url, key)
 }
 
 fn spawn(redis: &RedisServer, key: std::path::PathBuf) -> Point {
+    spawn_at(&redis.url(), key)
+}
+
+fn spawn_at(url: &str, key: std::path::PathBuf) -> Point {
     let proc = Proc::start(&[
         "--mode",
         "server",
@@ -42,7 +50,7 @@ fn spawn(redis: &RedisServer, key: std::path::PathBuf) -> Point {
         "--stats-interval",
         "0",
         "--redis",
-        &redis.url(),
+        url,
         "--key-file",
         key.to_str().unwrap(),
     ]);
@@ -176,6 +184,30 @@ fn three_points_share_one_registry_through_faults() {
         }
     });
     for point in [&a, &b, &c] {
+        let _ = std::fs::remove_file(&point.key);
+    }
+}
+
+#[test]
+fn a_point_reaches_redis_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (certificate, key) = (dir.path().join("redis.crt"), dir.path().join("redis.key"));
+    std::fs::write(&certificate, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let redis = RedisServer::start_tls("tls", certificate, key);
+    let over_tls = point_at(&redis.tls_url().unwrap(), "tls");
+    let plain = point(&redis, "plain");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let peer = TestPeer::new(50);
+        let mut raw = connect(&peer, &over_tls).await;
+        assert_eq!(register(&mut raw, &over_tls, &peer, "tls").await.0, ResponseStatus::Ok);
+        // What the point wrote over TLS is in the one Redis the other reads.
+        let mut at_plain = connect(&peer, &plain).await;
+        until_served(&mut at_plain, &plain, "tls", &[peer.id].into()).await;
+    });
+    for point in [&over_tls, &plain] {
         let _ = std::fs::remove_file(&point.key);
     }
 }

@@ -14,23 +14,44 @@ pub struct RedisServer {
     /// Its port on 127.0.0.1.
     pub port: u16,
     dir: PathBuf,
+    /// Its TLS port and the certificate and key it serves, if any.
+    tls: Option<(u16, PathBuf, PathBuf)>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
 }
 
 impl RedisServer {
     /// Starts one on a free port. Panics with what to install if Debian's
     /// `redis-server` is missing (`.ci/run` installs it).
     pub fn start(name: &str) -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
+        Self::start_with(name, None)
+    }
+
+    /// Starts one that also serves TLS, with the PEM `certificate` and
+    /// `key`, on a second port ([`tls_url`](Self::tls_url)).
+    pub fn start_tls(name: &str, certificate: PathBuf, key: PathBuf) -> RedisServer {
+        Self::start_with(name, Some((free_port(), certificate, key)))
+    }
+
+    fn start_with(name: &str, tls: Option<(u16, PathBuf, PathBuf)>) -> RedisServer {
         let dir =
             std::env::temp_dir().join(format!("rendezvous-redis-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a temporary directory");
-        let mut server = RedisServer { child: None, port, dir };
+        let mut server = RedisServer { child: None, port: free_port(), dir, tls };
         server.restart();
         server
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/#insecure`: TLS without checking
+    /// the certificate, which is the test's own.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls.as_ref().map(|(port, ..)| format!("rediss://127.0.0.1:{port}/#insecure"))
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -50,11 +71,30 @@ impl RedisServer {
     /// answers.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--protected-mode", "no"])
+        let mut command = Command::new("redis-server");
+        command
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--protected-mode",
+                "no",
+            ])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
             .arg("--dir")
-            .arg(&self.dir)
+            .arg(&self.dir);
+        if let Some((port, certificate, key)) = &self.tls {
+            command
+                .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(certificate)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(certificate);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

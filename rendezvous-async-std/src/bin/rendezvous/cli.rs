@@ -114,7 +114,8 @@ pub(crate) struct Args {
     pub(crate) in_memory: bool,
 
     /// Share the registry with every point using this Redis
-    /// (redis://HOST:PORT[/DB]) instead of keeping it in the data dir.
+    /// (redis://HOST:PORT[/DB], or rediss:// for TLS) instead of keeping it
+    /// in the data dir.
     #[arg(long, value_name = "URL", conflicts_with_all = ["in_memory", "data_dir"])]
     pub(crate) redis: Option<String>,
 
