@@ -47,6 +47,7 @@ impl fmt::Debug for Tls {
 
 /// Why a certificate or key cannot serve `/wss`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     /// The certificate file cannot be read, or holds no PEM certificate.
     #[error("{}: {reason}", path.display())]

@@ -197,8 +197,10 @@ fn sigterm_under_load_answers_what_was_read_and_keeps_what_was_acknowledged() {
         let stopper = async {
             tokio::time::sleep(Duration::from_millis(600)).await;
             let pid = server.pid().to_string();
-            assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+            // Marked before `kill` runs: the point may drain everything in
+            // flight before the `kill` process has even exited.
             stop_sent.set(Instant::now()).unwrap();
+            assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         };
         futures::join!(load, stopper).0
     });
