@@ -253,15 +253,19 @@ impl Server {
         request_id: RequestId,
         body: &[u8],
     ) -> Result<(), CodecError> {
-        if body.len() > self.config.limits.max_request_frame {
-            return Err(CodecError::FrameTooLarge {
-                claimed: body.len() as u64,
-                max: self.config.limits.max_request_frame,
-            });
-        }
-        let message = codec::decode_message(body)?;
+        let message = self.decode_request(body)?;
         self.handle_request(now, peer, request_id, message);
         Ok(())
+    }
+
+    /// A request body as a message, if it is within the request frame limit
+    /// and decodes.
+    fn decode_request(&self, body: &[u8]) -> Result<proto::Message, CodecError> {
+        let max = self.config.limits.max_request_frame;
+        if body.len() > max {
+            return Err(CodecError::FrameTooLarge { claimed: body.len() as u64, max });
+        }
+        codec::decode_message(body)
     }
 
     /// Answers a request the adapter cannot take now (it is over one of its
@@ -277,13 +281,7 @@ impl Server {
         body: &[u8],
         reason: &str,
     ) -> Result<(), CodecError> {
-        if body.len() > self.config.limits.max_request_frame {
-            return Err(CodecError::FrameTooLarge {
-                claimed: body.len() as u64,
-                max: self.config.limits.max_request_frame,
-            });
-        }
-        let message = codec::decode_message(body)?;
+        let message = self.decode_request(body)?;
         let kind = match message.message_type() {
             Ok(MessageType::Unregister) | Err(_) => {
                 self.handle_request(now, peer, request_id, message);
