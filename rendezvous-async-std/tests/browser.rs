@@ -37,8 +37,15 @@ fn run(command: &mut Command, what: &str) {
     );
 }
 
-/// `tests/browser/dist/page.html`, bundled from the lockfile if absent.
+/// `tests/browser/dist/page.html`, bundled from the lockfile if absent or
+/// older than its sources; once per test process, however many tests ask at
+/// once (two `npm ci` in one directory trip over each other).
 fn page() -> PathBuf {
+    static PAGE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PAGE.get_or_init(bundle).clone()
+}
+
+fn bundle() -> PathBuf {
     let dir = page_dir();
     let page = dir.join("dist/page.html");
     let fresh = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
