@@ -112,7 +112,8 @@ impl From<std::convert::Infallible> for ServerEvent {
 ///
 /// Each established connection takes a file descriptor and, idle, about
 /// 38 KiB (noise and yamux state, the handlers; measured on 2,000
-/// connections that had each made one request); each handshake under way a
+/// connections that had each made one request, by `rendezvous-bench`'s
+/// `idle`); each handshake under way a
 /// descriptor and a few KiB. The defaults fit a small machine: 4,096 idle
 /// connections take about 150 MiB. A point lowers
 /// [`max_established`](Self::max_established) at start if the process may

@@ -1,0 +1,143 @@
+//! What idle peers cost a point: the growth of the `rendezvous` binary's
+//! resident set while it holds (1) connections that each made one request
+//! and (2) connections each holding idle rendezvous substreams.
+//!
+//! ```text
+//! cargo build --release --bins
+//! target/release/idle [--connections 2000] [--stream-connections 100] [--streams 256]
+//! ```
+//!
+//! Idle substreams are reset at the point's 10 s request timeout, so (2)
+//! opens them as fast as it can and measures at once.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use rendezvous_core::testing;
+use rendezvous_tests::net::{Raw, raw_connection};
+
+type Error = Box<dyn std::error::Error>;
+
+/// The point, killed on drop.
+struct Point(Child);
+
+impl Drop for Point {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Point {
+    fn rss_kib(&self) -> Result<u64, Error> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or("no VmRSS")?;
+        Ok(line.split_whitespace().nth(1).ok_or("no value")?.parse()?)
+    }
+}
+
+fn start() -> Result<(Point, PeerId, Multiaddr), Error> {
+    let binary = match std::env::var_os("RENDEZVOUS_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()?.parent().ok_or("no parent directory")?.join("rendezvous"),
+    };
+    let mut child = Command::new(&binary)
+        .args(["--mode", "server", "--listen", "127.0.0.1", "--stats-interval", "0", "--in-memory"])
+        .args(["--max-connections", "100000", "--max-connections-per-ip", "100000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let point = Point(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let address: Multiaddr = loop {
+        let line = lines.next().ok_or("the point exited")??;
+        if let Some(at) = line.split(" --address ").nth(1) {
+            break at.split_whitespace().next().ok_or("no address")?.parse()?;
+        }
+    };
+    // Keep reading its output so that it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let Some(Protocol::P2p(peer)) = address.iter().last() else {
+        return Err("address without /p2p/".into());
+    };
+    Ok((point, peer, address))
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn run() -> Result<(), Error> {
+    let _ = rlimit::increase_nofile_limit(1 << 20);
+    let (connections, stream_connections, streams) =
+        (arg("--connections", 2000), arg("--stream-connections", 100), arg("--streams", 256));
+
+    let (point, server, address) = start()?;
+    let before = point.rss_kib()?;
+    let mut held = Vec::new();
+    for _ in 0..connections {
+        let mut raw = raw_connection(server, &address).await;
+        raw.request(server, &testing::discover(Some("idle"), None, None)).await?;
+        held.push(raw);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = point.rss_kib()?;
+    println!(
+        "{connections} connections that made one request each: RSS {before} -> {after} KiB, {:.1} KiB per connection",
+        after.saturating_sub(before) as f64 / connections as f64
+    );
+    drop((held, point));
+
+    let (point, server, address) = start()?;
+    let mut raws: Vec<Raw> = Vec::new();
+    for _ in 0..stream_connections {
+        raws.push(raw_connection(server, &address).await);
+    }
+    let before = point.rss_kib()?;
+    let started = Instant::now();
+    let mut open = Vec::new();
+    for raw in &raws {
+        let opened =
+            futures::future::join_all((0..streams).map(|_| {
+                let mut control = raw.control.clone();
+                async move {
+                    control.open_stream(server, StreamProtocol::new("/rendezvous/1.0.0")).await
+                }
+            }))
+            .await;
+        for stream in opened {
+            open.push(stream?);
+        }
+    }
+    let after = point.rss_kib()?;
+    let took = started.elapsed();
+    if took >= Duration::from_secs(10) {
+        return Err(format!("opening took {took:?}, past the 10 s request timeout").into());
+    }
+    println!(
+        "{stream_connections} connections holding {streams} idle substreams each (opened in {took:.1?}): RSS {before} -> {after} KiB, {:.0} KiB per connection, {:.1} KiB per substream",
+        after.saturating_sub(before) as f64 / stream_connections as f64,
+        after.saturating_sub(before) as f64 / open.len() as f64
+    );
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("idle: {e}");
+        std::process::exit(1);
+    }
+}
