@@ -8,7 +8,6 @@
 //! prefix, since one host is commonly given a whole /64.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU64;
 
 /// An address registrations are counted under; see the module docs.
@@ -20,22 +19,24 @@ pub struct Origin(NonZeroU64);
 const V4_TAG: u64 = 0xffff_ffff << 32;
 
 impl Origin {
-    /// The origin of a connection from `ip`; `None` for the unspecified
-    /// address, which no connection comes from. An IPv4-mapped IPv6
-    /// address is its IPv4 address.
-    pub fn from_ip(ip: IpAddr) -> Option<Origin> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
-        if ip.is_unspecified() {
+    /// The origin of a connection from the IPv4 address `octets`; `None`
+    /// for the unspecified address, which no connection comes from.
+    pub fn from_ipv4(octets: [u8; 4]) -> Option<Origin> {
+        if octets == [0; 4] {
             return None;
         }
-        let bits = match ip {
-            IpAddr::V4(v4) => V4_TAG | u64::from(u32::from(v4)),
-            IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64,
-        };
-        NonZeroU64::new(bits).map(Origin)
+        NonZeroU64::new(V4_TAG | u64::from(u32::from_be_bytes(octets))).map(Origin)
+    }
+
+    /// The origin of a connection from the IPv6 address `octets`: its /64.
+    /// An IPv4-mapped address (`::ffff:a.b.c.d`) is its IPv4 address; the
+    /// unspecified address gives `None`.
+    pub fn from_ipv6(octets: [u8; 16]) -> Option<Origin> {
+        let (prefix, low) = octets.split_at(12);
+        if prefix == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+            return Self::from_ipv4([low[0], low[1], low[2], low[3]]);
+        }
+        NonZeroU64::new((u128::from_be_bytes(octets) >> 64) as u64).map(Origin)
     }
 
     /// The stored form (see [`Origin::from_bits`]).
@@ -53,9 +54,11 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bits = self.0.get();
         if bits & V4_TAG == V4_TAG {
-            write!(f, "{}", Ipv4Addr::from(bits as u32))
+            let [a, b, c, d] = (bits as u32).to_be_bytes();
+            write!(f, "{a}.{b}.{c}.{d}")
         } else {
-            write!(f, "{}/64", Ipv6Addr::from(u128::from(bits) << 64))
+            let group = |i: u32| (bits >> (48 - 16 * i)) & 0xffff;
+            write!(f, "{:x}:{:x}:{:x}:{:x}::/64", group(0), group(1), group(2), group(3))
         }
     }
 }
@@ -64,20 +67,27 @@ impl fmt::Display for Origin {
 mod tests {
     use super::*;
 
-    fn origin(ip: &str) -> Option<Origin> {
-        Origin::from_ip(ip.parse().unwrap())
+    fn v6(groups: [u16; 8]) -> Option<Origin> {
+        let mut octets = [0u8; 16];
+        for (i, g) in groups.iter().enumerate() {
+            octets[2 * i..2 * i + 2].copy_from_slice(&g.to_be_bytes());
+        }
+        Origin::from_ipv6(octets)
     }
 
     #[test]
     fn ipv4_counts_by_address_and_ipv6_by_its_64_prefix() {
-        assert_ne!(origin("10.0.0.1"), origin("10.0.0.2"));
-        assert_eq!(origin("2001:db8:1:2::1"), origin("2001:db8:1:2:ffff::9"));
-        assert_ne!(origin("2001:db8:1:2::1"), origin("2001:db8:1:3::1"));
-        assert_eq!(origin("::ffff:10.0.0.1"), origin("10.0.0.1"));
-        assert_eq!((origin("0.0.0.0"), origin("::")), (None, None));
-        let v6 = origin("2001:db8:1:2::1").unwrap();
-        assert_eq!(v6.to_string(), "2001:db8:1:2::/64");
-        assert_eq!(origin("127.0.0.1").unwrap().to_string(), "127.0.0.1");
-        assert_eq!(Origin::from_bits(v6.to_bits()), Some(v6));
+        assert_ne!(Origin::from_ipv4([10, 0, 0, 1]), Origin::from_ipv4([10, 0, 0, 2]));
+        assert_eq!(
+            v6([0x2001, 0xdb8, 1, 2, 0, 0, 0, 1]),
+            v6([0x2001, 0xdb8, 1, 2, 0xffff, 0, 0, 9])
+        );
+        assert_ne!(v6([0x2001, 0xdb8, 1, 2, 0, 0, 0, 1]), v6([0x2001, 0xdb8, 1, 3, 0, 0, 0, 1]));
+        assert_eq!(v6([0, 0, 0, 0, 0, 0xffff, 0x0a00, 1]), Origin::from_ipv4([10, 0, 0, 1]));
+        assert_eq!((Origin::from_ipv4([0; 4]), Origin::from_ipv6([0; 16])), (None, None));
+        let prefix = v6([0x2001, 0xdb8, 1, 2, 0, 0, 0, 1]).unwrap();
+        assert_eq!(prefix.to_string(), "2001:db8:1:2::/64");
+        assert_eq!(Origin::from_ipv4([127, 0, 0, 1]).unwrap().to_string(), "127.0.0.1");
+        assert_eq!(Origin::from_bits(prefix.to_bits()), Some(prefix));
     }
 }

@@ -236,7 +236,7 @@ mod tests {
         let record = StoredRecord::from_parts(
             [Some(peer.record(Dialect::Signed(Flavour::RustLibp2p))), None],
             peer.record(Dialect::Legacy),
-            Origin::from_ip([192, 0, 2, 1].into()),
+            Origin::from_ipv4([192, 0, 2, 1]),
         );
         let stored = StoredRegistration {
             peer: peer.id,

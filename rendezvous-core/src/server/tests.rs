@@ -357,10 +357,8 @@ fn the_per_peer_per_namespace_and_total_limits_hold_and_name_themselves() {
 fn one_address_cannot_hold_more_than_its_quota_whatever_its_peer_ids() {
     let limits = Limits { max_registrations_per_origin: 3, ..Limits::default() };
     let mut h = Harness::with(limits);
-    let (home, elsewhere) = (
-        Origin::from_ip([192, 0, 2, 1].into()).unwrap(),
-        Origin::from_ip([192, 0, 2, 2].into()).unwrap(),
-    );
+    let (home, elsewhere) =
+        (Origin::from_ipv4([192, 0, 2, 1]).unwrap(), Origin::from_ipv4([192, 0, 2, 2]).unwrap());
     let peers: Vec<_> = (0..6).map(TestPeer::new).collect();
     for peer in &peers[..4] {
         h.server().set_peer_origin(peer.id, home);

@@ -612,8 +612,8 @@ impl NetworkBehaviour for Behaviour {
 /// (a relayed connection counts as the relay's).
 fn origin(remote: &Multiaddr) -> Option<Origin> {
     match remote.iter().next()? {
-        Protocol::Ip4(ip) => Origin::from_ip(ip.into()),
-        Protocol::Ip6(ip) => Origin::from_ip(ip.into()),
+        Protocol::Ip4(ip) => Origin::from_ipv4(ip.octets()),
+        Protocol::Ip6(ip) => Origin::from_ipv6(ip.octets()),
         _ => None,
     }
 }
