@@ -1,3 +1,51 @@
-//! Benchmarks that need more than the core: memory at scale and end-to-end
-//! load against real servers. See `BENCHMARKS.md` for how to run them and
-//! what they measured.
+//! What the benchmark binaries share: finding the binaries they measure,
+//! reading a process's memory from `/proc`, and a server core whose limits
+//! leave room for the load.
+
+use std::fmt::Display;
+use std::path::PathBuf;
+
+use rendezvous_core::{Limits, Server, ServerConfig};
+
+/// The binary `name` beside the running one (`target/release/<name>`).
+pub fn sibling(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("where am I? {e}"))?;
+    let path = exe.parent().ok_or("no parent directory")?.join(name);
+    if !path.exists() {
+        return Err(format!(
+            "{} is missing: run `cargo build --release --bins` first",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// The `rendezvous` binary to measure: `RENDEZVOUS_BIN` if set (another
+/// build, to compare two), else the one beside the running binary.
+pub fn our_binary() -> Result<PathBuf, String> {
+    match std::env::var_os("RENDEZVOUS_BIN") {
+        Some(path) => Ok(path.into()),
+        None => sibling("rendezvous"),
+    }
+}
+
+/// The KiB figure of `field` (`"VmRSS:"`, `"VmHWM:"`) in
+/// `/proc/<pid>/status`; `pid` may be `"self"`.
+pub fn status_kib(pid: impl Display, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix(field))?;
+    value.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// A server core that holds `n` registrations in one namespace, from one
+/// peer, without a limit in the way; `durable` as in [`ServerConfig`].
+pub fn roomy_server(n: usize, durable: bool) -> Server {
+    let limits = Limits {
+        max_registrations: n + 1,
+        max_registrations_per_namespace: n + 1,
+        max_registrations_per_peer: n + 1,
+        ..Limits::default()
+    };
+    Server::new(ServerConfig { limits, durable, ..ServerConfig::default() })
+        .expect("limits of n + 1 everywhere are consistent")
+}

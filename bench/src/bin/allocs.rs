@@ -7,10 +7,9 @@
 //! profiler counts; it writes no file in this mode).
 
 use bytes::Bytes;
+use rendezvous_bench::roomy_server;
 use rendezvous_core::testing::{self, TestPeer};
-use rendezvous_core::{
-    Dialect, Flavour, Limits, RequestId, Server, ServerConfig, Timestamp, codec,
-};
+use rendezvous_core::{Dialect, Flavour, RequestId, Server, Timestamp, codec};
 
 #[global_allocator]
 static ALLOCATOR: dhat::Alloc = dhat::Alloc;
@@ -45,16 +44,7 @@ fn body(message: &rendezvous_core::proto::Message) -> Bytes {
 
 fn main() {
     let _profiler = dhat::Profiler::builder().testing().build();
-    let limits = Limits {
-        max_registrations: 2_000_000,
-        max_registrations_per_namespace: 2_000_000,
-        max_registrations_per_peer: 2_000_000,
-        ..Limits::default()
-    };
-    let Ok(mut server) = Server::new(ServerConfig { limits, ..ServerConfig::default() }) else {
-        eprintln!("allocs: inconsistent limits");
-        std::process::exit(1);
-    };
+    let mut server = roomy_server(2_000_000, false);
     let peer = TestPeer::new(1);
     let record = peer.record(Dialect::Signed(Flavour::RustLibp2p));
     let n = 10_000;

@@ -11,12 +11,12 @@
 //! opens them as fast as it can and measures at once.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use rendezvous_bench::{our_binary, status_kib};
 use rendezvous_core::testing;
 use rendezvous_tests::net::{Raw, raw_connection};
 
@@ -34,17 +34,12 @@ impl Drop for Point {
 
 impl Point {
     fn rss_kib(&self) -> Result<u64, Error> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or("no VmRSS")?;
-        Ok(line.split_whitespace().nth(1).ok_or("no value")?.parse()?)
+        Ok(status_kib(self.0.id(), "VmRSS:").ok_or("no VmRSS in /proc")?)
     }
 }
 
 fn start() -> Result<(Point, PeerId, Multiaddr), Error> {
-    let binary = match std::env::var_os("RENDEZVOUS_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => std::env::current_exe()?.parent().ok_or("no parent directory")?.join("rendezvous"),
-    };
+    let binary = our_binary()?;
     let mut child = Command::new(&binary)
         .args(["--mode", "server", "--listen", "127.0.0.1", "--stats-interval", "0", "--in-memory"])
         .args(["--max-connections", "100000", "--max-connections-per-ip", "100000"])

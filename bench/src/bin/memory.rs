@@ -7,27 +7,17 @@
 //! `cargo run --release -p rendezvous-bench --bin memory [-- COUNT]`
 
 use libp2p_identity::PeerId;
+use rendezvous_bench::{roomy_server, status_kib};
 use rendezvous_core::record::encode_peer_info;
 use rendezvous_core::testing::{self, TestPeer};
-use rendezvous_core::{Dialect, Flavour, Limits, RequestId, Server, ServerConfig, Timestamp};
+use rendezvous_core::{Dialect, Flavour, RequestId, Server, Timestamp};
 
 fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
+    status_kib("self", "VmRSS:").unwrap_or(0)
 }
 
 fn server(n: usize) -> Server {
-    let limits = Limits {
-        max_registrations: n + 1,
-        max_registrations_per_namespace: n + 1,
-        max_registrations_per_peer: n + 1,
-        ..Limits::default()
-    };
-    Server::new(ServerConfig { limits, ..ServerConfig::default() }).expect("consistent limits")
+    roomy_server(n, false)
 }
 
 fn register(server: &mut Server, peer: PeerId, ns: &str, record: bytes::Bytes) {

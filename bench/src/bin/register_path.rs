@@ -19,7 +19,6 @@
 //! directory for `callgrind_annotate`.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use bytes::Bytes;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use rendezvous_bench::our_binary;
 use rendezvous_core::record::Record;
 use rendezvous_core::{Flavour, codec, testing};
 use rendezvous_libp2p::framed::Framed;
@@ -36,20 +36,6 @@ type Error = Box<dyn std::error::Error>;
 
 /// Requests in flight on the one connection.
 const IN_FLIGHT: usize = 8;
-
-fn server_binary() -> Result<PathBuf, Error> {
-    if let Some(path) = std::env::var_os("RENDEZVOUS_BIN") {
-        return Ok(path.into());
-    }
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().ok_or("no parent directory")?.join("rendezvous");
-    if !path.exists() {
-        return Err(
-            format!("{} is missing: run `cargo build --release --bins`", path.display()).into()
-        );
-    }
-    Ok(path)
-}
 
 /// How the client carries its requests.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -106,7 +92,7 @@ async fn instructions(n: usize, extra: &[String], substreams: Substreams) -> Res
     let mut child = Command::new("valgrind")
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(server_binary()?)
+        .arg(our_binary()?)
         .args(["--mode", "server", "--listen", "127.0.0.1", "--stats-interval", "0"])
         .args(["--in-memory", "--max-per-peer", "1000000"])
         .args(extra)

@@ -11,21 +11,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rendezvous_async_std::store::redb::{FILE, RedbStore};
+use rendezvous_bench::roomy_server;
 use rendezvous_core::testing::{self, TestPeer};
-use rendezvous_core::{Dialect, Flavour, Limits, RequestId, Server, ServerConfig, Timestamp};
+use rendezvous_core::{Dialect, Flavour, RequestId, Server, Timestamp};
 use rendezvous_libp2p::store::{Snapshot, Store};
 
 const PEERS: usize = 1000;
 
 fn server(n: usize) -> Server {
-    let limits = Limits {
-        max_registrations: n + 1,
-        max_registrations_per_namespace: n + 1,
-        max_registrations_per_peer: n + 1,
-        ..Limits::default()
-    };
-    let config = ServerConfig { limits, durable: true, ..ServerConfig::default() };
-    Server::new(config).expect("consistent limits")
+    roomy_server(n, true)
 }
 
 /// Hands the server's actions to the store and its commits back, until

@@ -9,6 +9,7 @@ use std::time::Duration;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
+use rendezvous_bench::{our_binary, sibling, status_kib};
 use rendezvous_tests::redis::RedisServer;
 
 use crate::Error;
@@ -83,19 +84,6 @@ impl Drop for Server {
     }
 }
 
-fn sibling(name: &str) -> Result<PathBuf, Error> {
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().ok_or("no parent directory")?.join(name);
-    if !path.exists() {
-        return Err(format!(
-            "{} is missing: run `cargo build --release --bins` first",
-            path.display()
-        )
-        .into());
-    }
-    Ok(path)
-}
-
 impl Server {
     /// Starts a server of `kind` with its limits opened up, so that the load
     /// and not a limit is what is measured.
@@ -116,10 +104,7 @@ impl Server {
         let mut command = match kind {
             Kind::Ours | Kind::OursDurable | Kind::OursRedis | Kind::OursMetrics | Kind::OursWs => {
                 // `RENDEZVOUS_BIN` measures another build (say, the one before a change).
-                let binary = match std::env::var_os("RENDEZVOUS_BIN") {
-                    Some(path) => PathBuf::from(path),
-                    None => sibling("rendezvous")?,
-                };
+                let binary = our_binary()?;
                 let mut c = Command::new(binary);
                 c.args(["--mode", "server", "--listen", "127.0.0.1", "--stats-interval", "0"]);
                 c.args([
@@ -208,12 +193,12 @@ impl Server {
 
     /// The server's peak resident set, in MiB.
     pub(crate) fn peak_rss_mib(&self) -> f64 {
-        status_kib(self.child.id(), "VmHWM:") / 1024.0
+        status_kib(self.child.id(), "VmHWM:").unwrap_or(0) as f64 / 1024.0
     }
 
     /// The server's resident set now, in MiB.
     pub(crate) fn rss_mib(&self) -> f64 {
-        status_kib(self.child.id(), "VmRSS:") / 1024.0
+        status_kib(self.child.id(), "VmRSS:").unwrap_or(0) as f64 / 1024.0
     }
 }
 
@@ -250,13 +235,4 @@ fn cpu_seconds(path: &str) -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of the line: 11 and 12 here.
     (ticks(11) + ticks(12)) / 100.0
-}
-
-fn status_kib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
 }
