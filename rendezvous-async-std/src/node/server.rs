@@ -140,7 +140,8 @@ impl ServerNode {
                         .map_err(config)?;
                 info!(
                     target: LOG,
-                    "Sharing the registry in {url}: {} registrations loaded ({} had expired)",
+                    "Sharing the registry in {}: {} registrations loaded ({} had expired)",
+                    crate::store::redis::redacted(url),
                     loaded.registrations,
                     loaded.expired
                 );

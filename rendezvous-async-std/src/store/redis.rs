@@ -140,8 +140,9 @@ impl RedisStore {
     /// and starts writing and following. The limits of `limits` hold across
     /// every point sharing the Redis.
     pub async fn connect(url: &str, limits: &Limits) -> Result<(RedisStore, Snapshot), StoreError> {
+        let shown = redacted(url);
         let failed =
-            |e: &dyn std::fmt::Display| StoreError(format!("cannot use redis at {url}: {e}"));
+            |e: &dyn std::fmt::Display| StoreError(format!("cannot use redis at {shown}: {e}"));
         let client = Client::open(url).map_err(|e| failed(&e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
@@ -159,10 +160,24 @@ impl RedisStore {
         let (actions, queued) = unbounded();
         let (committed, commits) = unbounded();
         let (changed, changes) = unbounded();
-        let url = url.to_owned();
-        crate::runtime::spawn(write(writer.clone(), queued, committed, limits, url.clone()));
-        crate::runtime::spawn(follow(client, writer, last_id, changed, url));
+        crate::runtime::spawn(write(writer.clone(), queued, committed, limits));
+        crate::runtime::spawn(follow(client, writer, last_id, changed, shown));
         Ok((RedisStore { actions, commits, changes }, snapshot))
+    }
+}
+
+/// `url` as it may be logged: the password, if any, replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
+            let hidden = if user_info.contains(':') { format!("{user}:***") } else { "***".into() };
+            format!("{scheme}://{hidden}@{host}{path}")
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -278,7 +293,6 @@ async fn write(
     mut queued: UnboundedReceiver<StoreAction>,
     committed: UnboundedSender<Commit>,
     limits: SharedLimits,
-    url: String,
 ) {
     let mut in_flight = FuturesOrdered::new();
     let mut waiting: VecDeque<StoreAction> = VecDeque::new();
@@ -299,7 +313,7 @@ async fn write(
             },
             written = in_flight.select_next_some() => match written {
                 Written::Put(id, answer) => {
-                    let commit = put_commit(id, answer, &url);
+                    let commit = put_commit(id, answer);
                     if matches!(commit, Commit::Logged { .. }) {
                         // Redis answers again: the deletes that waited go now.
                         for action in waiting.drain(..) {
@@ -331,7 +345,6 @@ async fn write(
 fn put_commit(
     id: rendezvous_libp2p::store::ActionId,
     answer: redis::RedisResult<(i64, String)>,
-    url: &str,
 ) -> Commit {
     match answer {
         Ok((0, stream_id)) => match seq_of(&stream_id) {
@@ -347,7 +360,8 @@ fn put_commit(
         Err(error) => Commit::Refused {
             id,
             status: ResponseStatus::EUnavailable,
-            reason: format!("the shared store at {url} is unreachable: {error}"),
+            // Sent to the requester: no address or credentials of ours.
+            reason: format!("the shared store is unreachable: {error}"),
         },
     }
 }
@@ -472,6 +486,14 @@ fn change_of(entry: &redis::streams::StreamId) -> Option<Replicated> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_is_logged_without_its_password() {
+        assert_eq!(redacted("redis://:s3cret@db:6379/2"), "redis://:***@db:6379/2");
+        assert_eq!(redacted("rediss://app:s3cret@db/0"), "rediss://app:***@db/0");
+        assert_eq!(redacted("redis://db:6379"), "redis://db:6379");
+        assert_eq!(redacted("not a url"), "not a url");
+    }
 
     #[test]
     fn stream_ids_and_positions_convert_both_ways_in_order() {
