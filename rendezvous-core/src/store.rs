@@ -109,6 +109,17 @@ pub enum Commit {
     },
 }
 
+impl Commit {
+    /// The put it is about.
+    pub fn id(&self) -> ActionId {
+        match self {
+            Commit::Stored { id, .. } | Commit::Logged { id, .. } | Commit::Refused { id, .. } => {
+                *id
+            }
+        }
+    }
+}
+
 /// A change in a shared store, in the store's order: another point's, or
 /// one of ours coming back. Applying one twice, or one older than what is
 /// held, changes nothing.

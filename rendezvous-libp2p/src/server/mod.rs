@@ -39,7 +39,7 @@ use crate::histogram;
 use crate::store::{Change, Snapshot, Store};
 pub use handler::Handler;
 use handler::{FromBehaviour, Shared, StreamId, ToBehaviour};
-use rendezvous_core::store::{ActionId, Commit, StoreAction};
+use rendezvous_core::store::{ActionId, StoreAction};
 
 /// Configuration of the server behaviour.
 ///
@@ -572,12 +572,7 @@ impl NetworkBehaviour for Behaviour {
             }
             let commit = self.store.as_mut().map(|store| store.poll_commit(cx));
             if let Some(Poll::Ready(commit)) = commit {
-                let id = match &commit {
-                    Commit::Stored { id, .. } | Commit::Logged { id, .. } => *id,
-                    Commit::Refused { id, .. } => *id,
-                    _ => ActionId(0),
-                };
-                if let Some(since) = self.submitted.remove(&id) {
+                if let Some(since) = self.submitted.remove(&commit.id()) {
                     self.commit_durations.observe(since.elapsed());
                 }
                 let now = self.now();
