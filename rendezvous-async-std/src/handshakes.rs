@@ -7,7 +7,8 @@
 //! nothing lock everyone else out until the handshake timeout; evicting the
 //! oldest instead means that a flood mostly evicts itself, and a real
 //! client, whose handshake takes milliseconds, gets through. The per-address
-//! bound keeps one address's flood from evicting everyone else's.
+//! bound (an IPv6 address by its /64: [`Origin`]) keeps one address's flood
+//! from evicting everyone else's.
 //!
 //! [`Bounded`] wraps a transport whose upgrade is the whole handshake
 //! (security and muxer), so that a slot is held until the connection is
@@ -16,7 +17,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,7 +26,8 @@ use futures::task::AtomicWaker;
 use libp2p_core::multiaddr::Multiaddr;
 use libp2p_core::transport::{DialOpts, ListenerId, Transport, TransportError, TransportEvent};
 
-use crate::transport::remote_ip;
+use rendezvous_libp2p::core::Origin;
+use rendezvous_libp2p::origin_of;
 
 /// How many handshakes may be under way at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,13 +61,13 @@ struct State {
     next: u64,
     /// Handshakes under way, oldest first.
     order: BTreeMap<u64, Slot>,
-    per_ip: HashMap<IpAddr, BTreeSet<u64>>,
+    per_ip: HashMap<Origin, BTreeSet<u64>>,
     evicted: u64,
 }
 
 #[derive(Debug)]
 struct Slot {
-    ip: Option<IpAddr>,
+    origin: Option<Origin>,
     signal: Arc<Signal>,
 }
 
@@ -78,11 +79,11 @@ struct Signal {
 }
 
 impl State {
-    /// Makes room for a handshake from `ip` and registers it.
-    fn admit(&mut self, ip: Option<IpAddr>) -> (u64, Arc<Signal>) {
+    /// Makes room for a handshake from `origin` and registers it.
+    fn admit(&mut self, origin: Option<Origin>) -> (u64, Arc<Signal>) {
         let max_per_ip = self.limits.max_per_ip.max(1);
-        let oldest_of_ip = ip
-            .and_then(|ip| self.per_ip.get(&ip))
+        let oldest_of_ip = origin
+            .and_then(|origin| self.per_ip.get(&origin))
             .filter(|ids| ids.len() >= max_per_ip)
             .and_then(|ids| ids.first().copied());
         if let Some(id) = oldest_of_ip {
@@ -95,9 +96,9 @@ impl State {
         }
         self.next += 1;
         let signal = Arc::new(Signal::default());
-        self.order.insert(self.next, Slot { ip, signal: signal.clone() });
-        if let Some(ip) = ip {
-            self.per_ip.entry(ip).or_default().insert(self.next);
+        self.order.insert(self.next, Slot { origin, signal: signal.clone() });
+        if let Some(origin) = origin {
+            self.per_ip.entry(origin).or_default().insert(self.next);
         }
         (self.next, signal)
     }
@@ -112,12 +113,12 @@ impl State {
 
     fn remove(&mut self, id: u64) -> Option<Slot> {
         let slot = self.order.remove(&id)?;
-        if let Some(ip) = slot.ip
-            && let Some(ids) = self.per_ip.get_mut(&ip)
+        if let Some(origin) = slot.origin
+            && let Some(ids) = self.per_ip.get_mut(&origin)
         {
             ids.remove(&id);
             if ids.is_empty() {
-                self.per_ip.remove(&ip);
+                self.per_ip.remove(&origin);
             }
         }
         Some(slot)
@@ -204,7 +205,7 @@ where
         let state = this.state.clone();
         Poll::Ready(match event {
             TransportEvent::Incoming { listener_id, upgrade, local_addr, send_back_addr } => {
-                let (id, signal) = lock(&state).admit(remote_ip(&send_back_addr));
+                let (id, signal) = lock(&state).admit(origin_of(&send_back_addr));
                 TransportEvent::Incoming {
                     listener_id,
                     upgrade: Handshake { inner: upgrade, id, signal, state },
@@ -264,13 +265,13 @@ mod tests {
 
     #[test]
     fn the_oldest_handshake_makes_room_first_of_its_own_address() {
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let (a, b) = (Origin::from_ipv4([10, 0, 0, 1]), Origin::from_ipv4([10, 0, 0, 2]));
         let mut s = state(3, 2);
-        let (_, a1) = s.admit(Some(a));
-        let (_, b1) = s.admit(Some(b));
-        let (_, a2) = s.admit(Some(a));
+        let (_, a1) = s.admit(a);
+        let (_, b1) = s.admit(b);
+        let (_, a2) = s.admit(a);
         // a is at its share: its own oldest goes, not b's.
-        let (_, a3) = s.admit(Some(a));
+        let (_, a3) = s.admit(a);
         assert!(a1.evicted.load(Ordering::Acquire));
         assert!(!b1.evicted.load(Ordering::Acquire));
         // Full in all: the oldest of all goes.
@@ -281,6 +282,6 @@ mod tests {
         // A handshake that ends gives its slot back.
         s.remove(id);
         assert_eq!(s.order.len(), 2);
-        assert!(!s.per_ip.contains_key(&b));
+        assert!(!s.per_ip.contains_key(&b.unwrap()));
     }
 }

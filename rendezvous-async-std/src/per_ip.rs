@@ -1,11 +1,11 @@
-//! A bound on established inbound connections per IP address, beside
+//! A bound on established inbound connections per IP address (an IPv6 one
+//! by its /64, as the core counts registrations: [`Origin`]), beside
 //! libp2p-connection-limits (which bounds them in all and per peer id, and
 //! peer ids are free).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
-use std::net::IpAddr;
 use std::task::{Context, Poll};
 
 use libp2p_core::multiaddr::Multiaddr;
@@ -16,27 +16,28 @@ use libp2p_swarm::{
     THandlerOutEvent, ToSwarm, dummy,
 };
 
-use crate::transport::remote_ip;
+use rendezvous_libp2p::core::Origin;
+use rendezvous_libp2p::origin_of;
 
 /// Denies an inbound connection from an address that already has
 /// `max` established.
 #[derive(Debug)]
 pub struct Behaviour {
     max: u32,
-    established: HashMap<IpAddr, u32>,
-    by_connection: HashMap<ConnectionId, IpAddr>,
+    established: HashMap<Origin, u32>,
+    by_connection: HashMap<ConnectionId, Origin>,
 }
 
 /// Why a connection was denied.
 #[derive(Debug)]
 pub struct Exceeded {
-    ip: IpAddr,
+    origin: Origin,
     max: u32,
 }
 
 impl fmt::Display for Exceeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} already has {} connections, the limit per address", self.ip, self.max)
+        write!(f, "{} already has {} connections, the limit per address", self.origin, self.max)
     }
 }
 
@@ -54,13 +55,13 @@ impl Behaviour {
     }
 
     fn release(&mut self, connection: ConnectionId) {
-        let Some(ip) = self.by_connection.remove(&connection) else {
+        let Some(origin) = self.by_connection.remove(&connection) else {
             return;
         };
-        if let Some(n) = self.established.get_mut(&ip) {
+        if let Some(n) = self.established.get_mut(&origin) {
             *n -= 1;
             if *n == 0 {
-                self.established.remove(&ip);
+                self.established.remove(&origin);
             }
         }
     }
@@ -77,13 +78,13 @@ impl NetworkBehaviour for Behaviour {
         _: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        if let Some(ip) = remote_ip(remote) {
-            let n = self.established.entry(ip).or_default();
+        if let Some(origin) = origin_of(remote) {
+            let n = self.established.entry(origin).or_default();
             if *n >= self.max {
-                return Err(ConnectionDenied::new(Exceeded { ip, max: self.max }));
+                return Err(ConnectionDenied::new(Exceeded { origin, max: self.max }));
             }
             *n += 1;
-            self.by_connection.insert(connection, ip);
+            self.by_connection.insert(connection, origin);
         }
         Ok(dummy::ConnectionHandler)
     }

@@ -32,9 +32,24 @@ pub mod store;
 
 pub use clock::Clock;
 
+use libp2p_core::Multiaddr;
+use libp2p_core::multiaddr::Protocol;
 use libp2p_swarm::StreamProtocol;
+use rendezvous_core::Origin;
 
 pub use rendezvous_core as core;
 
 /// The protocol name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/rendezvous/1.0.0");
+
+/// The origin of a connection whose remote address is `remote`: the IP
+/// address it starts with, an IPv6 one by its /64 (see [`Origin`]); `None`
+/// without one. A relayed connection counts as its relay's. The server
+/// counts registrations per origin; a host can bound connections by it too.
+pub fn origin_of(remote: &Multiaddr) -> Option<Origin> {
+    match remote.iter().next()? {
+        Protocol::Ip4(ip) => Origin::from_ipv4(ip.octets()),
+        Protocol::Ip6(ip) => Origin::from_ipv6(ip.octets()),
+        _ => None,
+    }
+}

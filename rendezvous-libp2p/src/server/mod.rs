@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures_timer::Delay;
-use libp2p_core::multiaddr::Protocol;
 use libp2p_core::{Endpoint, Multiaddr, transport::PortUse};
 use libp2p_identity::PeerId;
 use libp2p_swarm::{
@@ -30,8 +29,7 @@ use libp2p_swarm::{
     THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use rendezvous_core::{
-    LimitsError, Loaded, Origin, Reader, RequestId, Server, ServerConfig, ServerEvent, Stats,
-    Timestamp,
+    LimitsError, Loaded, Reader, RequestId, Server, ServerConfig, ServerEvent, Stats, Timestamp,
 };
 
 use crate::clock::{Clock, Timer};
@@ -524,7 +522,7 @@ impl NetworkBehaviour for Behaviour {
         _: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        if let Some(origin) = origin(remote) {
+        if let Some(origin) = crate::origin_of(remote) {
             self.core.set_peer_origin(peer, origin);
         }
         self.connections.insert(connection, Connection { peer, active: Instant::now() });
@@ -600,15 +598,5 @@ impl NetworkBehaviour for Behaviour {
                 Poll::Pending => return Poll::Pending,
             }
         }
-    }
-}
-
-/// The origin of a connection from `remote`: its IP address, if it has one
-/// (a relayed connection counts as the relay's).
-fn origin(remote: &Multiaddr) -> Option<Origin> {
-    match remote.iter().next()? {
-        Protocol::Ip4(ip) => Origin::from_ipv4(ip.octets()),
-        Protocol::Ip6(ip) => Origin::from_ipv6(ip.octets()),
-        _ => None,
     }
 }

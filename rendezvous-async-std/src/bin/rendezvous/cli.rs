@@ -161,7 +161,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = ConnectionLimits::default().max_per_peer, value_name = "N")]
     pub(crate) max_connections_per_peer: u32,
 
-    /// Most connections from one IP address (server).
+    /// Most connections from one IP address, an IPv6 one by its /64 (server).
     #[arg(long, default_value_t = ConnectionLimits::default().max_per_ip, value_name = "N")]
     pub(crate) max_connections_per_ip: u32,
 
