@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use prometheus_client::registry::Registry;
 
-use super::{Identity, NodeError, executor, root_cause};
+use super::{Identity, NodeError, executor, metrics_endpoint, next_scrape, root_cause};
 use crate::metrics::{Endpoint, RegistryExt};
 
 const LOG: &str = "rendezvous::client";
@@ -170,13 +170,7 @@ impl ClientNode {
                 return Err(NodeError::Connect(why));
             }
         }
-        let metrics = match options.metrics {
-            Some(addr) => Some(
-                Endpoint::serve(addr)
-                    .map_err(|e| NodeError::Metrics(format!("{addr}: {}", root_cause(&e))))?,
-            ),
-            None => None,
-        };
+        let metrics = metrics_endpoint(options.metrics)?;
         Ok(ClientNode { swarm, server, metrics, counts: Counts::default() })
     }
 
@@ -233,12 +227,7 @@ impl ClientNode {
     /// scrapes, are handled here).
     pub async fn next_event(&mut self) -> ClientEvent {
         loop {
-            let scrape = async {
-                match &mut self.metrics {
-                    Some(metrics) => metrics.next_scrape().await,
-                    None => future::pending().await,
-                }
-            };
+            let scrape = next_scrape(&mut self.metrics);
             select! {
                 event = self.swarm.select_next_some() => {
                     if let SwarmEvent::Behaviour(HostEvent::Rendezvous(event)) = event {

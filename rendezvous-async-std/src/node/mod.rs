@@ -15,6 +15,7 @@ mod fds;
 mod server;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use libp2p_core::multiaddr::{Multiaddr, Protocol};
@@ -25,6 +26,7 @@ pub use server::{Drained, ServerNode, ServerOptions};
 
 use crate::host::{SpawnWith, Task};
 use crate::keyfile;
+use crate::metrics::{Endpoint, Scrape};
 
 /// Where a node's key comes from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -96,6 +98,22 @@ impl std::error::Error for NodeError {}
 /// Runs the swarm's tasks where [`crate::runtime`] says.
 fn executor() -> SpawnWith<impl Fn(Task) + Send + 'static> {
     SpawnWith(crate::runtime::spawn)
+}
+
+/// The metrics endpoint at `addr`, when one is asked for.
+fn metrics_endpoint(addr: Option<SocketAddr>) -> Result<Option<Endpoint>, NodeError> {
+    let serve = |addr| {
+        Endpoint::serve(addr).map_err(|e| NodeError::Metrics(format!("{addr}: {}", root_cause(&e))))
+    };
+    addr.map(serve).transpose()
+}
+
+/// The next scrape of `metrics`; never, without an endpoint.
+async fn next_scrape(metrics: &mut Option<Endpoint>) -> Scrape {
+    match metrics {
+        Some(metrics) => metrics.next_scrape().await,
+        None => futures::future::pending().await,
+    }
 }
 
 /// The innermost error's message: what actually went wrong, without the

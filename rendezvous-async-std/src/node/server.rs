@@ -14,7 +14,7 @@ use rendezvous_libp2p::core::ServerEvent as Core;
 use rendezvous_libp2p::server;
 use tracing::{debug, info, warn};
 
-use super::{Identity, NodeError, executor, root_cause, with_peer};
+use super::{Identity, NodeError, executor, metrics_endpoint, next_scrape, root_cause, with_peer};
 use crate::handshakes::Handshakes;
 use crate::host::{self, ConnectionLimits, ServerBehaviour, ServerEvent};
 use crate::metrics::{ConstHistogram, Endpoint, RegistryExt};
@@ -160,13 +160,7 @@ impl ServerNode {
             libp2p_swarm::Config::with_executor(executor())
         };
         let swarm = host::build_with(&keypair, transport, behaviour, config);
-        let metrics = match options.metrics {
-            Some(addr) => Some(
-                Endpoint::serve(addr)
-                    .map_err(|e| NodeError::Metrics(format!("{addr}: {}", root_cause(&e))))?,
-            ),
-            None => None,
-        };
+        let metrics = metrics_endpoint(options.metrics)?;
         let mut node = ServerNode {
             swarm,
             listening: Vec::new(),
@@ -305,12 +299,7 @@ impl ServerNode {
     /// the rendezvous behaviour; metrics scrapes are answered meanwhile.
     pub async fn next_event(&mut self) -> SwarmEvent<ServerEvent> {
         let event = loop {
-            let scrape = async {
-                match &mut self.metrics {
-                    Some(metrics) => metrics.next_scrape().await,
-                    None => futures::future::pending().await,
-                }
-            };
+            let scrape = next_scrape(&mut self.metrics);
             select! {
                 event = self.swarm.select_next_some() => break event,
                 scrape = scrape.fuse() => scrape.answer(&self.metrics()),
