@@ -160,18 +160,6 @@ fn read_post(mut stream: std::net::TcpStream) -> Option<String> {
     post.then(|| String::from_utf8_lossy(&body).into_owned())
 }
 
-/// The `Listening on:` address of `server` that ends in `/<suffix>/p2p/..`.
-fn listening(server: &Proc, suffix: &str) -> String {
-    let marker = format!("/{suffix}/p2p/");
-    server
-        .seen()
-        .iter()
-        .filter_map(|line| line.split("Listening on: ").nth(1))
-        .find(|address| address.contains(&marker))
-        .unwrap_or_else(|| panic!("no {suffix} address in:\n{}", server.seen().join("\n")))
-        .to_owned()
-}
-
 /// A TCP peer registered in `namespace` in the standard RFC 0003 flavour,
 /// the one js-libp2p verifies; returns it and its peer id.
 fn tcp_peer(server: &str, namespace: &str) -> (Proc, String) {
@@ -193,26 +181,14 @@ fn check(report: &serde_json::Value, tcp_peer: &str) -> String {
     report["self"].as_str().unwrap().to_owned()
 }
 
-/// The TCP side sees the browser's registration too.
-fn tcp_sees(server: &str, namespace: &str, browser: &str) {
-    let once = common::client(server, &["--namespace", namespace, "--refresh", "false"]);
-    let (status, lines) = once.finish();
-    assert!(status.success(), "{}", lines.join("\n"));
-    assert!(
-        lines.iter().any(|line| line.contains(browser)),
-        "a TCP client did not find the browser {browser}:\n{}",
-        lines.join("\n")
-    );
-}
-
 #[test]
 fn a_browser_registers_and_discovers_over_ws() {
     let (server, tcp) = common::server(&["--ws-port", "0"]);
-    let ws = listening(&server, "ws");
+    let ws = common::listening(&server, "ws");
     let (_peer, peer_id) = tcp_peer(&tcp, "browsers");
     let report = browse(&ws, "browsers", &[]);
     let browser = check(&report, &peer_id);
-    tcp_sees(&tcp, "browsers", &browser);
+    common::finds(&tcp, "browsers", &browser);
 }
 
 #[test]
@@ -231,10 +207,10 @@ fn a_browser_registers_and_discovers_over_wss() {
         "--ws-key",
         key_file.to_str().unwrap(),
     ]);
-    let wss = listening(&server, "wss");
+    let wss = common::listening(&server, "wss");
     let (_peer, peer_id) = tcp_peer(&tcp, "secure-browsers");
     // The certificate is self-signed: this browser is told to take it.
     let report = browse(&wss, "secure-browsers", &["--ignore-certificate-errors"]);
     let browser = check(&report, &peer_id);
-    tcp_sees(&tcp, "secure-browsers", &browser);
+    common::finds(&tcp, "secure-browsers", &browser);
 }

@@ -10,19 +10,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::Proc;
-
-/// The `Listening on:` address of `server` that ends in `/ws/p2p/..`.
-fn ws_address(server: &Proc) -> String {
-    server
-        .seen()
-        .iter()
-        .filter_map(|line| line.split("Listening on: ").nth(1))
-        .find(|address| address.contains("/ws/p2p/"))
-        .unwrap_or_else(|| panic!("no /ws address in:\n{}", server.seen().join("\n")))
-        .to_owned()
-}
-
 /// `/ip4/127.0.0.1/tcp/P/ws/p2p/..` as a socket address.
 fn socket(address: &str) -> SocketAddr {
     let port = address.split("/tcp/").nth(1).unwrap().split('/').next().unwrap();
@@ -50,33 +37,20 @@ fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
     false
 }
 
-/// A one-shot client (register, discover, unregister) over `address` finds
-/// `peer`.
-fn finds(address: &str, namespace: &str, peer: &str) {
-    let once = common::client(address, &["--namespace", namespace, "--refresh", "false"]);
-    let (status, lines) = once.finish();
-    assert!(status.success(), "{}", lines.join("\n"));
-    assert!(
-        lines.iter().any(|line| line.contains("Found peer: ") && line.contains(peer)),
-        "a client over {address} did not find {peer}:\n{}",
-        lines.join("\n")
-    );
-}
-
 #[test]
 fn our_client_registers_over_ws_and_meets_a_tcp_peer() {
     let (server, tcp) = common::server(&["--ws-port", "0"]);
-    let ws = ws_address(&server);
+    let ws = common::listening(&server, "ws");
     assert!(server.seen().iter().any(|l| l.contains("Listening on: /ip4/127.0.0.1/tcp/")));
     let mut peer = common::client(&tcp, &["--namespace", "mixed"]);
     let tcp_peer = common::peer_id(&peer.expect("Client started with peer ID: "));
     peer.expect("✓ Registered with TTL");
-    finds(&ws, "mixed", &tcp_peer);
+    common::finds(&ws, "mixed", &tcp_peer);
 
     let mut over_ws = common::client(&ws, &["--namespace", "mixed-ws"]);
     let ws_peer = common::peer_id(&over_ws.expect("Client started with peer ID: "));
     over_ws.expect("✓ Registered with TTL");
-    finds(&tcp, "mixed-ws", &ws_peer);
+    common::finds(&tcp, "mixed-ws", &ws_peer);
 }
 
 #[test]
@@ -85,7 +59,7 @@ fn bad_input_on_ws_is_refused_without_disturbing_anyone() {
     // are refusals and not that timeout.
     let (server, tcp) = common::server(&["--ws-port", "0", "--handshake-timeout", "8"]);
     let refused_within = Duration::from_secs(4);
-    let ws = ws_address(&server);
+    let ws = common::listening(&server, "ws");
     let at = socket(&ws);
     // A peer over /ws that must keep working throughout.
     let mut steady = common::client(&ws, &["--namespace", "steady"]);
@@ -128,12 +102,12 @@ fn bad_input_on_ws_is_refused_without_disturbing_anyone() {
     assert!(closed_within(&mut oversized, refused_within), "a 2 MiB frame was taken");
 
     // Meanwhile, the others are served: over TCP, over /ws, and the steady one.
-    finds(&tcp, "steady", &steady_id);
-    finds(&ws, "steady", &steady_id);
+    common::finds(&tcp, "steady", &steady_id);
+    common::finds(&ws, "steady", &steady_id);
 
     // The stalled upgrades end at the handshake timeout.
     for s in &mut stalled {
         assert!(closed_within(s, Duration::from_secs(20)), "a stalled upgrade was kept open");
     }
-    finds(&ws, "steady", &steady_id);
+    common::finds(&ws, "steady", &steady_id);
 }

@@ -150,6 +150,32 @@ pub(crate) fn client(address: &str, extra: &[&str]) -> Proc {
     Proc::start(&args)
 }
 
+/// The `Listening on:` address of `server` that ends in
+/// `/<suffix>/p2p/...` (`ws`, `wss`).
+pub(crate) fn listening(server: &Proc, suffix: &str) -> String {
+    let marker = format!("/{suffix}/p2p/");
+    server
+        .seen()
+        .iter()
+        .filter_map(|line| line.split("Listening on: ").nth(1))
+        .find(|address| address.contains(&marker))
+        .unwrap_or_else(|| panic!("no {suffix} address in:\n{}", server.seen().join("\n")))
+        .to_owned()
+}
+
+/// A one-shot client (register, discover, unregister) over `address`
+/// finds `peer` in `namespace`.
+pub(crate) fn finds(address: &str, namespace: &str, peer: &str) {
+    let once = client(address, &["--namespace", namespace, "--refresh", "false"]);
+    let (status, lines) = once.finish();
+    assert!(status.success(), "{}", lines.join("\n"));
+    assert!(
+        lines.iter().any(|line| line.contains("Found peer: ") && line.contains(peer)),
+        "a client over {address} did not find {peer}:\n{}",
+        lines.join("\n")
+    );
+}
+
 pub(crate) fn peer_id(line: &str) -> String {
     line.rsplit(' ').next().unwrap().to_owned()
 }
