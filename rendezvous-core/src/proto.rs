@@ -237,6 +237,14 @@ impl Message {
         let raw = self.r#type.unwrap_or(0);
         MessageType::try_from(raw).map_err(|_| raw)
     }
+
+    /// The raw status field of the response this message carries (a
+    /// REGISTER or DISCOVER response); `None` when it carries neither, or
+    /// omits the field. Read it with [`read_status`].
+    pub fn response_status(&self) -> Option<i32> {
+        let register = self.register_response.as_ref().and_then(|r| r.status);
+        register.or_else(|| self.discover_response.as_ref().and_then(|d| d.status))
+    }
 }
 
 /// Reads a status field, with proto3's omitted default read as `OK`; `Err`

@@ -77,14 +77,8 @@ impl RequestCounts {
         message_type: Result<MessageType, i32>,
         response: Option<&proto::Message>,
     ) {
-        let status = response.and_then(|m| {
-            let status = match (&m.register_response, &m.discover_response) {
-                (Some(r), _) => r.status,
-                (None, Some(d)) => d.status,
-                (None, None) => None,
-            };
-            ResponseStatus::try_from(status.unwrap_or(0)).ok()
-        });
+        let status =
+            response.and_then(|m| ResponseStatus::try_from(m.response_status().unwrap_or(0)).ok());
         self.0[RequestKind::of(message_type) as usize][column(status)] += 1;
     }
 }

@@ -65,9 +65,7 @@ pub(crate) fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
 
 /// The status of a response, whatever its type.
 pub(crate) fn status(reply: &proto::Message) -> i32 {
-    let register = reply.register_response.as_ref().and_then(|r| r.status);
-    let discover = reply.discover_response.as_ref().and_then(|d| d.status);
-    register.or(discover).unwrap_or(0)
+    reply.response_status().unwrap_or(0)
 }
 
 /// Judges an acknowledged answer's content; an `Err` aborts the run, since
