@@ -1,22 +1,31 @@
-//! Instructions one registration costs our server, end to end, counted by
-//! callgrind: the `rendezvous` binary runs under `valgrind --tool=callgrind`
-//! while one connection registers a signed record (reused) in `small` and
-//! then `large` new namespaces, 8 in flight; the difference between the two
-//! runs divided by `large - small` is one registration's path (substream,
-//! multistream-select, noise, yamux, the swarm, the core), start-up and
-//! shutdown cancelled out. `--one-substream` sends every request on one
-//! long-lived substream instead of a new one each. User space only: the kernel's share (syscalls,
-//! wakeups) is not in it. Deterministic enough to compare two builds on a
-//! noisy machine.
+//! What one registration costs our server, end to end: one connection
+//! registers a signed record (reused) in `small` and then `large` new
+//! namespaces, 8 in flight, each time against a fresh server; the
+//! difference between the two runs divided by `large - small` is one
+//! registration's path (substream, multistream-select, noise, yamux, the
+//! swarm, the core), start-up and shutdown cancelled out. `--one-substream`
+//! sends every request on one long-lived substream instead of a new one each.
+//!
+//! `--measure` picks what is counted:
+//! - `instructions` (the default): the server runs under `valgrind
+//!   --tool=callgrind`; user space only, the kernel's share (syscalls,
+//!   wakeups) is not in it. Deterministic enough to compare two builds on a
+//!   noisy machine. Leaves `callgrind.register.<n>.out` in the temporary
+//!   directory for `callgrind_annotate`.
+//! - `syscalls`: the server runs under `strace -f -c`; system calls per
+//!   registration, in all and by name.
+//! - `cpu`: the server runs bare; its CPU time (utime + stime from `/proc`)
+//!   and its threads' context switches per registration. Wall-clock based,
+//!   so noisy: use large counts and compare alternating runs.
 //!
 //! ```text
 //! cargo build --release --bins
-//! target/release/register_path [--small 100] [--large 900] [--one-substream] [-- extra server flags]
+//! target/release/register_path [--measure instructions|syscalls|cpu] [--small 100] [--large 900]
+//!   [--one-substream] [-- extra server flags]
 //! RENDEZVOUS_BIN=path/to/other/rendezvous target/release/register_path
 //! ```
 //!
-//! Needs `valgrind`. Leaves `callgrind.register.<n>.out` in the temporary
-//! directory for `callgrind_annotate`.
+//! Needs `valgrind` or `strace` for the first two.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -85,14 +94,42 @@ async fn register_all(
     Ok(())
 }
 
-/// Runs the server under callgrind, registers `n` times, stops it; returns
-/// the instructions callgrind counted.
-async fn instructions(n: usize, extra: &[String], substreams: Substreams) -> Result<u64, Error> {
-    let out = std::env::temp_dir().join(format!("callgrind.register.{n}.out"));
-    let mut child = Command::new("valgrind")
-        .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(our_binary()?)
+/// What to count.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Measure {
+    Instructions,
+    Syscalls,
+    Cpu,
+}
+
+/// Named counts from one server run.
+type Counts = Vec<(String, f64)>;
+
+/// Starts the server, under `measure`'s tool, with `extra` flags.
+fn start(n: usize, extra: &[String], measure: Measure) -> Result<std::process::Child, Error> {
+    let out = std::env::temp_dir();
+    let mut command = match measure {
+        Measure::Instructions => {
+            let mut c = Command::new("valgrind");
+            let file = out.join(format!("callgrind.register.{n}.out"));
+            c.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}", file.display()));
+            c.arg(our_binary()?);
+            c
+        }
+        Measure::Syscalls => {
+            let mut c = Command::new("strace");
+            let file = out.join(format!("strace.register.{n}.out"));
+            c.args(["-f", "-c", "-o"]).arg(file).arg("--").arg(our_binary()?);
+            c
+        }
+        Measure::Cpu => Command::new(our_binary()?),
+    };
+    let tool = match measure {
+        Measure::Instructions => "valgrind",
+        Measure::Syscalls => "strace",
+        Measure::Cpu => "the server",
+    };
+    command
         .args(["--mode", "server", "--listen", "127.0.0.1", "--stats-interval", "0"])
         .args(["--in-memory", "--max-per-peer", "1000000"])
         .args(extra)
@@ -100,7 +137,88 @@ async fn instructions(n: usize, extra: &[String], substreams: Substreams) -> Res
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run valgrind ({e}); install it"))?;
+        .map_err(|e| format!("cannot run {tool} ({e}); install it").into())
+}
+
+/// The server's own pid: the child itself, or the child the tool started.
+fn server_pid(child: &std::process::Child, measure: Measure) -> Result<u32, Error> {
+    if measure != Measure::Syscalls {
+        return Ok(child.id());
+    }
+    let id = child.id();
+    let children = std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))?;
+    Ok(children.split_whitespace().next().ok_or("strace started no server")?.parse()?)
+}
+
+/// CPU microseconds (utime + stime) and context switches of `pid`'s threads.
+fn cpu_and_switches(pid: u32) -> Result<Counts, Error> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')').ok_or("bad /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let hz = 100.0; // USER_HZ on Linux
+    let mut switches = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let status = std::fs::read_to_string(task?.path().join("status"))?;
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                switches += v.trim().parse::<u64>()?;
+            }
+        }
+    }
+    Ok(vec![
+        ("CPU µs".into(), ticks as f64 / hz * 1e6),
+        ("context switches".into(), switches as f64),
+    ])
+}
+
+/// What the tool left in its file once the server exited.
+fn read_counts(n: usize, measure: Measure) -> Result<Counts, Error> {
+    let out = std::env::temp_dir();
+    match measure {
+        Measure::Instructions => {
+            let text = std::fs::read_to_string(out.join(format!("callgrind.register.{n}.out")))?;
+            let total = text
+                .lines()
+                .find_map(|l| l.strip_prefix("summary: ").or_else(|| l.strip_prefix("totals: ")))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .ok_or("no totals in the callgrind file")?;
+            Ok(vec![("instructions".into(), total)])
+        }
+        Measure::Syscalls => {
+            // `% time  seconds  usecs/call  calls  [errors]  syscall`, then
+            // a `total` line.
+            let text = std::fs::read_to_string(out.join(format!("strace.register.{n}.out")))?;
+            let mut counts = Counts::new();
+            for line in text.lines() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                if words.len() < 5 || words[0].parse::<f64>().is_err() {
+                    continue;
+                }
+                let name = words[words.len() - 1];
+                let calls: f64 = words[3].parse()?;
+                counts.push(((if name == "total" { "syscalls" } else { name }).into(), calls));
+            }
+            Ok(counts)
+        }
+        Measure::Cpu => unreachable!("read from /proc before the server stops"),
+    }
+}
+
+/// Runs the server under `measure`'s tool, registers `n` times, stops it;
+/// returns what the tool counted.
+async fn count(
+    n: usize,
+    extra: &[String],
+    substreams: Substreams,
+    measure: Measure,
+) -> Result<Counts, Error> {
+    let mut child = start(n, extra, measure)?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -109,9 +227,8 @@ async fn instructions(n: usize, extra: &[String], substreams: Substreams) -> Res
         }
     });
     let address: Multiaddr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(120))
-            .map_err(|_| "the server did not start under valgrind")?;
+        let line =
+            rx.recv_timeout(Duration::from_secs(120)).map_err(|_| "the server did not start")?;
         if let Some(at) = line.split(" --address ").nth(1) {
             break at.split_whitespace().next().ok_or("no address")?.parse()?;
         }
@@ -124,19 +241,18 @@ async fn instructions(n: usize, extra: &[String], substreams: Substreams) -> Res
     let record = Record::sign(&keypair, &[announced], 1, Flavour::RustLibp2p)?;
     let raw = raw_connection_as(keypair, server, &address).await;
     register_all(&raw, server, &record, n, substreams).await?;
-    // SIGINT: the server drains and exits, and callgrind writes its file.
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;
+    let pid = server_pid(&child, measure)?;
+    let counted = if measure == Measure::Cpu { Some(cpu_and_switches(pid)?) } else { None };
+    // SIGINT: the server drains and exits, and the tool writes its file.
+    Command::new("kill").args(["-INT", &pid.to_string()]).status()?;
     let status = child.wait()?;
     if !status.success() {
         return Err(format!("the server exited with {status}").into());
     }
-    let text = std::fs::read_to_string(&out)?;
-    let total = text
-        .lines()
-        .find_map(|l| l.strip_prefix("summary: ").or_else(|| l.strip_prefix("totals: ")))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or("no totals in the callgrind file")?;
-    Ok(total)
+    match counted {
+        Some(counts) => Ok(counts),
+        None => read_counts(n, measure),
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -144,11 +260,23 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let (mut small, mut large, mut extra) = (100usize, 900usize, Vec::new());
     let mut substreams = Substreams::PerRequest;
+    let mut measure = Measure::Instructions;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--small" => small = args.next().and_then(|v| v.parse().ok()).unwrap_or(small),
             "--large" => large = args.next().and_then(|v| v.parse().ok()).unwrap_or(large),
             "--one-substream" => substreams = Substreams::One,
+            "--measure" => {
+                measure = match args.next().as_deref() {
+                    Some("instructions") => Measure::Instructions,
+                    Some("syscalls") => Measure::Syscalls,
+                    Some("cpu") => Measure::Cpu,
+                    _ => {
+                        eprintln!("register_path: --measure takes instructions, syscalls or cpu");
+                        std::process::exit(2);
+                    }
+                }
+            }
             "--" => extra.extend(args.by_ref()),
             other => {
                 eprintln!("register_path: unknown argument {other}");
@@ -161,15 +289,25 @@ async fn main() {
         std::process::exit(2);
     }
     let run = async {
-        let a = instructions(small, &extra, substreams).await?;
-        let b = instructions(large, &extra, substreams).await?;
+        let a = count(small, &extra, substreams, measure).await?;
+        let b = count(large, &extra, substreams, measure).await?;
         Ok::<_, Error>((a, b))
     };
     match run.await {
         Ok((a, b)) => {
-            let per = b.saturating_sub(a) as f64 / (large - small) as f64;
-            println!("{small} registrations: {a} instructions; {large}: {b}");
-            println!("one registration: {per:.0} instructions (user space, all threads)");
+            let per_registration = (large - small) as f64;
+            for (name, at_large) in &b {
+                let at_small = a.iter().find(|(n, _)| n == name).map_or(0.0, |(_, v)| *v);
+                let per = (at_large - at_small) / per_registration;
+                // Syscalls seen in only one run, or under one per hundred
+                // registrations, are start-up's and shutdown's.
+                if measure == Measure::Syscalls && per.abs() < 0.01 {
+                    continue;
+                }
+                println!(
+                    "{name}: {at_small:.0} for {small} registrations, {at_large:.0} for {large}: {per:.2} per registration"
+                );
+            }
         }
         Err(e) => {
             eprintln!("register_path: {e}");
