@@ -29,6 +29,7 @@ pub mod framed;
 pub mod histogram;
 pub mod server;
 pub mod store;
+mod timed;
 
 pub use clock::Clock;
 

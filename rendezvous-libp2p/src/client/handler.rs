@@ -8,7 +8,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_bounded::{Delay, FuturesTupleSet};
 use libp2p_core::upgrade::{DeniedUpgrade, ReadyUpgrade};
 use libp2p_swarm::handler::{ConnectionEvent, DialUpgradeError, FullyNegotiatedOutbound};
 use libp2p_swarm::{
@@ -18,6 +17,7 @@ use rendezvous_core::{Failure, RequestId};
 
 use crate::PROTOCOL;
 use crate::framed::Framed;
+use crate::timed::TimedSet;
 
 /// Longest wait for a server to close a substream that carried a request
 /// without a response.
@@ -59,17 +59,13 @@ pub(crate) enum Outcome {
 pub struct Handler {
     limits: Arc<Limits>,
     to_open: VecDeque<Request>,
-    running: FuturesTupleSet<Outcome, RequestId>,
+    running: TimedSet<Outcome, RequestId>,
     done: VecDeque<Done>,
 }
 
 impl Handler {
     pub(crate) fn new(limits: Arc<Limits>) -> Self {
-        let timeout = limits.timeout;
-        let running = FuturesTupleSet::new(
-            move || Delay::futures_timer(timeout),
-            limits.max_in_flight.max(1),
-        );
+        let running = TimedSet::new(limits.timeout, limits.max_in_flight.max(1));
         Handler { limits, to_open: VecDeque::new(), running, done: VecDeque::new() }
     }
 

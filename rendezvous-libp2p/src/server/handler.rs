@@ -18,7 +18,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_bounded::{Delay, FuturesTupleSet};
 use libp2p_core::upgrade::{DeniedUpgrade, ReadyUpgrade};
 use libp2p_swarm::handler::{ConnectionEvent, FullyNegotiatedInbound};
 use libp2p_swarm::{ConnectionHandler, ConnectionHandlerEvent, Stream, SubstreamProtocol};
@@ -26,6 +25,7 @@ use libp2p_swarm::{ConnectionHandler, ConnectionHandlerEvent, Stream, SubstreamP
 use crate::PROTOCOL;
 use crate::framed::Framed;
 use crate::histogram::Histogram;
+use crate::timed::{TimedOut, TimedSet};
 
 /// What every handler of one behaviour shares: the bounds of a connection's
 /// substreams, and what the behaviour reads across connections.
@@ -36,6 +36,11 @@ pub(crate) struct Shared {
     pub(crate) request_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) max_frame: usize,
+    /// The behaviour closes idle connections itself, so its handlers keep
+    /// them open in between: otherwise the swarm arms a timer of its own
+    /// each time a connection's last substream closes and drops it when
+    /// the next one opens.
+    pub(crate) keep_alive: bool,
     /// From a request's last byte read to its answer's last byte written.
     pub(crate) durations: Histogram,
     /// Requests read and not yet answered (or dropped with their
@@ -118,12 +123,12 @@ type Read = (Framed<Stream>, io::Result<Option<Bytes>>);
 /// Moves frames between inbound substreams and the behaviour.
 pub struct Handler {
     shared: Arc<Shared>,
-    reading: FuturesTupleSet<Read, Tag>,
+    reading: TimedSet<Read, Tag>,
     /// Substreams whose request the behaviour has, with whether they are
     /// over the bound.
     parked: HashMap<StreamId, (Framed<Stream>, bool, InFlight)>,
     /// Substreams writing a last answer and closing, tagged `busy`.
-    closing: FuturesTupleSet<(), bool>,
+    closing: TimedSet<(), bool>,
     /// Open substreams within the bound, and over it, wherever they are
     /// (reading, parked or closing), so that each set always has room.
     open: usize,
@@ -135,10 +140,9 @@ pub struct Handler {
 impl Handler {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         let all = shared.max_streams + shared.max_busy_streams;
-        let (read_for, write_for) = (shared.request_timeout, shared.write_timeout);
         Handler {
-            reading: FuturesTupleSet::new(move || Delay::futures_timer(read_for), all),
-            closing: FuturesTupleSet::new(move || Delay::futures_timer(write_for), all),
+            reading: TimedSet::new(shared.request_timeout, all),
+            closing: TimedSet::new(shared.write_timeout, all),
             parked: HashMap::new(),
             open: 0,
             busy: 0,
@@ -187,7 +191,7 @@ impl Handler {
         *counter = counter.saturating_add_signed(up);
     }
 
-    fn on_read(&mut self, result: Result<Read, futures_bounded::Timeout>, tag: Tag) {
+    fn on_read(&mut self, result: Result<Read, TimedOut>, tag: Tag) {
         match result {
             Ok((framed, Ok(Some(body)))) => {
                 let request = InFlight::new(&self.shared);
@@ -262,6 +266,10 @@ impl ConnectionHandler for Handler {
 
     fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, ()> {
         SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ())
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        self.shared.keep_alive
     }
 
     fn poll(

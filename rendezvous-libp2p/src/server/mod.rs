@@ -252,6 +252,7 @@ impl Behaviour {
             request_timeout: config.request_timeout,
             write_timeout: config.write_timeout,
             max_frame: config.core.limits.max_request_frame,
+            keep_alive: config.idle_timeout.is_some_and(|t| !t.is_zero()),
             durations: histogram::Histogram::new(),
             in_flight: Default::default(),
             draining: Default::default(),
