@@ -2,7 +2,8 @@
 //! `rendezvous` binary.
 //!
 //! - [`transport`]: TCP for libp2p on async-io (rust-libp2p's own TCP
-//!   transport only supports tokio now).
+//!   transport only supports tokio now), with [`coalesce`]'s streams: one
+//!   `send` per wakeup rather than per frame.
 //! - [`websocket`]: `/ws` and `/wss` on that transport, for browsers.
 //! - [`host`]: TCP or WebSocket, noise, yamux, identify, ping and connection
 //!   limits around the `rendezvous-libp2p` behaviours, on any executor.
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod coalesce;
 pub mod handshakes;
 pub mod host;
 pub mod keyfile;

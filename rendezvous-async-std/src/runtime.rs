@@ -7,6 +7,11 @@
 //! same thread whenever it has nothing else to do. Outside [`run`] (an
 //! embedder's own runtime), tasks go to async-std's pool.
 //!
+//! Inside [`run`], every task is [`crate::coalesce::flushing`]: what its TCP
+//! streams write during one poll leaves in one `send` per stream when the
+//! poll ends. An embedder's executor gets the same by wrapping the tasks it
+//! gives [`crate::host::build`] in it.
+//!
 //! On the 2-core machine of BENCHMARKS.md one thread took less server CPU
 //! per request than async-std's pool; with more cores and more connections
 //! than one core can serve, more threads raise throughput.
@@ -42,7 +47,7 @@ pub fn run<T>(threads: NonZeroUsize, future: impl Future<Output = T>) -> T {
 /// async-std's pool outside.
 pub(crate) fn spawn(task: impl Future<Output = ()> + Send + 'static) {
     if DRIVEN.load(Ordering::Relaxed) {
-        EXECUTOR.spawn(task).detach();
+        EXECUTOR.spawn(crate::coalesce::flushing(Box::pin(task))).detach();
     } else {
         async_std::task::spawn(task);
     }

@@ -16,9 +16,11 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use async_io::Async;
 use futures::future::{BoxFuture, Ready, ready};
 use futures::{FutureExt, Stream};
 use if_watch::IfEvent;
@@ -26,8 +28,9 @@ use if_watch::smol::IfWatcher;
 use libp2p_core::multiaddr::{Multiaddr, Protocol};
 use libp2p_core::transport::{DialOpts, ListenerId, Transport, TransportError, TransportEvent};
 
-/// A TCP connection.
-pub type TcpStream = async_net::TcpStream;
+/// A TCP connection, whose writes leave once per wakeup inside
+/// [`crate::runtime::run`] (see [`crate::coalesce`]).
+pub use crate::coalesce::TcpStream;
 
 /// Connections the kernel queues for a listener before it accepts them
 /// (the standard library's 128 overflows under bursts, and a client whose
@@ -61,7 +64,7 @@ pub struct TcpTransport {
 
 struct Listener {
     id: ListenerId,
-    socket: async_net::TcpListener,
+    socket: Arc<Async<std::net::TcpListener>>,
     accepting: BoxFuture<'static, io::Result<(TcpStream, SocketAddr)>>,
     local: SocketAddr,
     /// Present when listening on an unspecified address.
@@ -118,14 +121,15 @@ fn multiaddr(addr: SocketAddr) -> Multiaddr {
 }
 
 fn accept(
-    socket: async_net::TcpListener,
+    socket: Arc<Async<std::net::TcpListener>>,
     after: Option<Duration>,
 ) -> BoxFuture<'static, io::Result<(TcpStream, SocketAddr)>> {
     async move {
         if let Some(wait) = after {
             async_io::Timer::after(wait).await;
         }
-        socket.accept().await
+        let (stream, remote) = socket.accept().await?;
+        Ok((TcpStream::new(stream), remote))
     }
     .boxed()
 }
@@ -172,9 +176,8 @@ impl Transport for TcpTransport {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
         let std_listener = bind(wanted).map_err(TransportError::Other)?;
-        let socket =
-            async_net::TcpListener::try_from(std_listener).map_err(TransportError::Other)?;
-        let local = socket.local_addr().map_err(TransportError::Other)?;
+        let socket = Arc::new(Async::new(std_listener).map_err(TransportError::Other)?);
+        let local = socket.get_ref().local_addr().map_err(TransportError::Other)?;
         let interfaces = if local.ip().is_unspecified() {
             Some(IfWatcher::new().map_err(TransportError::Other)?)
         } else {
