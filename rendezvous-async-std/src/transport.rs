@@ -16,7 +16,6 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -64,8 +63,14 @@ pub struct TcpTransport {
 
 struct Listener {
     id: ListenerId,
-    socket: Arc<Async<std::net::TcpListener>>,
-    accepting: BoxFuture<'static, io::Result<(TcpStream, SocketAddr)>>,
+    socket: Async<std::net::TcpListener>,
+    /// A connection may be waiting: accept before asking the reactor. The
+    /// socket is asked for readiness only after `accept` found nothing, so
+    /// the swarm polling the transport for its other work costs no system
+    /// call.
+    maybe_ready: bool,
+    /// Waiting after accepting failed for want of resources.
+    backoff: Option<async_io::Timer>,
     local: SocketAddr,
     /// Present when listening on an unspecified address.
     interfaces: Option<IfWatcher>,
@@ -120,20 +125,6 @@ fn multiaddr(addr: SocketAddr) -> Multiaddr {
     Multiaddr::empty().with(addr.ip().into()).with(Protocol::Tcp(addr.port()))
 }
 
-fn accept(
-    socket: Arc<Async<std::net::TcpListener>>,
-    after: Option<Duration>,
-) -> BoxFuture<'static, io::Result<(TcpStream, SocketAddr)>> {
-    async move {
-        if let Some(wait) = after {
-            async_io::Timer::after(wait).await;
-        }
-        let (stream, remote) = socket.accept().await?;
-        Ok((TcpStream::new(stream), remote))
-    }
-    .boxed()
-}
-
 /// Whether accepting failed for want of a resource that frees up by itself
 /// (descriptors, buffers, memory), rather than because the socket is broken.
 fn out_of_resources(error: &io::Error) -> bool {
@@ -159,6 +150,37 @@ impl Listener {
             self.failures = 0;
         }
     }
+
+    /// The next connection, after a backoff if accepting ran out of
+    /// resources; Pending until the socket is readable.
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+        loop {
+            if let Some(timer) = &mut self.backoff {
+                if Pin::new(timer).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.backoff = None;
+                self.maybe_ready = true;
+            }
+            if !self.maybe_ready {
+                futures::ready!(self.socket.poll_readable(cx))?;
+                self.maybe_ready = true;
+            }
+            match self.socket.get_ref().accept() {
+                Ok((stream, remote)) => {
+                    return Poll::Ready(Async::new(stream).map(|s| (TcpStream::new(s), remote)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.maybe_ready = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Out of descriptors or memory: wait, then accept again.
+                Err(e) if out_of_resources(&e) => {
+                    self.warn(&e);
+                    self.backoff = Some(async_io::Timer::after(ACCEPT_BACKOFF));
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
 }
 
 impl Transport for TcpTransport {
@@ -176,7 +198,7 @@ impl Transport for TcpTransport {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
         let std_listener = bind(wanted).map_err(TransportError::Other)?;
-        let socket = Arc::new(Async::new(std_listener).map_err(TransportError::Other)?);
+        let socket = Async::new(std_listener).map_err(TransportError::Other)?;
         let local = socket.get_ref().local_addr().map_err(TransportError::Other)?;
         let interfaces = if local.ip().is_unspecified() {
             Some(IfWatcher::new().map_err(TransportError::Other)?)
@@ -187,11 +209,11 @@ impl Transport for TcpTransport {
             });
             None
         };
-        let accepting = accept(socket.clone(), None);
         self.listeners.push(Listener {
             id,
             socket,
-            accepting,
+            maybe_ready: true,
+            backoff: None,
             local,
             interfaces,
             failures: 0,
@@ -263,32 +285,19 @@ impl Transport for TcpTransport {
                     });
                 }
             }
-            while let Poll::Ready(result) = listener.accepting.poll_unpin(cx) {
-                let backoff = result.as_ref().err().filter(|e| out_of_resources(e)).map(|error| {
-                    listener.warn(error);
-                    ACCEPT_BACKOFF
-                });
-                listener.accepting = accept(listener.socket.clone(), backoff);
-                match result {
+            if let Poll::Ready(result) = listener.poll_accept(cx) {
+                return Poll::Ready(match result {
                     Ok((stream, remote)) => {
                         let local = stream.local_addr().unwrap_or(listener.local);
-                        let upgrade = ready(stream.set_nodelay(nodelay).map(|()| stream));
-                        return Poll::Ready(TransportEvent::Incoming {
+                        TransportEvent::Incoming {
                             listener_id: listener.id,
-                            upgrade,
+                            upgrade: ready(stream.set_nodelay(nodelay).map(|()| stream)),
                             local_addr: multiaddr(local),
                             send_back_addr: multiaddr(remote),
-                        });
+                        }
                     }
-                    // Out of descriptors or memory: wait, then accept again.
-                    Err(_) if backoff.is_some() => continue,
-                    Err(error) => {
-                        return Poll::Ready(TransportEvent::ListenerError {
-                            listener_id: listener.id,
-                            error,
-                        });
-                    }
-                }
+                    Err(error) => TransportEvent::ListenerError { listener_id: listener.id, error },
+                });
             }
         }
         Poll::Pending
