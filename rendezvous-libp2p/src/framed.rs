@@ -25,12 +25,25 @@ pub struct Framed<S> {
     leftover: Vec<u8>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
+impl<S> Framed<S> {
     /// Frames on `io`, refusing incoming bodies over `max_frame` bytes.
     pub fn new(io: S, max_frame: usize) -> Self {
         Framed { io, decoder: FrameDecoder::new(max_frame), leftover: Vec::new() }
     }
 
+    /// Whether no part of a frame has been read: the stream stands between
+    /// frames.
+    pub fn is_between_frames(&self) -> bool {
+        self.leftover.is_empty() && self.decoder.is_idle()
+    }
+
+    /// The underlying stream.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+}
+
+impl<S: AsyncRead + Unpin> Framed<S> {
     /// Reads the next frame's body. `Ok(None)` when the stream ends cleanly
     /// between frames; an `InvalidData` error for a frame over the limit, a
     /// malformed length or an end inside a frame.
@@ -52,34 +65,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         }
     }
 
-    /// Writes one whole frame (length prefix included) and flushes it.
-    pub async fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.io.write_all(frame).await?;
-        self.io.flush().await
-    }
-
-    /// Closes the writing side.
-    pub async fn close(&mut self) -> io::Result<()> {
-        self.io.close().await
-    }
-
     /// Reads and discards until the other side closes: after our half-close,
     /// that tells us the other side has read everything we wrote.
     pub async fn drain(&mut self) -> io::Result<()> {
         let mut sink = [0u8; 64];
         while self.io.read(&mut sink).await? > 0 {}
         Ok(())
-    }
-
-    /// Whether no part of a frame has been read: the stream stands between
-    /// frames.
-    pub fn is_between_frames(&self) -> bool {
-        self.leftover.is_empty() && self.decoder.is_idle()
-    }
-
-    /// The underlying stream.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.io
     }
 
     fn decode_leftover(&mut self) -> io::Result<Option<Bytes>> {
@@ -91,6 +82,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         let used = self.leftover.len() - input.len();
         self.leftover.drain(..used);
         Ok(body)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Framed<S> {
+    /// Writes one whole frame (length prefix included) and flushes it.
+    pub async fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.io.write_all(frame).await?;
+        self.io.flush().await
+    }
+
+    /// Closes the writing side.
+    pub async fn close(&mut self) -> io::Result<()> {
+        self.io.close().await
     }
 }
 

@@ -224,17 +224,26 @@ impl ClientNode {
     }
 
     /// The next rendezvous event (the swarm's other events, and metrics
-    /// scrapes, are handled here).
+    /// scrapes, are handled here: identify's agent versions go to the
+    /// rendezvous behaviour, which carries requests to servers of ours on one
+    /// long-lived substream).
     pub async fn next_event(&mut self) -> ClientEvent {
         loop {
             let scrape = next_scrape(&mut self.metrics);
             select! {
-                event = self.swarm.select_next_some() => {
-                    if let SwarmEvent::Behaviour(HostEvent::Rendezvous(event)) = event {
+                event = self.swarm.select_next_some() => match event {
+                    SwarmEvent::Behaviour(HostEvent::Rendezvous(event)) => {
                         self.counts.count(&event);
                         return *event;
                     }
-                }
+                    SwarmEvent::Behaviour(HostEvent::Identify(identify)) => {
+                        if let libp2p_identify::Event::Received { peer_id, info, .. } = *identify {
+                            debug!(target: LOG, "{peer_id} runs {}", info.agent_version);
+                            self.rendezvous().set_agent_version(peer_id, &info.agent_version);
+                        }
+                    }
+                    _ => {}
+                },
                 scrape = scrape.fuse() => scrape.answer(&self.metrics()),
             }
         }

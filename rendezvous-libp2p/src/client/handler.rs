@@ -1,6 +1,9 @@
 //! The client's connection handler: opens one substream per request, writes
-//! it, reads the answer. It holds no protocol state; requests in flight are
-//! bounded by the core's `max_pending`.
+//! it, reads the answer; or, to a server the behaviour knows answers several
+//! requests per substream in order, carries every request that expects an
+//! answer on one long-lived substream ([`super::pipeline`]). It holds no
+//! protocol state; requests in flight are bounded by the core's
+//! `max_pending`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -8,6 +11,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
+use futures::channel::{mpsc, oneshot};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use libp2p_core::upgrade::{DeniedUpgrade, ReadyUpgrade};
 use libp2p_swarm::handler::{ConnectionEvent, DialUpgradeError, FullyNegotiatedOutbound};
 use libp2p_swarm::{
@@ -18,6 +25,8 @@ use rendezvous_core::{Failure, RequestId};
 use crate::PROTOCOL;
 use crate::framed::Framed;
 use crate::timed::TimedSet;
+
+use super::pipeline::{self, Queued};
 
 /// Longest wait for a server to close a substream that carried a request
 /// without a response.
@@ -39,6 +48,43 @@ pub struct Request {
     pub(crate) expects_response: bool,
 }
 
+/// What the behaviour tells a connection's handler.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum Command {
+    /// Carry this request.
+    Send(Request),
+    /// The server answers several requests per substream, in order: carry
+    /// the requests that expect an answer on one long-lived substream.
+    Pipeline,
+}
+
+/// What an outbound substream is opened for.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum Open {
+    /// One request.
+    Request(Request),
+    /// The long-lived substream.
+    Pipe,
+    /// A request that was on a long-lived substream when it ended, sent
+    /// again on its own.
+    Resend(Queued),
+}
+
+/// The long-lived substream, when the server takes one.
+#[derive(Debug)]
+enum Pipe {
+    /// One substream per request.
+    Off,
+    /// None open; the next request opens one.
+    Idle,
+    /// Asked the swarm for one; these wait for it.
+    Opening(Vec<Queued>),
+    /// Open: requests go to its inbox.
+    Open(mpsc::UnboundedSender<Queued>),
+}
+
 /// How a request went.
 #[doc(hidden)]
 #[derive(Debug)]
@@ -58,30 +104,72 @@ pub(crate) enum Outcome {
 /// Opens, writes and reads the substreams of one connection.
 pub struct Handler {
     limits: Arc<Limits>,
-    to_open: VecDeque<Request>,
+    to_open: VecDeque<Open>,
     running: TimedSet<Outcome, RequestId>,
     done: VecDeque<Done>,
+    pipe: Pipe,
+    /// Long-lived substreams at work (the open one, and closing ones still
+    /// reading the answers they owe) and requests sent again on their own;
+    /// each gives back the requests it could not carry.
+    pipes: FuturesUnordered<BoxFuture<'static, Vec<Queued>>>,
 }
 
 impl Handler {
-    pub(crate) fn new(limits: Arc<Limits>) -> Self {
+    /// A handler; `pipeline`: the server is known to answer several
+    /// requests per substream in order.
+    pub(crate) fn new(limits: Arc<Limits>, pipeline: bool) -> Self {
         let running = TimedSet::new(limits.timeout, limits.max_in_flight.max(1));
-        Handler { limits, to_open: VecDeque::new(), running, done: VecDeque::new() }
+        Handler {
+            limits,
+            to_open: VecDeque::new(),
+            running,
+            done: VecDeque::new(),
+            pipe: if pipeline { Pipe::Idle } else { Pipe::Off },
+            pipes: FuturesUnordered::new(),
+        }
     }
 
     fn fail(&mut self, id: RequestId, failure: Failure) {
         self.done.push_back(Done { id, outcome: Outcome::Failed(failure) });
+    }
+
+    /// Carries `request` on the long-lived substream, opening one if none
+    /// is; its outcome comes back through `running` like any other's.
+    fn pipeline(&mut self, request: Request) {
+        let (reply, outcome) = oneshot::channel();
+        let waiting =
+            outcome.map(|o| o.unwrap_or(Outcome::Failed(Failure::StreamClosed { written: false })));
+        if self.running.try_push(waiting, request.id).is_err() {
+            // The core bounds requests in flight below the set's room.
+            self.fail(request.id, Failure::StreamClosed { written: false });
+            return;
+        }
+        let mut queued = Queued { frame: request.frame, reply };
+        if let Pipe::Open(inbox) = &self.pipe {
+            match inbox.unbounded_send(queued) {
+                Ok(()) => return,
+                // That pipe is closing: open another.
+                Err(e) => queued = e.into_inner(),
+            }
+        }
+        match &mut self.pipe {
+            Pipe::Opening(waiting) => waiting.push(queued),
+            _ => {
+                self.pipe = Pipe::Opening(vec![queued]);
+                self.to_open.push_back(Open::Pipe);
+            }
+        }
     }
 }
 
 /// Writes the request and reads its answer, telling apart a substream that
 /// closed after the whole request went out (the server read it) from one
 /// cut off while writing.
-async fn exchange(mut framed: Framed<Stream>, request: Request) -> Outcome {
-    if framed.write_frame(&request.frame).await.is_err() {
+async fn exchange(mut framed: Framed<Stream>, frame: Bytes, expects_response: bool) -> Outcome {
+    if framed.write_frame(&frame).await.is_err() {
         return Outcome::Failed(Failure::StreamClosed { written: false });
     }
-    if !request.expects_response {
+    if !expects_response {
         // Half-close and wait for the server to close its side: then it has
         // read past our frame, and closing the connection right after
         // cannot lose it. Written either way; this only waits.
@@ -105,25 +193,38 @@ async fn exchange(mut framed: Framed<Stream>, request: Request) -> Outcome {
 }
 
 impl ConnectionHandler for Handler {
-    type FromBehaviour = Request;
+    type FromBehaviour = Command;
     type ToBehaviour = Done;
     type InboundProtocol = DeniedUpgrade;
     type OutboundProtocol = ReadyUpgrade<libp2p_swarm::StreamProtocol>;
     type InboundOpenInfo = ();
-    type OutboundOpenInfo = Request;
+    type OutboundOpenInfo = Open;
 
     fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, ()> {
         SubstreamProtocol::new(DeniedUpgrade, ())
     }
 
     fn connection_keep_alive(&self) -> bool {
-        !self.to_open.is_empty()
+        !self.to_open.is_empty() || matches!(self.pipe, Pipe::Opening(_))
     }
 
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, Request, Done>> {
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, Open, Done>> {
+        while let Poll::Ready(Some(unanswered)) = self.pipes.poll_next_unpin(cx) {
+            if !unanswered.is_empty() {
+                // The server ended a substream with requests on it: send
+                // them again, and from now on one substream per request.
+                self.pipe = Pipe::Off;
+                self.to_open.extend(unanswered.into_iter().map(Open::Resend));
+            }
+        }
+        if let Pipe::Open(inbox) = &self.pipe
+            && inbox.is_closed()
+        {
+            self.pipe = Pipe::Idle;
+        }
         if let Some(done) = self.done.pop_front() {
             return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(done));
         }
@@ -139,25 +240,65 @@ impl ConnectionHandler for Handler {
         Poll::Pending
     }
 
-    fn on_behaviour_event(&mut self, request: Request) {
-        self.to_open.push_back(request);
+    fn on_behaviour_event(&mut self, command: Command) {
+        match command {
+            Command::Send(request)
+                if request.expects_response && !matches!(self.pipe, Pipe::Off) =>
+            {
+                self.pipeline(request);
+            }
+            Command::Send(request) => self.to_open.push_back(Open::Request(request)),
+            Command::Pipeline => {
+                if matches!(self.pipe, Pipe::Off) {
+                    self.pipe = Pipe::Idle;
+                }
+            }
+        }
     }
 
     fn on_connection_event(
         &mut self,
-        event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol, (), Request>,
+        event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol, (), Open>,
     ) {
         match event {
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol: stream,
-                info,
+                info: Open::Request(request),
             }) => {
-                let id = info.id;
+                let id = request.id;
                 let framed = Framed::new(stream, self.limits.max_frame);
-                if self.running.try_push(exchange(framed, info), id).is_err() {
+                let exchange = exchange(framed, request.frame, request.expects_response);
+                if self.running.try_push(exchange, id).is_err() {
                     // The core bounds requests in flight below the set's room.
                     self.fail(id, Failure::StreamClosed { written: false });
                 }
+            }
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: stream,
+                info: Open::Pipe,
+            }) => {
+                let Pipe::Opening(waiting) = std::mem::replace(&mut self.pipe, Pipe::Idle) else {
+                    return; // dropping it closes it
+                };
+                let (inbox, requests) = mpsc::unbounded();
+                for queued in waiting {
+                    let _ = inbox.unbounded_send(queued);
+                }
+                self.pipes.push(pipeline::run(stream, self.limits.max_frame, requests).boxed());
+                self.pipe = Pipe::Open(inbox);
+            }
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: stream,
+                info: Open::Resend(queued),
+            }) => {
+                let framed = Framed::new(stream, self.limits.max_frame);
+                self.pipes.push(
+                    async move {
+                        let _ = queued.reply.send(exchange(framed, queued.frame, true).await);
+                        Vec::new()
+                    }
+                    .boxed(),
+                );
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error }) => {
                 let failure = match error {
@@ -165,7 +306,21 @@ impl ConnectionHandler for Handler {
                     StreamUpgradeError::Timeout => Failure::TimedOut,
                     _ => Failure::StreamClosed { written: false },
                 };
-                self.fail(info.id, failure);
+                match info {
+                    Open::Request(request) => self.fail(request.id, failure),
+                    Open::Resend(queued) => {
+                        let _ = queued.reply.send(Outcome::Failed(failure));
+                    }
+                    Open::Pipe => {
+                        if let Pipe::Opening(waiting) =
+                            std::mem::replace(&mut self.pipe, Pipe::Idle)
+                        {
+                            for queued in waiting {
+                                let _ = queued.reply.send(Outcome::Failed(failure));
+                            }
+                        }
+                    }
+                }
             }
             _ => {}
         }

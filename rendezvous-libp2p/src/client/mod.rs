@@ -17,8 +17,9 @@
 //! deployment has); every change re-registers everywhere.
 
 mod handler;
+mod pipeline;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -38,7 +39,7 @@ use rendezvous_core::{
 
 use crate::clock::{Clock, Timer};
 pub use handler::Handler;
-use handler::{Outcome, Request};
+use handler::{Command, Outcome, Request};
 
 /// Configuration of the client behaviour.
 #[derive(Clone, Debug)]
@@ -83,7 +84,10 @@ pub struct Behaviour {
     listening: Vec<Multiaddr>,
     /// Addresses of servers we were told about, to dial them by peer id.
     server_addresses: BTreeMap<PeerId, Vec<Multiaddr>>,
-    actions: VecDeque<ToSwarm<Event, Request>>,
+    /// Connected servers that answer several requests per substream in
+    /// order (see [`Behaviour::set_agent_version`]).
+    pipelined: BTreeSet<PeerId>,
+    actions: VecDeque<ToSwarm<Event, Command>>,
 }
 
 impl Behaviour {
@@ -105,8 +109,31 @@ impl Behaviour {
             external: Vec::new(),
             listening: Vec::new(),
             server_addresses: BTreeMap::new(),
+            pipelined: BTreeSet::new(),
             actions: VecDeque::new(),
         })
+    }
+
+    /// Tells the client the agent version identify learned for `peer`. A
+    /// server of ours (agent `rendezvous-rs/…`) answers several requests
+    /// per substream, in order, so every request that expects an answer
+    /// goes to it on one long-lived substream per connection instead of a
+    /// new one each: about half the server's CPU per request. Other servers
+    /// keep one substream per request (rust-libp2p's closes a substream
+    /// after its answer). Call it on every identify `Received` event.
+    pub fn set_agent_version(&mut self, peer: PeerId, agent_version: &str) {
+        let ours =
+            agent_version.trim().to_ascii_lowercase().starts_with(rendezvous_core::AGENT_PREFIX);
+        if !ours || !self.connections.contains_key(&peer) || !self.pipelined.insert(peer) {
+            return;
+        }
+        for &connection in self.connections.get(&peer).into_iter().flatten() {
+            self.actions.push_back(ToSwarm::NotifyHandler {
+                peer_id: peer,
+                handler: NotifyHandler::One(connection),
+                event: Command::Pipeline,
+            });
+        }
     }
 
     /// Where to dial `server`. Addresses given to the swarm with
@@ -243,11 +270,11 @@ impl Behaviour {
         self.actions.push_back(ToSwarm::NotifyHandler {
             peer_id: transmit.server,
             handler: NotifyHandler::One(connection),
-            event: Request {
+            event: Command::Send(Request {
                 id: transmit.request_id,
                 frame: transmit.to_frame(),
                 expects_response: transmit.expects_response,
-            },
+            }),
         });
     }
 
@@ -266,11 +293,11 @@ impl NetworkBehaviour for Behaviour {
     fn handle_established_inbound_connection(
         &mut self,
         _: ConnectionId,
-        _: PeerId,
+        peer: PeerId,
         _: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(Handler::new(self.limits.clone()))
+        Ok(Handler::new(self.limits.clone(), self.pipelined.contains(&peer)))
     }
 
     fn handle_pending_outbound_connection(
@@ -286,12 +313,12 @@ impl NetworkBehaviour for Behaviour {
     fn handle_established_outbound_connection(
         &mut self,
         _: ConnectionId,
-        _: PeerId,
+        peer: PeerId,
         _: &Multiaddr,
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(Handler::new(self.limits.clone()))
+        Ok(Handler::new(self.limits.clone(), self.pipelined.contains(&peer)))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
@@ -326,6 +353,8 @@ impl NetworkBehaviour for Behaviour {
                     self.core.handle_failure(now, id, Failure::Unreachable);
                 }
                 if closed.remaining_established == 0 {
+                    // Identify tells again on the next connection.
+                    self.pipelined.remove(&peer);
                     self.core.handle_disconnected(now, peer);
                 }
             }
