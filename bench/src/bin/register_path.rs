@@ -5,6 +5,9 @@
 //! registration's path (substream, multistream-select, noise, yamux, the
 //! swarm, the core), start-up and shutdown cancelled out. `--one-substream`
 //! sends every request on one long-lived substream instead of a new one each.
+//! `--client ours` registers through our client behaviour instead of raw
+//! substreams (with `--one-substream`: told the server is ours, so that it
+//! pipelines), and `--measure cpu` then also counts the client's CPU.
 //!
 //! `--measure` picks what is counted:
 //! - `instructions` (the default): the server runs under `valgrind
@@ -21,7 +24,7 @@
 //! ```text
 //! cargo build --release --bins
 //! target/release/register_path [--measure instructions|syscalls|cpu] [--small 100] [--large 900]
-//!   [--one-substream] [-- extra server flags]
+//!   [--one-substream] [--client raw|ours] [-- extra server flags]
 //! RENDEZVOUS_BIN=path/to/other/rendezvous target/release/register_path
 //! ```
 //!
@@ -32,14 +35,18 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
+use libp2p::futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use rendezvous_bench::our_binary;
 use rendezvous_core::record::Record;
+use rendezvous_core::{AGENT_PREFIX, ClientEvent, Namespace};
 use rendezvous_core::{Flavour, codec, testing};
+use rendezvous_libp2p::client;
 use rendezvous_libp2p::framed::Framed;
-use rendezvous_tests::net::{Raw, raw_connection_as};
+use rendezvous_tests::net::{Raw, connect, listen, raw_connection_as, swarm_as};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -55,6 +62,59 @@ enum Substreams {
     /// Every request on one long-lived substream, answered in order (our
     /// server and go's allow it).
     One,
+}
+
+/// Registers in `n` namespaces through our client behaviour (on a tokio
+/// swarm), `IN_FLIGHT` at a time; `pipelined`: told the server is ours, so
+/// that it carries them on one long-lived substream.
+async fn register_ours(
+    keypair: Keypair,
+    server: PeerId,
+    address: &Multiaddr,
+    n: usize,
+    pipelined: bool,
+) -> Result<(), Error> {
+    let mut config = client::Config::default();
+    config.core.max_registrations = n;
+    let mut c = swarm_as(keypair, |key| {
+        client::Behaviour::new(key.clone(), config).expect("a valid config")
+    });
+    listen(&mut c).await;
+    let bare: Multiaddr = address.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
+    connect(&mut c, server, &bare).await;
+    if pipelined {
+        c.behaviour_mut().set_agent_version(server, &format!("{AGENT_PREFIX}bench"));
+    }
+    let (mut sent, mut done) = (0, 0);
+    while done < n {
+        while sent < n && sent < done + IN_FLIGHT {
+            let ns = Namespace::new(&format!("ns-{sent}"), 255)?;
+            c.behaviour_mut().register(server, ns, None)?;
+            sent += 1;
+        }
+        match c.select_next_some().await {
+            SwarmEvent::Behaviour(ClientEvent::Registered { .. }) => done += 1,
+            SwarmEvent::Behaviour(ClientEvent::RegisterFailed { error, .. }) => {
+                return Err(format!("a registration failed: {error}").into());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `Ok` if `answer` accepted the registration: a refusal is a cheaper path
+/// than the one measured.
+fn accepted(answer: &rendezvous_core::proto::Message) -> Result<(), Error> {
+    match rendezvous_core::proto::read_status(answer.response_status()) {
+        Ok(rendezvous_core::proto::ResponseStatus::Ok) => Ok(()),
+        other => Err(format!("the server refused a registration: {other:?}").into()),
+    }
+}
+
+/// This process's CPU time so far, in µs (utime + stime from `/proc`).
+fn own_cpu_micros() -> Result<f64, Error> {
+    Ok(cpu_and_switches(std::process::id())?[0].1)
 }
 
 /// Registers `n` times over `raw`, `IN_FLIGHT` at a time.
@@ -76,7 +136,8 @@ async fn register_all(
                 framed.write_frame(&codec::frame(&request(i))).await?;
             }
             for _ in start..end {
-                framed.read_frame().await?.ok_or("the substream closed early")?;
+                let body = framed.read_frame().await?.ok_or("the substream closed early")?;
+                accepted(&codec::decode_message(&body)?)?;
             }
         }
         return Ok(());
@@ -88,10 +149,19 @@ async fn register_all(
             async move { raw.request(server, &message).await }
         });
         for answer in futures::future::join_all(requests).await {
-            answer?;
+            accepted(&answer?)?;
         }
     }
     Ok(())
+}
+
+/// Which client registers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// Raw substreams (libp2p-stream): only the server's path.
+    Raw,
+    /// Our client behaviour: the path a real client of ours takes.
+    Ours,
 }
 
 /// What to count.
@@ -131,7 +201,7 @@ fn start(n: usize, extra: &[String], measure: Measure) -> Result<std::process::C
     };
     command
         .args(["--mode", "server", "--listen", "127.0.0.1", "--stats-interval", "0"])
-        .args(["--in-memory", "--max-per-peer", "1000000"])
+        .args(["--in-memory", "--max-per-peer", "1000000", "--max-per-ip", "1000000"])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -215,7 +285,7 @@ fn read_counts(n: usize, measure: Measure) -> Result<Counts, Error> {
 async fn count(
     n: usize,
     extra: &[String],
-    substreams: Substreams,
+    (client, substreams): (Client, Substreams),
     measure: Measure,
 ) -> Result<Counts, Error> {
     let mut child = start(n, extra, measure)?;
@@ -239,10 +309,29 @@ async fn count(
     let keypair = Keypair::generate_ed25519();
     let announced: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse()?;
     let record = Record::sign(&keypair, &[announced], 1, Flavour::RustLibp2p)?;
-    let raw = raw_connection_as(keypair, server, &address).await;
-    register_all(&raw, server, &record, n, substreams).await?;
+    let client_cpu = match client {
+        Client::Raw => {
+            let raw = raw_connection_as(keypair, server, &address).await;
+            let before = own_cpu_micros()?;
+            register_all(&raw, server, &record, n, substreams).await?;
+            own_cpu_micros()? - before
+        }
+        Client::Ours => {
+            let before = own_cpu_micros()?;
+            let pipelined = substreams == Substreams::One;
+            register_ours(keypair, server, &address, n, pipelined).await?;
+            own_cpu_micros()? - before
+        }
+    };
     let pid = server_pid(&child, measure)?;
-    let counted = if measure == Measure::Cpu { Some(cpu_and_switches(pid)?) } else { None };
+    let counted = match measure {
+        Measure::Cpu => {
+            let mut counts = cpu_and_switches(pid)?;
+            counts.push(("client CPU µs".into(), client_cpu));
+            Some(counts)
+        }
+        _ => None,
+    };
     // SIGINT: the server drains and exits, and the tool writes its file.
     Command::new("kill").args(["-INT", &pid.to_string()]).status()?;
     let status = child.wait()?;
@@ -261,11 +350,22 @@ async fn main() {
     let (mut small, mut large, mut extra) = (100usize, 900usize, Vec::new());
     let mut substreams = Substreams::PerRequest;
     let mut measure = Measure::Instructions;
+    let mut client = Client::Raw;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--small" => small = args.next().and_then(|v| v.parse().ok()).unwrap_or(small),
             "--large" => large = args.next().and_then(|v| v.parse().ok()).unwrap_or(large),
             "--one-substream" => substreams = Substreams::One,
+            "--client" => {
+                client = match args.next().as_deref() {
+                    Some("raw") => Client::Raw,
+                    Some("ours") => Client::Ours,
+                    _ => {
+                        eprintln!("register_path: --client takes raw or ours");
+                        std::process::exit(2);
+                    }
+                }
+            }
             "--measure" => {
                 measure = match args.next().as_deref() {
                     Some("instructions") => Measure::Instructions,
@@ -289,8 +389,8 @@ async fn main() {
         std::process::exit(2);
     }
     let run = async {
-        let a = count(small, &extra, substreams, measure).await?;
-        let b = count(large, &extra, substreams, measure).await?;
+        let a = count(small, &extra, (client, substreams), measure).await?;
+        let b = count(large, &extra, (client, substreams), measure).await?;
         Ok::<_, Error>((a, b))
     };
     match run.await {
