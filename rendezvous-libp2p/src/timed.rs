@@ -74,7 +74,8 @@ impl<O: 'static, D: Unpin> TimedSet<O, D> {
     }
 
     /// Adds `future`, due within the timeout from now; gives it back when
-    /// the set is full.
+    /// the set is full. The future is first polled by the next
+    /// [`poll_unpin`](Self::poll_unpin): call it after pushing.
     pub(crate) fn try_push<F>(&mut self, future: F, data: D) -> Result<(), (F, D)>
     where
         F: Future<Output = O> + Send + 'static,

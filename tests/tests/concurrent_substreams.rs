@@ -7,12 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use futures::AsyncWriteExt;
+use futures::{AsyncReadExt, AsyncWriteExt};
 use rendezvous_libp2p::core::proto::{self, ResponseStatus, read_status};
 use rendezvous_libp2p::core::testing::{self, TestPeer};
 use rendezvous_libp2p::core::{Dialect, Flavour, Limits, codec};
 use rendezvous_libp2p::server;
-use rendezvous_tests::net::{expect, raw_connection, raw_connection_as, read_frame};
+use rendezvous_tests::net::{LIMIT, expect, raw_connection, raw_connection_as, read_frame};
 
 use common::{our_server, register_status};
 
@@ -140,4 +140,28 @@ async fn a_frame_dripped_byte_by_byte_is_answered_and_empty_substreams_are_count
     let body = read_frame(&mut stream).await.unwrap();
     let page = codec::decode_message(&body).unwrap().discover_response.unwrap();
     assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok));
+}
+
+#[tokio::test]
+async fn the_server_closes_its_side_once_the_client_closes_after_an_unregister() {
+    // An UNREGISTER has no answer: the client half-closes and waits for the
+    // server to close too, which tells it the request was read. The server
+    // must close then and there, not when some timer next wakes the
+    // connection (so the timeouts here are longer than the wait allowed).
+    let config = server::Config {
+        request_timeout: Duration::from_secs(60),
+        write_timeout: Duration::from_secs(60),
+        ..server::Config::default()
+    };
+    let (server_id, addr, _events) = our_server(config).await;
+    let mut raw = raw_connection(server_id, &addr).await;
+    for _ in 0..3 {
+        let mut stream = raw.open(server_id).await;
+        stream.write_all(&codec::frame(&testing::unregister("chat"))).await.unwrap();
+        stream.close().await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(LIMIT, stream.read_to_end(&mut rest)).await;
+        let read = read.expect("the server closed its side in time");
+        assert_eq!(read.map_err(|e| e.kind()), Ok(0), "a clean end, not a reset");
+    }
 }

@@ -276,10 +276,12 @@ impl ConnectionHandler for Handler {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), Self::ToBehaviour>> {
-        while let Poll::Ready((_, busy)) = self.closing.poll_unpin(cx) {
-            self.count(busy, -1);
-        }
         loop {
+            // Polled again after every read: a read that ended its
+            // substream has just put the closing in this set.
+            while let Poll::Ready((_, busy)) = self.closing.poll_unpin(cx) {
+                self.count(busy, -1);
+            }
             if let Some(event) = self.events.pop_front() {
                 return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event));
             }
