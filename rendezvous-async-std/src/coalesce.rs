@@ -13,7 +13,8 @@
 //! ends, before the task sleeps, exactly as if they had been handed to the
 //! kernel's send buffer. If the socket cannot take them all, the rest waits
 //! in the stream (at most [`HIGH_WATER`] before writes wait) and the task is
-//! woken when the socket is writable. Outside such a task, a stream writes
+//! woken when the socket is writable. Past [`SEND_AT`] bytes, a stream sends
+//! at once rather than holding more. Outside such a task, a stream writes
 //! through as a plain TCP stream does.
 
 use std::cell::RefCell;
@@ -29,6 +30,11 @@ use futures::{AsyncRead, AsyncWrite};
 
 /// Bytes a stream holds before its writers wait for the socket.
 pub const HIGH_WATER: usize = 64 * 1024;
+
+/// Bytes a stream collects before it sends at once rather than at the end
+/// of the poll: small frames are what coalescing saves calls on, and a
+/// large answer (a discover page) would only be copied.
+const SEND_AT: usize = 16 * 1024;
 
 /// The first allocation of a stream's buffer in a wakeup: room for the
 /// frames of a few answers without growing. The buffer is freed once sent,
@@ -174,10 +180,27 @@ impl AsyncWrite for TcpStream {
                 return Poll::Pending;
             }
         }
-        if !list(shared, &mut out) && out.pending() == 0 {
-            // Not in a flushing task, nothing held: write through.
-            drop(out);
-            return Pin::new(&mut &shared.io).poll_write(cx, data);
+        let listed = list(shared, &mut out);
+        if !listed || out.pending() + data.len() > SEND_AT {
+            // Outside a flushing task, or too much to hold: what is held
+            // goes first, then this writes through as far as the socket
+            // takes it; a large answer is not copied into the buffer.
+            if shared.send(&mut out, cx)?.is_ready() {
+                match Pin::new(&mut &shared.io).poll_write(cx, data) {
+                    Poll::Ready(Ok(n)) if n == data.len() || !listed => return Poll::Ready(Ok(n)),
+                    Poll::Ready(Ok(n)) => {
+                        out.buf.extend_from_slice(&data[n..]);
+                        return Poll::Ready(Ok(data.len()));
+                    }
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Err(shared.fail(&mut out, e.kind())));
+                    }
+                    Poll::Pending if !listed => return Poll::Pending,
+                    Poll::Pending => {} // held below; sent when the socket is writable
+                }
+            } else if !listed {
+                return Poll::Pending;
+            }
         }
         if out.buf.capacity() == 0 {
             out.buf.reserve(data.len().max(FIRST_CAPACITY));
