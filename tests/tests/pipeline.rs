@@ -31,6 +31,15 @@ struct Counts {
 /// A rendezvous server that answers every REGISTER OK with the TTL asked
 /// for, in order, `per_substream` times per substream before closing it.
 async fn stand_in(per_substream: usize) -> (PeerId, Multiaddr, Arc<Counts>) {
+    stand_in_with(per_substream, false).await
+}
+
+/// [`stand_in`]; `first_hangs`: the first substream is read and never
+/// answered.
+async fn stand_in_with(
+    per_substream: usize,
+    first_hangs: bool,
+) -> (PeerId, Multiaddr, Arc<Counts>) {
     let mut s = swarm(|_| libp2p_stream::Behaviour::new());
     let addr = listen(&mut s).await;
     let id = *s.local_peer_id();
@@ -44,10 +53,14 @@ async fn stand_in(per_substream: usize) -> (PeerId, Multiaddr, Arc<Counts>) {
     let c = counts.clone();
     tokio::spawn(async move {
         while let Some((_, stream)) = incoming.next().await {
-            c.substreams.fetch_add(1, Ordering::Relaxed);
+            let first = c.substreams.fetch_add(1, Ordering::Relaxed) == 0;
             let c = c.clone();
             tokio::spawn(async move {
                 let mut framed = Framed::new(stream, 1 << 16);
+                if first && first_hangs {
+                    while let Ok(Some(_)) = framed.read_frame().await {}
+                    return;
+                }
                 for _ in 0..per_substream {
                     let Ok(Some(body)) = framed.read_frame().await else { return };
                     let request = codec::decode_message(&body).unwrap();
@@ -75,8 +88,16 @@ async fn stand_in(per_substream: usize) -> (PeerId, Multiaddr, Arc<Counts>) {
 
 /// Our client, told that `server` runs our server (as identify would).
 async fn pipelining_client(server: PeerId, addr: &Multiaddr) -> Swarm<client::Behaviour> {
-    let mut c =
-        swarm(|key| client::Behaviour::new(key.clone(), client::Config::default()).unwrap());
+    pipelining_client_with(server, addr, client::Config::default()).await
+}
+
+/// [`pipelining_client`] with `config`.
+async fn pipelining_client_with(
+    server: PeerId,
+    addr: &Multiaddr,
+    config: client::Config,
+) -> Swarm<client::Behaviour> {
+    let mut c = swarm(|key| client::Behaviour::new(key.clone(), config).unwrap());
     listen(&mut c).await;
     c.add_peer_address(server, addr.clone());
     c.dial(server).unwrap();
@@ -117,7 +138,11 @@ async fn register_many(
                         assert_eq!(ttl, Duration::from_secs(600));
                         registered += 1;
                     }
-                    ClientEvent::RegisterFailed { error, .. } => panic!("register failed: {error}"),
+                    // A transient failure is retried (`retry_in`); only
+                    // giving up fails the test.
+                    ClientEvent::RegisterFailed { error, retry_in: None, .. } => {
+                        panic!("register failed for good: {error}")
+                    }
                     _ => {}
                 }
             }
@@ -149,6 +174,19 @@ async fn a_substream_the_server_closes_early_fails_nothing_for_good() {
     assert_eq!(register_many(&mut c, server, 5, 1).await, 5);
     assert_eq!(counts.answered.load(Ordering::Relaxed), 5);
     assert!(counts.substreams.load(Ordering::Relaxed) >= 5);
+}
+
+#[tokio::test]
+async fn a_substream_whose_answers_stop_coming_is_dropped_for_one_per_request() {
+    // The first substream swallows requests: the first answer's timeout
+    // gives it up, and the retries go on substreams of their own.
+    let (server, addr, counts) = stand_in_with(usize::MAX, true).await;
+    let mut config = client::Config::default();
+    config.core.request_timeout = Duration::from_secs(1);
+    let mut c = pipelining_client_with(server, &addr, config).await;
+    assert_eq!(register_many(&mut c, server, 3, 3).await, 3);
+    assert_eq!(counts.answered.load(Ordering::Relaxed), 3);
+    assert_eq!(counts.substreams.load(Ordering::Relaxed), 4, "the swallowing one and one each");
 }
 
 #[tokio::test]

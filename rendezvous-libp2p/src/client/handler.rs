@@ -5,7 +5,7 @@
 //! protocol state; requests in flight are bounded by the core's
 //! `max_pending`.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -112,6 +112,8 @@ pub struct Handler {
     /// reading the answers they owe) and requests sent again on their own;
     /// each gives back the requests it could not carry.
     pipes: FuturesUnordered<BoxFuture<'static, Vec<Queued>>>,
+    /// Requests in `running` that went to a long-lived substream.
+    piped: HashSet<RequestId>,
 }
 
 impl Handler {
@@ -126,6 +128,7 @@ impl Handler {
             done: VecDeque::new(),
             pipe: if pipeline { Pipe::Idle } else { Pipe::Off },
             pipes: FuturesUnordered::new(),
+            piped: HashSet::new(),
         }
     }
 
@@ -144,6 +147,7 @@ impl Handler {
             self.fail(request.id, Failure::StreamClosed { written: false });
             return;
         }
+        self.piped.insert(request.id);
         let mut queued = Queued { frame: request.frame, reply };
         if let Pipe::Open(inbox) = &self.pipe {
             match inbox.unbounded_send(queued) {
@@ -229,6 +233,14 @@ impl ConnectionHandler for Handler {
             return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(done));
         }
         if let Poll::Ready((result, id)) = self.running.poll_unpin(cx) {
+            if self.piped.remove(&id) && result.is_err() {
+                // An answer did not come in time on the long-lived
+                // substream, and every later one waits behind it: drop it
+                // (what was on it fails and is retried) and use a substream
+                // per request on this connection from now on.
+                self.pipe = Pipe::Off;
+                self.pipes.clear();
+            }
             let outcome = result.unwrap_or(Outcome::Failed(Failure::TimedOut));
             return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(Done { id, outcome }));
         }
