@@ -8,14 +8,18 @@
 //!   substreams per connection are served at once; beyond that, requests are
 //!   answered `E_UNAVAILABLE`, never dropped in silence.
 //! - [`client::Behaviour`]: registers, refreshes, discovers. Opens one
-//!   substream per request, dials servers it is not connected to, follows the
-//!   swarm's external addresses and re-registers when they change, and hands
-//!   discovered addresses to the swarm.
+//!   substream per request, or keeps one for all of them to a server of ours
+//!   (told by [`client::Behaviour::set_agent_version`]); dials servers it is
+//!   not connected to, follows the swarm's external addresses and
+//!   re-registers when they change, and hands discovered addresses to the
+//!   swarm.
 //!
 //! The behaviours own the protocol logic and the one timer; the connection
 //! handlers only move frames between substreams and the behaviour, through
 //! [`framed::Framed`], with every substream bounded in number and time.
-//! Nothing here depends on a runtime: timers come from `futures-timer`, so
+//! Nothing here depends on a runtime: timers come from `futures-timer` (one
+//! per set of substreams, not one per substream: each `futures-timer` delay
+//! wakes that crate's thread when made and when dropped), so
 //! the behaviours run under tokio, async-std or smol alike. [`Clock`] maps
 //! the system's time to the core's timestamps (Unix time, monotonic within a
 //! process).
