@@ -280,6 +280,25 @@ fn read_counts(n: usize, measure: Measure) -> Result<Counts, Error> {
     }
 }
 
+/// The server (or its tool), killed if a run ends early with an error
+/// rather than left behind.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // Under strace the server is the tool's child: stop it first.
+            let id = self.0.id();
+            let children = std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"));
+            for pid in children.iter().flat_map(|c| c.split_whitespace()) {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Runs the server under `measure`'s tool, registers `n` times, stops it;
 /// returns what the tool counted.
 async fn count(
@@ -288,8 +307,8 @@ async fn count(
     (client, substreams): (Client, Substreams),
     measure: Measure,
 ) -> Result<Counts, Error> {
-    let mut child = start(n, extra, measure)?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut child = Stopped(start(n, extra, measure)?);
+    let stderr = child.0.stderr.take().ok_or("no stderr")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -323,7 +342,7 @@ async fn count(
             own_cpu_micros()? - before
         }
     };
-    let pid = server_pid(&child, measure)?;
+    let pid = server_pid(&child.0, measure)?;
     let counted = match measure {
         Measure::Cpu => {
             let mut counts = cpu_and_switches(pid)?;
@@ -334,7 +353,7 @@ async fn count(
     };
     // SIGINT: the server drains and exits, and the tool writes its file.
     Command::new("kill").args(["-INT", &pid.to_string()]).status()?;
-    let status = child.wait()?;
+    let status = child.0.wait()?;
     if !status.success() {
         return Err(format!("the server exited with {status}").into());
     }
