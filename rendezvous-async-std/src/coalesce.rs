@@ -28,8 +28,10 @@ use std::task::{Context, Poll};
 use async_io::Async;
 use futures::{AsyncRead, AsyncWrite};
 
-/// Bytes a stream holds before its writers wait for the socket.
-pub const HIGH_WATER: usize = 64 * 1024;
+/// Most bytes a stream holds for a socket that cannot take them: then its
+/// writers wait. What a peer that stops reading costs beyond the kernel's
+/// own buffers.
+pub const HIGH_WATER: usize = 32 * 1024;
 
 /// Bytes a stream collects before it sends at once rather than at the end
 /// of the poll: small frames are what coalescing saves calls on, and a
@@ -163,6 +165,16 @@ impl AsyncRead for TcpStream {
     }
 }
 
+/// Holds as much of `data` as fits under [`HIGH_WATER`]; returns how much.
+fn hold(out: &mut Outbox, data: &[u8]) -> usize {
+    let take = data.len().min(HIGH_WATER.saturating_sub(out.pending()));
+    if take > 0 && out.buf.capacity() == 0 {
+        out.buf.reserve(take.max(FIRST_CAPACITY));
+    }
+    out.buf.extend_from_slice(&data[..take]);
+    take
+}
+
 impl AsyncWrite for TcpStream {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -189,8 +201,8 @@ impl AsyncWrite for TcpStream {
                 match Pin::new(&mut &shared.io).poll_write(cx, data) {
                     Poll::Ready(Ok(n)) if n == data.len() || !listed => return Poll::Ready(Ok(n)),
                     Poll::Ready(Ok(n)) => {
-                        out.buf.extend_from_slice(&data[n..]);
-                        return Poll::Ready(Ok(data.len()));
+                        let held = hold(&mut out, &data[n..]);
+                        return Poll::Ready(Ok(n + held));
                     }
                     Poll::Ready(Err(e)) => {
                         return Poll::Ready(Err(shared.fail(&mut out, e.kind())));
@@ -202,11 +214,7 @@ impl AsyncWrite for TcpStream {
                 return Poll::Pending;
             }
         }
-        if out.buf.capacity() == 0 {
-            out.buf.reserve(data.len().max(FIRST_CAPACITY));
-        }
-        out.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+        Poll::Ready(Ok(hold(&mut out, data)))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -362,6 +370,26 @@ mod tests {
         });
         async_io::block_on(task);
         assert_eq!(reader.join().unwrap(), expected);
+    }
+
+    #[test]
+    fn a_peer_that_stops_reading_costs_at_most_the_high_water_mark() {
+        let (ours, _theirs) = pair(); // never read
+        let shared = ours.shared.clone();
+        let data = vec![7u8; 64 * 1024 * 1024];
+        let mut task = flushing(
+            async move {
+                let mut ours = ours;
+                let _ = ours.write_all(&data).await;
+            }
+            .boxed(),
+        );
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        for _ in 0..3 {
+            assert!(task.poll_unpin(&mut cx).is_pending(), "the socket filled up");
+            let held = shared.outbox().pending();
+            assert!(held <= HIGH_WATER, "{held} bytes held");
+        }
     }
 
     #[test]
