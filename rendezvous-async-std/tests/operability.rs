@@ -186,37 +186,56 @@ fn sigterm_under_load_answers_what_was_read_and_keeps_what_was_acknowledged() {
         args.extend(limits);
         start(Proc::start(&args))
     };
-    let (server, address) = point();
-    let (server_id, addr) = peer_of(&address);
     let me = TestPeer::new(9);
     let rt = runtime();
-    let stop_sent = std::sync::OnceLock::new();
-    let (acked, after_stop) = rt.block_on(async {
-        let raw = raw_connection_as(me.keypair.clone(), server_id, &addr).await;
-        let load = register_until_gone(&raw, server_id, &me, 200, &stop_sent);
-        let stopper = async {
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            let pid = server.pid().to_string();
-            // Marked before `kill` runs: the point may drain everything in
-            // flight before the `kill` process has even exited.
-            stop_sent.set(Instant::now()).unwrap();
-            assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        };
-        futures::join!(load, stopper).0
-    });
-    let stopped = *stop_sent.get().unwrap();
-    let (status, lines) = server.finish();
-    let took = stopped.elapsed();
-    assert!(status.success(), "exit {status:?}:\n{}", lines.join("\n"));
-    assert!(took < Duration::from_secs(6), "took {took:?} to stop");
-    assert!(lines.iter().any(|l| l.ends_with("] Stopped")), "{}", lines.join("\n"));
-    assert!(!lines.iter().any(|l| l.contains("unanswered")), "{}", lines.join("\n"));
-    assert!(after_stop > 0, "no request was still in flight when SIGTERM came");
-    assert!(acked.len() > 100, "only {} acknowledged", acked.len());
-    println!(
-        "{} acknowledged, {after_stop} answered after SIGTERM, stopped in {took:?}",
-        acked.len()
+    // A SIGTERM can land when nothing happens to be read and unanswered
+    // (the point answers within milliseconds): then it shows nothing about
+    // draining, and the stop is tried again, up to three times, on the same
+    // data dir.
+    let mut acked = BTreeSet::new();
+    let mut answered_after = Vec::new();
+    let mut peer = None;
+    for _ in 0..3 {
+        let (server, address) = point();
+        let (server_id, addr) = peer_of(&address);
+        peer = Some((server_id, addr.clone()));
+        let stop_sent = std::sync::OnceLock::new();
+        let (acked_now, after_stop) = rt.block_on(async {
+            let raw = raw_connection_as(me.keypair.clone(), server_id, &addr).await;
+            let load = register_until_gone(&raw, server_id, &me, 200, &stop_sent);
+            let stopper = async {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                let pid = server.pid().to_string();
+                // Marked before `kill` runs: the point may drain everything
+                // in flight before the `kill` process has even exited.
+                stop_sent.set(Instant::now()).unwrap();
+                assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+            };
+            futures::join!(load, stopper).0
+        });
+        let stopped = *stop_sent.get().unwrap();
+        let (status, lines) = server.finish();
+        let took = stopped.elapsed();
+        assert!(status.success(), "exit {status:?}:\n{}", lines.join("\n"));
+        assert!(took < Duration::from_secs(6), "took {took:?} to stop");
+        assert!(lines.iter().any(|l| l.ends_with("] Stopped")), "{}", lines.join("\n"));
+        assert!(!lines.iter().any(|l| l.contains("unanswered")), "{}", lines.join("\n"));
+        assert!(acked_now.len() > 100, "only {} acknowledged", acked_now.len());
+        println!(
+            "{} acknowledged, {after_stop} answered after SIGTERM, stopped in {took:?}",
+            acked_now.len()
+        );
+        acked.extend(acked_now);
+        answered_after.push(after_stop);
+        if after_stop > 0 {
+            break;
+        }
+    }
+    assert!(
+        answered_after.iter().any(|&n| n > 0),
+        "no request was in flight at any of the SIGTERMs: {answered_after:?}"
     );
+    let (server_id, addr) = peer.unwrap();
 
     // Every acknowledged registration was stored.
     let (_server, _) = point();
