@@ -258,20 +258,17 @@ pub fn build<B: NetworkBehaviour>(
     executor: impl Executor + Send + 'static,
 ) -> Result<Swarm<B>, libp2p_noise::Error> {
     let transport = transport(keypair, Duration::from_secs(10))?;
-    Ok(build_with(keypair, transport, behaviour, Config::with_executor(executor)))
+    Ok(build_with(keypair, transport, behaviour, executor))
 }
 
-/// A swarm for `behaviour` over `transport`, its connections' tasks run as
-/// `config` says ([`Config::with_executor`], or [`Config::without_executor`]
-/// to poll them all within the swarm's own task), with our idle timeout and
-/// stream bounds.
+/// A swarm for `behaviour` on `executor`, over `transport`.
 pub fn build_with<B: NetworkBehaviour>(
     keypair: &Keypair,
     transport: Boxed<(PeerId, StreamMuxerBox)>,
     behaviour: B,
-    config: Config,
+    executor: impl Executor + Send + 'static,
 ) -> Swarm<B> {
-    let config = config
+    let config = Config::with_executor(executor)
         .with_idle_connection_timeout(IDLE_TIMEOUT)
         .with_max_negotiating_inbound_streams(MAX_NEGOTIATING_INBOUND_STREAMS);
     Swarm::new(transport, behaviour, keypair.public().to_peer_id(), config)

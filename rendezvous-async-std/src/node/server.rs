@@ -154,12 +154,7 @@ impl ServerNode {
         let (transport, handshakes) =
             host::server_transport(&keypair, &limits, options.ws_tls.as_ref())
                 .map_err(|e| NodeError::Config(e.to_string()))?;
-        let config = if std::env::var_os("RZ_INLINE").is_some() {
-            libp2p_swarm::Config::without_executor()
-        } else {
-            libp2p_swarm::Config::with_executor(executor())
-        };
-        let swarm = host::build_with(&keypair, transport, behaviour, config);
+        let swarm = host::build_with(&keypair, transport, behaviour, executor());
         let metrics = metrics_endpoint(options.metrics)?;
         let mut node = ServerNode {
             swarm,
