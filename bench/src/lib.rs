@@ -1,5 +1,5 @@
 //! What the benchmark binaries share: finding the binaries they measure,
-//! reading a process's memory from `/proc`, and a server core whose limits
+//! reading a process's memory and CPU time from `/proc`, and a server core whose limits
 //! leave room for the load.
 
 use std::fmt::Display;
@@ -35,6 +35,17 @@ pub fn status_kib(pid: impl Display, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let value = status.lines().find_map(|l| l.strip_prefix(field))?;
     value.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// utime + stime of process `pid` (`"self"` for this one) from
+/// `/proc/<pid>/stat`, in seconds (10 ms ticks).
+pub fn cpu_seconds(pid: impl Display) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses: utime and
+    // stime are fields 14 and 15 of the line, 11 and 12 here.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// A server core that holds `n` registrations in one namespace, from one

@@ -40,7 +40,7 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
-use rendezvous_bench::our_binary;
+use rendezvous_bench::{cpu_seconds, our_binary};
 use rendezvous_core::record::Record;
 use rendezvous_core::{AGENT_PREFIX, ClientEvent, Namespace};
 use rendezvous_core::{Flavour, codec, testing};
@@ -114,7 +114,7 @@ fn accepted(answer: &rendezvous_core::proto::Message) -> Result<(), Error> {
 
 /// This process's CPU time so far, in µs (utime + stime from `/proc`).
 fn own_cpu_micros() -> Result<f64, Error> {
-    Ok(cpu_and_switches(std::process::id())?[0].1)
+    Ok(cpu_seconds("self").ok_or("no CPU time in /proc")? * 1e6)
 }
 
 /// Registers `n` times over `raw`, `IN_FLIGHT` at a time.
@@ -215,20 +215,18 @@ fn server_pid(child: &std::process::Child, measure: Measure) -> Result<u32, Erro
     if measure != Measure::Syscalls {
         return Ok(child.id());
     }
-    let id = child.id();
-    let children = std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))?;
-    Ok(children.split_whitespace().next().ok_or("strace started no server")?.parse()?)
+    Ok(*children(child.id()).first().ok_or("strace started no server")?)
+}
+
+/// The processes `pid` started.
+fn children(pid: u32) -> Vec<u32> {
+    let listed = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+    listed.iter().flat_map(|c| c.split_whitespace()).filter_map(|p| p.parse().ok()).collect()
 }
 
 /// CPU microseconds (utime + stime) and context switches of `pid`'s threads.
 fn cpu_and_switches(pid: u32) -> Result<Counts, Error> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let rest = stat.rsplit_once(')').ok_or("bad /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    let hz = 100.0; // USER_HZ on Linux
+    let seconds = cpu_seconds(pid).ok_or("no CPU time in /proc")?;
     let mut switches = 0u64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let status = std::fs::read_to_string(task?.path().join("status"))?;
@@ -241,10 +239,7 @@ fn cpu_and_switches(pid: u32) -> Result<Counts, Error> {
             }
         }
     }
-    Ok(vec![
-        ("CPU µs".into(), ticks as f64 / hz * 1e6),
-        ("context switches".into(), switches as f64),
-    ])
+    Ok(vec![("CPU µs".into(), seconds * 1e6), ("context switches".into(), switches as f64)])
 }
 
 /// What the tool left in its file once the server exited.
@@ -288,10 +283,8 @@ impl Drop for Stopped {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
             // Under strace the server is the tool's child: stop it first.
-            let id = self.0.id();
-            let children = std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"));
-            for pid in children.iter().flat_map(|c| c.split_whitespace()) {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            for pid in children(self.0.id()) {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
             }
             let _ = self.0.kill();
             let _ = self.0.wait();

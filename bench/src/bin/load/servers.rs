@@ -9,7 +9,7 @@ use std::time::Duration;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
-use rendezvous_bench::{our_binary, sibling, status_kib};
+use rendezvous_bench::{cpu_seconds, our_binary, sibling, status_kib};
 use rendezvous_tests::redis::RedisServer;
 
 use crate::Error;
@@ -188,7 +188,7 @@ impl Server {
 
     /// The server's CPU seconds so far.
     pub(crate) fn cpu(&self) -> f64 {
-        cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+        cpu_seconds(self.child.id()).unwrap_or(0.0)
     }
 
     /// The server's peak resident set, in MiB.
@@ -223,16 +223,5 @@ fn scrape_every_second(at: String) -> std::sync::Arc<std::sync::atomic::AtomicBo
 /// This process's CPU seconds so far: the load tool shares the cores with
 /// the server, and says what it took.
 pub(crate) fn own_cpu() -> f64 {
-    cpu_seconds("/proc/self/stat")
-}
-
-/// utime + stime of a `/proc/<pid>/stat` file, in seconds (10 ms ticks).
-fn cpu_seconds(path: &str) -> f64 {
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line: 11 and 12 here.
-    (ticks(11) + ticks(12)) / 100.0
+    cpu_seconds("self").unwrap_or(0.0)
 }
