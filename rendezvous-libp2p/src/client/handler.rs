@@ -5,7 +5,7 @@
 //! protocol state; requests in flight are bounded by the core's
 //! `max_pending`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -105,15 +105,15 @@ pub(crate) enum Outcome {
 pub struct Handler {
     limits: Arc<Limits>,
     to_open: VecDeque<Open>,
-    running: TimedSet<Outcome, RequestId>,
+    /// Each request's exchange, tagged with its id and whether it went to
+    /// a long-lived substream.
+    running: TimedSet<Outcome, (RequestId, bool)>,
     done: VecDeque<Done>,
     pipe: Pipe,
     /// Long-lived substreams at work (the open one, and closing ones still
     /// reading the answers they owe) and requests sent again on their own;
     /// each gives back the requests it could not carry.
     pipes: FuturesUnordered<BoxFuture<'static, Vec<Queued>>>,
-    /// Requests in `running` that went to a long-lived substream.
-    piped: HashSet<RequestId>,
 }
 
 impl Handler {
@@ -128,7 +128,6 @@ impl Handler {
             done: VecDeque::new(),
             pipe: if pipeline { Pipe::Idle } else { Pipe::Off },
             pipes: FuturesUnordered::new(),
-            piped: HashSet::new(),
         }
     }
 
@@ -142,12 +141,11 @@ impl Handler {
         let (reply, outcome) = oneshot::channel();
         let waiting =
             outcome.map(|o| o.unwrap_or(Outcome::Failed(Failure::StreamClosed { written: false })));
-        if self.running.try_push(waiting, request.id).is_err() {
+        if self.running.try_push(waiting, (request.id, true)).is_err() {
             // The core bounds requests in flight below the set's room.
             self.fail(request.id, Failure::StreamClosed { written: false });
             return;
         }
-        self.piped.insert(request.id);
         let mut queued = Queued { frame: request.frame, reply };
         if let Pipe::Open(inbox) = &self.pipe {
             match inbox.unbounded_send(queued) {
@@ -232,8 +230,8 @@ impl ConnectionHandler for Handler {
         if let Some(done) = self.done.pop_front() {
             return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(done));
         }
-        if let Poll::Ready((result, id)) = self.running.poll_unpin(cx) {
-            if self.piped.remove(&id) && result.is_err() {
+        if let Poll::Ready((result, (id, piped))) = self.running.poll_unpin(cx) {
+            if piped && result.is_err() {
                 // An answer did not come in time on the long-lived
                 // substream, and every later one waits behind it: drop it
                 // (what was on it fails and is retried) and use a substream
@@ -280,7 +278,7 @@ impl ConnectionHandler for Handler {
                 let id = request.id;
                 let framed = Framed::new(stream, self.limits.max_frame);
                 let exchange = exchange(framed, request.frame, request.expects_response);
-                if self.running.try_push(exchange, id).is_err() {
+                if self.running.try_push(exchange, (id, false)).is_err() {
                     // The core bounds requests in flight below the set's room.
                     self.fail(id, Failure::StreamClosed { written: false });
                 }
