@@ -246,13 +246,14 @@ pub struct Behaviour {
 impl Behaviour {
     /// A server with `config`, or why its limits cannot work.
     pub fn new(config: Config) -> Result<Self, LimitsError> {
+        let idle_timeout = config.idle_timeout.filter(|t| !t.is_zero());
         let shared = Arc::new(Shared {
             max_streams: config.max_streams_per_connection.max(1),
             max_busy_streams: config.max_busy_streams_per_connection,
             request_timeout: config.request_timeout,
             write_timeout: config.write_timeout,
             max_frame: config.core.limits.max_request_frame,
-            keep_alive: config.idle_timeout.is_some_and(|t| !t.is_zero()),
+            keep_alive: idle_timeout.is_some(),
             durations: histogram::Histogram::new(),
             in_flight: Default::default(),
             draining: Default::default(),
@@ -278,7 +279,7 @@ impl Behaviour {
             streams: StreamStats::default(),
             store: None,
             connections: HashMap::new(),
-            idle_timeout: config.idle_timeout.filter(|t| !t.is_zero()),
+            idle_timeout,
             sweep: None,
             rate_limit: config.rate_limit,
             rate_reason,
