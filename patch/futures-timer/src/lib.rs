@@ -26,6 +26,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{self, AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
@@ -162,7 +163,8 @@ fn fire_forever() {
         let next = timers.take_due(Instant::now(), &mut due);
         for entry in due.drain(..) {
             entry.fired.store(true, atomic::Ordering::Release);
-            entry.waker.wake();
+            // A waker that panics must not stop every other timer.
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| entry.waker.wake()));
         }
         match next {
             Some(at) => thread::park_timeout(at.saturating_duration_since(Instant::now())),
@@ -324,6 +326,27 @@ mod tests {
         assert_eq!(poll_once(&mut delay), Poll::Pending);
         delay.reset(Duration::MAX);
         assert_eq!(poll_once(&mut delay), Poll::Pending);
+    }
+
+    #[test]
+    fn a_waker_that_panics_does_not_stop_the_timers() {
+        struct Panics;
+        impl std::task::Wake for Panics {
+            fn wake(self: Arc<Self>) {
+                panic!("this waker panics on purpose");
+            }
+        }
+        let waker = std::task::Waker::from(Arc::new(Panics));
+        let mut first = Delay::new(Duration::from_millis(1));
+        assert_eq!(first.poll_unpin(&mut Context::from_waker(&waker)), Poll::Pending);
+        // The next delay still fires: wait for it on another thread, boundedly.
+        let (done, finished) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            block_on(Delay::new(SHORT));
+            let _ = done.send(());
+        });
+        assert!(finished.recv_timeout(Duration::from_secs(10)).is_ok(), "the timer thread died");
+        drop(first);
     }
 
     #[test]
