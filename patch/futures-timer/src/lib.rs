@@ -16,8 +16,8 @@
 //! earliest deadline, which a timeout of the same length as those before it never
 //! does. Dropping a delay takes no lock and wakes nothing: its entry is found dead
 //! when it comes due, or earlier when dead entries outnumber the live ones and the
-//! heap is compacted, so the heap holds at most about twice the live delays (plus
-//! [`COMPACT_FROM`]).
+//! heap is compacted, so the heap holds at most about twice the live delays (or
+//! 1,024 entries, below which it is not compacted).
 //!
 //! Like futures-timer's, a delay fires some time after its deadline, when the
 //! timer thread gets to it, and wakes the task that polled it last.
@@ -38,13 +38,14 @@ use atomic_waker::AtomicWaker;
 
 /// Heap size below which dead entries are left to come due rather than
 /// compacted away.
-pub const COMPACT_FROM: usize = 1024;
+const COMPACT_FROM: usize = 1024;
 
 /// A future that is ready once a duration has passed.
 pub struct Delay {
     /// None: the deadline is past what `Instant` can hold, so never.
     deadline: Option<Instant>,
-    /// Set once polled before the deadline: the heap's handle on this delay.
+    /// Set once polled before the deadline: the heap's handle on this delay
+    /// (with no deadline, only the waker a reset would carry).
     entry: Option<Arc<Entry>>,
 }
 
@@ -197,6 +198,7 @@ impl Delay {
     /// Lets go of the heap entry, counting it dead if it has not fired.
     fn release(&mut self) {
         if let Some(entry) = self.entry.take()
+            && self.deadline.is_some()
             && !entry.fired.load(atomic::Ordering::Relaxed)
             && let Some(timers) = TIMERS.get()
         {
@@ -209,7 +211,6 @@ impl Future for Delay {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(at) = self.deadline else { return Poll::Pending };
         if let Some(entry) = &self.entry {
             if entry.fired.load(atomic::Ordering::Acquire) {
                 return Poll::Ready(());
@@ -222,6 +223,13 @@ impl Future for Delay {
                 false => Poll::Pending,
             };
         }
+        let Some(at) = self.deadline else {
+            // Never due: keep the waker, out of the heap, for a reset to carry.
+            let entry = Arc::new(Entry::default());
+            entry.waker.register(cx.waker());
+            self.entry = Some(entry);
+            return Poll::Pending;
+        };
         if Instant::now() >= at {
             return Poll::Ready(());
         }
@@ -262,6 +270,34 @@ mod tests {
 
     fn poll_once(delay: &mut Delay) -> Poll<()> {
         delay.poll_unpin(&mut Context::from_waker(noop_waker_ref()))
+    }
+
+    /// Runs `f` on a thread of its own; false if it has not returned within
+    /// ten seconds (a delay that never fires would otherwise hang the test).
+    fn returns(f: impl FnOnce() + Send + 'static) -> bool {
+        let (done, finished) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            f();
+            let _ = done.send(());
+        });
+        finished.recv_timeout(Duration::from_secs(10)).is_ok()
+    }
+
+    /// Polls `delay`, resets it to [`SHORT`] without polling again, and
+    /// waits for the wake that must follow.
+    fn reset_while_waiting(mut delay: Delay) -> bool {
+        returns(move || {
+            let mut polls = 0;
+            block_on(futures::future::poll_fn(|cx| {
+                polls += 1;
+                if polls == 1 {
+                    assert_eq!(delay.poll_unpin(cx), Poll::Pending);
+                    delay.reset(SHORT);
+                    return Poll::Pending;
+                }
+                delay.poll_unpin(cx)
+            }))
+        })
     }
 
     #[test]
@@ -306,18 +342,9 @@ mod tests {
 
     #[test]
     fn reset_moves_the_deadline_and_keeps_the_waiting_task() {
-        let mut delay = Delay::new(LONG);
         let start = Instant::now();
-        block_on(futures::future::poll_fn(|cx| {
-            if delay.entry.is_none() {
-                assert_eq!(delay.poll_unpin(cx), Poll::Pending);
-                // Reset without polling again: the task must still be woken.
-                delay.reset(SHORT);
-                return Poll::Pending;
-            }
-            delay.poll_unpin(cx)
-        }));
-        assert!(start.elapsed() >= SHORT && start.elapsed() < LONG / 2);
+        assert!(reset_while_waiting(Delay::new(LONG)), "the reset delay never woke its task");
+        assert!(start.elapsed() >= SHORT);
     }
 
     #[test]
@@ -326,6 +353,16 @@ mod tests {
         assert_eq!(poll_once(&mut delay), Poll::Pending);
         delay.reset(Duration::MAX);
         assert_eq!(poll_once(&mut delay), Poll::Pending);
+    }
+
+    #[test]
+    fn reset_from_never_to_soon_wakes_the_waiting_task() {
+        let start = Instant::now();
+        assert!(
+            reset_while_waiting(Delay::new(Duration::MAX)),
+            "the reset delay never woke its task"
+        );
+        assert!(start.elapsed() >= SHORT);
     }
 
     #[test]
@@ -339,13 +376,8 @@ mod tests {
         let waker = std::task::Waker::from(Arc::new(Panics));
         let mut first = Delay::new(Duration::from_millis(1));
         assert_eq!(first.poll_unpin(&mut Context::from_waker(&waker)), Poll::Pending);
-        // The next delay still fires: wait for it on another thread, boundedly.
-        let (done, finished) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            block_on(Delay::new(SHORT));
-            let _ = done.send(());
-        });
-        assert!(finished.recv_timeout(Duration::from_secs(10)).is_ok(), "the timer thread died");
+        // The next delay still fires.
+        assert!(returns(|| block_on(Delay::new(SHORT))), "the timer thread died");
         drop(first);
     }
 
