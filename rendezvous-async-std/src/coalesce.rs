@@ -66,7 +66,9 @@ struct Outbox {
     buf: Vec<u8>,
     /// Bytes of `buf` already sent.
     sent: usize,
-    /// In the current poll's list of streams to send.
+    /// In the current poll's list of streams to send, or in its task's
+    /// list of streams waiting for their socket: sent at the end of the
+    /// poll either way, so not listed again.
     listed: bool,
     /// A send failed after its bytes were accepted: every later call fails.
     failed: Option<io::ErrorKind>,
@@ -267,10 +269,11 @@ impl<F: Future<Output = ()> + Send + Unpin> Future for Flushing<F> {
         let mut still = Vec::new();
         for shared in this.written.drain(..).chain(this.waiting.drain(..)) {
             let mut out = shared.outbox();
-            out.listed = false;
             // An error stays in the stream, for its next write or flush.
-            if shared.send(&mut out, cx).is_pending() {
-                drop(out);
+            let waits = shared.send(&mut out, cx).is_pending();
+            out.listed = waits;
+            drop(out);
+            if waits {
                 still.push(shared);
             }
         }
@@ -390,6 +393,24 @@ mod tests {
             let held = shared.outbox().pending();
             assert!(held <= HIGH_WATER, "{held} bytes held");
         }
+    }
+
+    #[test]
+    fn a_stream_waiting_for_its_socket_is_kept_once_however_often_it_is_flushed() {
+        let (ours, _theirs) = pair(); // never read
+        let data = vec![7u8; 64 * 1024 * 1024];
+        let mut ours = ours;
+        let mut task = flushing(futures::future::poll_fn(move |cx| {
+            let _ = Pin::new(&mut ours).poll_write(cx, &data);
+            let _ = Pin::new(&mut ours).poll_flush(cx);
+            Poll::<()>::Pending
+        }));
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        for _ in 0..5 {
+            assert!(task.poll_unpin(&mut cx).is_pending());
+        }
+        assert_eq!(task.waiting.len(), 1);
+        assert!(task.written.is_empty());
     }
 
     #[test]
