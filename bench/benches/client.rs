@@ -7,23 +7,15 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use libp2p_identity::PeerId;
-use rendezvous_core::proto::{self, MessageType};
-use rendezvous_core::testing::TestPeer;
+use rendezvous_core::proto::{self, ResponseStatus};
+use rendezvous_core::testing::{self, TestPeer};
 use rendezvous_core::{Client, ClientConfig, Namespace, Timestamp};
 
 const TTL: Duration = Duration::from_secs(7200);
 const SIZES: [usize; 4] = [10, 1_000, 10_000, 100_000];
 
 fn granted() -> proto::Message {
-    proto::Message {
-        r#type: Some(MessageType::RegisterResponse as i32),
-        register_response: Some(proto::RegisterResponse {
-            status: Some(0),
-            status_text: None,
-            ttl: Some(TTL.as_secs()),
-        }),
-        ..Default::default()
-    }
+    testing::register_response(ResponseStatus::Ok, Some(TTL.as_secs()))
 }
 
 /// A client keeping `n` registrations alive, registered one after the other

@@ -482,7 +482,7 @@ impl Server {
 #[cfg(test)]
 mod tests;
 
-fn register_response(
+pub(crate) fn register_response(
     status: ResponseStatus,
     text: Option<String>,
     ttl: Option<u64>,

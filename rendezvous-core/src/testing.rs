@@ -91,6 +91,11 @@ pub fn unregister(ns: &str) -> proto::Message {
     }
 }
 
+/// A REGISTER answer with `status` and `ttl`, as the server writes it.
+pub fn register_response(status: proto::ResponseStatus, ttl: Option<u64>) -> proto::Message {
+    crate::server::register_response(status, None, ttl)
+}
+
 /// A DISCOVER request; `ns` `None` asks for every namespace.
 pub fn discover(ns: Option<&str>, limit: Option<u64>, cookie: Option<Bytes>) -> proto::Message {
     proto::Message {

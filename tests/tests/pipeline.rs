@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::swarm::Swarm;
 use libp2p::{Multiaddr, PeerId};
-use rendezvous_libp2p::core::proto::{self, MessageType, ResponseStatus};
-use rendezvous_libp2p::core::{AGENT_PREFIX, ClientEvent, Namespace, ServerEvent, codec};
+use rendezvous_libp2p::core::proto::ResponseStatus;
+use rendezvous_libp2p::core::{AGENT_PREFIX, ClientEvent, Namespace, ServerEvent, codec, testing};
 use rendezvous_libp2p::framed::Framed;
 use rendezvous_libp2p::{PROTOCOL, client, server};
 use rendezvous_tests::net::{LIMIT, expect, listen, swarm};
@@ -65,15 +65,7 @@ async fn stand_in_with(
                     let Ok(Some(body)) = framed.read_frame().await else { return };
                     let request = codec::decode_message(&body).unwrap();
                     let ttl = request.register.and_then(|r| r.ttl).unwrap_or(7200);
-                    let answer = proto::Message {
-                        r#type: Some(MessageType::RegisterResponse as i32),
-                        register_response: Some(proto::RegisterResponse {
-                            status: Some(ResponseStatus::Ok as i32),
-                            status_text: None,
-                            ttl: Some(ttl),
-                        }),
-                        ..Default::default()
-                    };
+                    let answer = testing::register_response(ResponseStatus::Ok, Some(ttl));
                     if framed.write_frame(&codec::frame(&answer)).await.is_err() {
                         return;
                     }
