@@ -124,10 +124,11 @@ impl Behaviour {
     pub fn set_agent_version(&mut self, peer: PeerId, agent_version: &str) {
         let ours =
             agent_version.trim().to_ascii_lowercase().starts_with(rendezvous_core::AGENT_PREFIX);
-        if !ours || !self.connections.contains_key(&peer) || !self.pipelined.insert(peer) {
+        let Some(connections) = self.connections.get(&peer) else { return };
+        if !ours || !self.pipelined.insert(peer) {
             return;
         }
-        for &connection in self.connections.get(&peer).into_iter().flatten() {
+        for &connection in connections {
             self.actions.push_back(ToSwarm::NotifyHandler {
                 peer_id: peer,
                 handler: NotifyHandler::One(connection),
