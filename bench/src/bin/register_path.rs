@@ -178,26 +178,21 @@ type Counts = Vec<(String, f64)>;
 /// Starts the server, under `measure`'s tool, with `extra` flags.
 fn start(n: usize, extra: &[String], measure: Measure) -> Result<std::process::Child, Error> {
     let out = std::env::temp_dir();
-    let mut command = match measure {
+    let (mut command, tool) = match measure {
         Measure::Instructions => {
             let mut c = Command::new("valgrind");
             let file = out.join(format!("callgrind.register.{n}.out"));
             c.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}", file.display()));
             c.arg(our_binary()?);
-            c
+            (c, "valgrind")
         }
         Measure::Syscalls => {
             let mut c = Command::new("strace");
             let file = out.join(format!("strace.register.{n}.out"));
             c.args(["-f", "-c", "-o"]).arg(file).arg("--").arg(our_binary()?);
-            c
+            (c, "strace")
         }
-        Measure::Cpu => Command::new(our_binary()?),
-    };
-    let tool = match measure {
-        Measure::Instructions => "valgrind",
-        Measure::Syscalls => "strace",
-        Measure::Cpu => "the server",
+        Measure::Cpu => (Command::new(our_binary()?), "the server"),
     };
     command
         .args(["--mode", "server", "--listen", "127.0.0.1", "--stats-interval", "0"])
