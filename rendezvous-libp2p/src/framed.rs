@@ -9,7 +9,7 @@
 use std::io;
 
 use bytes::Bytes;
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
 use rendezvous_core::codec::{CodecError, FrameDecoder};
 
 /// Bytes read per call: a request is a few hundred bytes, and this is what
@@ -23,12 +23,15 @@ pub struct Framed<S> {
     decoder: FrameDecoder,
     /// Bytes read past the end of the last frame (a pipelined request).
     leftover: Vec<u8>,
+    /// How the stream ended (`Ok`: cleanly) when [`Framed::ready_frames`]
+    /// found it, for the next [`Framed::read_frame`] to report.
+    ended: Option<io::Result<()>>,
 }
 
 impl<S> Framed<S> {
     /// Frames on `io`, refusing incoming bodies over `max_frame` bytes.
     pub fn new(io: S, max_frame: usize) -> Self {
-        Framed { io, decoder: FrameDecoder::new(max_frame), leftover: Vec::new() }
+        Framed { io, decoder: FrameDecoder::new(max_frame), leftover: Vec::new(), ended: None }
     }
 
     /// Whether no part of a frame has been read: the stream stands between
@@ -48,6 +51,9 @@ impl<S: AsyncRead + Unpin> Framed<S> {
     /// between frames; an `InvalidData` error for a frame over the limit, a
     /// malformed length or an end inside a frame.
     pub async fn read_frame(&mut self) -> io::Result<Option<Bytes>> {
+        if let Some(end) = self.ended.take() {
+            return end.map(|()| None);
+        }
         if let Some(body) = self.decode_leftover()? {
             return Ok(Some(body));
         }
@@ -61,6 +67,46 @@ impl<S: AsyncRead + Unpin> Framed<S> {
             if let Some(body) = self.decoder.feed(&mut input).map_err(invalid)? {
                 self.leftover.extend_from_slice(input);
                 return Ok(Some(body));
+            }
+        }
+    }
+
+    /// Adds to `into` the frames that can be had without waiting, up to
+    /// `max` in all: those in bytes already read, then those that reads the
+    /// stream answers at once bring, reading at most `budget` bytes. An
+    /// end of the stream or an error found meanwhile is what the next
+    /// [`read_frame`](Self::read_frame) returns.
+    ///
+    /// A client that pipelines its requests has usually sent the next ones
+    /// by the time the first is read: handed over together, they cost one
+    /// trip through the caller instead of one each.
+    pub fn ready_frames(&mut self, into: &mut Vec<Bytes>, max: usize, budget: usize) {
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut read = 0;
+        while into.len() < max && self.ended.is_none() {
+            match self.decode_leftover() {
+                Ok(Some(body)) => {
+                    into.push(body);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.ended = Some(Err(e));
+                    return;
+                }
+            }
+            if read >= budget {
+                return;
+            }
+            // Polled once: a stream with nothing buffered is not waited for.
+            match self.io.read(&mut chunk).now_or_never() {
+                None => return,
+                Some(Ok(0)) => self.ended = Some(self.decoder.finish().map_err(invalid)),
+                Some(Ok(n)) => {
+                    read += n;
+                    self.leftover.extend_from_slice(&chunk[..n]);
+                }
+                Some(Err(e)) => self.ended = Some(Err(e)),
             }
         }
     }
@@ -135,6 +181,101 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
             let mut big = Framed::new(Cursor::new(frames(&[&[0u8; 20]])), 16);
             let err = big.read_frame().await.unwrap_err();
+            assert!(err.to_string().contains("exceeds the limit"), "{err}");
+        });
+    }
+
+    /// Reads as scripted: each step hands over its bytes, or (`None`) is
+    /// not ready once; after the last step, the end of the stream.
+    struct Script(std::collections::VecDeque<Option<Vec<u8>>>);
+
+    impl AsyncRead for Script {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            match self.0.pop_front() {
+                None => std::task::Poll::Ready(Ok(0)),
+                Some(None) => {
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                }
+                Some(Some(mut bytes)) => {
+                    let n = bytes.len().min(buf.len());
+                    buf[..n].copy_from_slice(&bytes[..n]);
+                    if n < bytes.len() {
+                        self.0.push_front(Some(bytes.split_off(n)));
+                    }
+                    std::task::Poll::Ready(Ok(n))
+                }
+            }
+        }
+    }
+
+    fn script(steps: Vec<Option<Vec<u8>>>) -> Framed<Script> {
+        Framed::new(Script(steps.into()), 16)
+    }
+
+    fn bodies(frames: &[Bytes]) -> Vec<&[u8]> {
+        frames.iter().map(|b| b.as_ref()).collect()
+    }
+
+    #[test]
+    fn ready_frames_takes_what_is_there_up_to_max_and_stops_where_a_read_would_wait() {
+        futures::executor::block_on(async {
+            let sent = [frames(&[b"a", b"b"]), frames(&[b"c", b"d"]), frames(&[b"e"])];
+            let mut framed = script(vec![
+                Some(sent[0].clone()),
+                Some(sent[1].clone()),
+                None,
+                Some(sent[2].clone()),
+            ]);
+            let mut batch = vec![framed.read_frame().await.unwrap().unwrap()];
+            framed.ready_frames(&mut batch, 3, 1024);
+            assert_eq!(bodies(&batch), [b"a", b"b", b"c"]);
+            // "d" was read already; the step after it is not ready.
+            let mut batch = vec![framed.read_frame().await.unwrap().unwrap()];
+            framed.ready_frames(&mut batch, 16, 1024);
+            assert_eq!(bodies(&batch), [b"d"]);
+            assert_eq!(framed.read_frame().await.unwrap().unwrap().as_ref(), b"e");
+            assert!(framed.read_frame().await.unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn ready_frames_reads_no_more_than_its_budget() {
+        futures::executor::block_on(async {
+            let steps = [b"a", b"b", b"c"].map(|body| Some(frames(&[body])));
+            let mut framed = script(steps.to_vec());
+            let mut batch = vec![framed.read_frame().await.unwrap().unwrap()];
+            framed.ready_frames(&mut batch, 16, 1);
+            assert_eq!(bodies(&batch), [b"a", b"b"]);
+            assert_eq!(framed.read_frame().await.unwrap().unwrap().as_ref(), b"c");
+        });
+    }
+
+    #[test]
+    fn an_end_or_a_bad_frame_found_ahead_comes_out_of_the_next_read() {
+        futures::executor::block_on(async {
+            let mut clean = script(vec![Some(frames(&[b"a"])), Some(frames(&[b"b"]))]);
+            let mut batch = vec![clean.read_frame().await.unwrap().unwrap()];
+            clean.ready_frames(&mut batch, 16, 1024);
+            assert_eq!(bodies(&batch), [b"a", b"b"]);
+            assert!(clean.read_frame().await.unwrap().is_none());
+
+            let mut cut = script(vec![Some(frames(&[b"a"])), Some(vec![5, 1])]);
+            let mut batch = vec![cut.read_frame().await.unwrap().unwrap()];
+            cut.ready_frames(&mut batch, 16, 1024);
+            assert_eq!(bodies(&batch), [b"a"]);
+            let err = cut.read_frame().await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+
+            let mut oversized = script(vec![Some(frames(&[b"a"])), Some(frames(&[&[0u8; 20]]))]);
+            let mut batch = vec![oversized.read_frame().await.unwrap().unwrap()];
+            oversized.ready_frames(&mut batch, 16, 1024);
+            assert_eq!(bodies(&batch), [b"a"]);
+            let err = oversized.read_frame().await.unwrap_err();
             assert!(err.to_string().contains("exceeds the limit"), "{err}");
         });
     }
