@@ -17,7 +17,8 @@ use libp2p_identity::PeerId;
 use rendezvous_libp2p::core::proto::{ResponseStatus, read_status};
 use rendezvous_libp2p::core::record::{Record, RecordLimits};
 use rendezvous_libp2p::core::testing::{self, TestPeer};
-use rendezvous_libp2p::core::{Dialect, Flavour};
+use rendezvous_libp2p::core::{Dialect, Flavour, codec};
+use rendezvous_libp2p::framed::Framed;
 use rendezvous_tests::net::{Raw, raw_connection_as};
 
 /// A fresh directory for one test.
@@ -121,6 +122,31 @@ fn a_restarted_point_keeps_its_peer_id_registrations_expiry_and_cookies() {
         let page = page.discover_response.unwrap();
         assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok));
         assert!(page.registrations.is_empty());
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A request pipelined behind a REGISTER on the same substream is handled
+/// once the REGISTER is committed: a DISCOVER written with it finds it.
+#[test]
+fn a_discover_pipelined_behind_a_register_finds_it() {
+    let (dir, port) = (temp_dir("pipelined"), free_port());
+    let me = TestPeer::new(8);
+    let (_server, address) = point(&dir, port);
+    let (server_id, addr) = peer_of(&address);
+    runtime().block_on(async {
+        let mut raw = raw_connection_as(me.keypair.clone(), server_id, &addr).await;
+        let record = me.record(Dialect::Signed(Flavour::RustLibp2p));
+        let mut both = codec::frame(&testing::register("a", record, Some(600))).to_vec();
+        both.extend_from_slice(&codec::frame(&testing::discover(Some("a"), None, None)));
+        let mut framed = Framed::new(raw.open(server_id).await, 1 << 20);
+        framed.write_frame(&both).await.unwrap();
+        let mut answer = async || {
+            let body = framed.read_frame().await.unwrap().expect("an answer");
+            codec::decode_message(&body).unwrap()
+        };
+        assert_eq!(answer().await.register_response.unwrap().status, Some(0));
+        assert_eq!(answer().await.discover_response.unwrap().registrations.len(), 1);
     });
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -14,10 +14,12 @@ use futures::StreamExt;
 use libp2p::swarm::Swarm;
 use libp2p::{Multiaddr, PeerId};
 use rendezvous_libp2p::core::proto::ResponseStatus;
+use rendezvous_libp2p::core::testing::TestPeer;
 use rendezvous_libp2p::core::{AGENT_PREFIX, ClientEvent, Namespace, ServerEvent, codec, testing};
+use rendezvous_libp2p::core::{Dialect, Flavour};
 use rendezvous_libp2p::framed::Framed;
 use rendezvous_libp2p::{PROTOCOL, client, server};
-use rendezvous_tests::net::{LIMIT, expect, listen, swarm};
+use rendezvous_tests::net::{LIMIT, expect, listen, raw_connection_as, swarm};
 
 use common::our_server;
 
@@ -219,4 +221,36 @@ async fn our_server_answers_a_pipelined_client_in_order() {
     })
     .await;
     assert_eq!(found, 100);
+}
+
+/// Requests a client writes in one go, more than one batch's worth, are
+/// answered in order; a malformed one ends the substream after the answers
+/// to those before it, and the request behind it is not handled.
+#[tokio::test]
+async fn requests_written_at_once_are_answered_in_order_up_to_a_malformed_one() {
+    let (server, addr, _events) = our_server(server::Config::default()).await;
+    let me = TestPeer::new(1);
+    let mut raw = raw_connection_as(me.keypair.clone(), server, &addr).await;
+    let record = me.record(Dialect::Signed(Flavour::RustLibp2p));
+    let ttls: Vec<u64> = (0..40).map(|i| 7200 + i).collect();
+    let mut bytes = Vec::new();
+    for (i, &ttl) in ttls.iter().enumerate() {
+        let request = testing::register(&format!("ns{i}"), record.clone(), Some(ttl));
+        bytes.extend_from_slice(&codec::frame(&request));
+    }
+    bytes.extend_from_slice(&[5, 1, 2, 3, 4, 5]); // not a protobuf message
+    bytes.extend_from_slice(&codec::frame(&testing::register("behind", record, None)));
+    let mut framed = Framed::new(raw.open(server).await, 1 << 20);
+    framed.write_frame(&bytes).await.unwrap();
+    for ttl in ttls {
+        let answer = tokio::time::timeout(LIMIT, framed.read_frame()).await.unwrap().unwrap();
+        let answer = codec::decode_message(&answer.expect("an answer")).unwrap();
+        assert_eq!(answer.register_response.unwrap().ttl, Some(ttl));
+    }
+    let end = tokio::time::timeout(LIMIT, framed.read_frame()).await.unwrap().unwrap();
+    assert!(end.is_none(), "no answer to the malformed request or to the one behind it");
+    for (ns, registered) in [("ns39", 1), ("behind", 0)] {
+        let page = raw.request(server, &testing::discover(Some(ns), None, None)).await.unwrap();
+        assert_eq!(page.discover_response.unwrap().registrations.len(), registered, "{ns}");
+    }
 }

@@ -3,8 +3,11 @@
 //! protocol state, and everything it holds is bounded.
 //!
 //! A substream is in one of three places: reading its next request (after
-//! writing the previous answer), parked while the behaviour has its request,
-//! or closing (writing a last answer). At most
+//! writing the previous answers), parked while the behaviour has its
+//! requests, or closing (writing a last answer). A client may pipeline
+//! requests on one substream: those it has already sent when the first is
+//! read go to the behaviour together (up to [`BATCH`], without a store),
+//! and their answers are written together, in order. At most
 //! [`Limits::max_streams`] are open at once; beyond that, up to
 //! [`Limits::max_busy_streams`] more are read once and answered
 //! `E_UNAVAILABLE` by the core, so that the client learns at once rather than
@@ -27,6 +30,14 @@ use crate::framed::Framed;
 use crate::histogram::Histogram;
 use crate::timed::{TimedOut, TimedSet};
 
+/// Most requests of one substream handed to the behaviour at once. With a
+/// store, one: a request's answer may then wait for a commit, and the next
+/// request on the substream must see what it did.
+pub(crate) const BATCH: usize = 16;
+
+/// Most bytes read ahead of a substream's first request to fill its batch.
+pub(crate) const READ_AHEAD: usize = 8 * 1024;
+
 /// What every handler of one behaviour shares: the bounds of a connection's
 /// substreams, and what the behaviour reads across connections.
 #[derive(Debug)]
@@ -36,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) request_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) max_frame: usize,
+    /// Most requests of one substream handed over at once ([`BATCH`], or 1).
+    pub(crate) batch: usize,
     /// The behaviour closes idle connections itself, so its handlers keep
     /// them open in between: otherwise the swarm arms a timer of its own
     /// each time a connection's last substream closes and drops it when
@@ -84,9 +97,10 @@ pub struct StreamId(u64);
 #[doc(hidden)]
 #[derive(Debug)]
 pub enum ToBehaviour {
-    /// A request arrived; answer it with [`FromBehaviour`]. `busy`: the
-    /// connection is over its substream bound, so answer `E_UNAVAILABLE`.
-    Request { stream: StreamId, body: Bytes, busy: bool },
+    /// Requests arrived on one substream, in order; answer each with a
+    /// [`FromBehaviour`] naming its index. `busy`: the connection is over its
+    /// substream bound, so answer `E_UNAVAILABLE`.
+    Request { stream: StreamId, bodies: Vec<Bytes>, busy: bool },
     /// A substream failed: a malformed frame or an I/O error.
     Failed { error: io::Error },
     /// A substream did not finish a request in time and was reset.
@@ -104,6 +118,8 @@ pub enum ToBehaviour {
 #[derive(Debug)]
 pub struct FromBehaviour {
     pub(crate) stream: StreamId,
+    /// Which of the substream's requests, in the order they were handed over.
+    pub(crate) index: usize,
     /// The response frame, if the request has one.
     pub(crate) frame: Option<Bytes>,
     /// Close the substream after writing (a malformed request, or busy).
@@ -120,13 +136,27 @@ struct Tag {
 
 type Read = (Framed<Stream>, io::Result<Option<Bytes>>);
 
+/// A substream whose requests the behaviour has.
+struct Parked {
+    framed: Framed<Stream>,
+    busy: bool,
+    /// Its requests in order, each with the behaviour's answer once given.
+    requests: Vec<(InFlight, Option<Answer>)>,
+}
+
+/// The behaviour's answer to one request.
+struct Answer {
+    frame: Option<Bytes>,
+    /// Close the substream after it.
+    close: bool,
+}
+
 /// Moves frames between inbound substreams and the behaviour.
 pub struct Handler {
     shared: Arc<Shared>,
     reading: TimedSet<Read, Tag>,
-    /// Substreams whose request the behaviour has, with whether they are
-    /// over the bound.
-    parked: HashMap<StreamId, (Framed<Stream>, bool, InFlight)>,
+    /// Substreams whose requests the behaviour has.
+    parked: HashMap<StreamId, Parked>,
     /// Substreams writing a last answer and closing, tagged `busy`.
     closing: TimedSet<(), bool>,
     /// Open substreams within the bound, and over it, wherever they are
@@ -169,7 +199,7 @@ impl Handler {
         self.next_id += 1;
         let tag = Tag { id: StreamId(self.next_id), busy, served: false };
         let framed = Framed::new(stream, self.shared.max_frame);
-        if self.reading.try_push(answer_then_read(framed, None, None), tag).is_ok() {
+        if self.reading.try_push(answer_then_read(framed, None, Vec::new()), tag).is_ok() {
             self.count(busy, 1);
         }
     }
@@ -179,9 +209,9 @@ impl Handler {
         framed: Framed<Stream>,
         answer: Option<Bytes>,
         busy: bool,
-        request: Option<InFlight>,
+        requests: Vec<InFlight>,
     ) {
-        if self.closing.try_push(finish(framed, answer, request), busy).is_err() {
+        if self.closing.try_push(finish(framed, answer, requests), busy).is_err() {
             self.count(busy, -1); // unreachable: the set has room for every open substream
         }
     }
@@ -193,12 +223,16 @@ impl Handler {
 
     fn on_read(&mut self, result: Result<Read, TimedOut>, tag: Tag) {
         match result {
-            Ok((framed, Ok(Some(body)))) => {
-                let request = InFlight::new(&self.shared);
-                self.parked.insert(tag.id, (framed, tag.busy, request));
+            Ok((mut framed, Ok(Some(body)))) => {
+                let mut bodies = vec![body];
+                if !tag.busy {
+                    framed.ready_frames(&mut bodies, self.shared.batch, READ_AHEAD);
+                }
+                let requests = bodies.iter().map(|_| (InFlight::new(&self.shared), None)).collect();
+                self.parked.insert(tag.id, Parked { framed, busy: tag.busy, requests });
                 self.events.push_back(ToBehaviour::Request {
                     stream: tag.id,
-                    body,
+                    bodies,
                     busy: tag.busy,
                 });
             }
@@ -206,7 +240,7 @@ impl Handler {
                 if !tag.served {
                     self.events.push_back(ToBehaviour::Empty);
                 }
-                self.close(framed, None, tag.busy, None);
+                self.close(framed, None, tag.busy, Vec::new());
             }
             // A reset after the last answer is how go clients end a
             // substream; anything else is a failure.
@@ -226,34 +260,41 @@ impl Handler {
     }
 }
 
-/// Writes `answer` (if any) to `request`, then reads the next request.
+/// Writes `answer` (if any: the frames answering `requests`), then reads
+/// the next request.
 async fn answer_then_read(
     mut framed: Framed<Stream>,
     answer: Option<Bytes>,
-    request: Option<InFlight>,
+    requests: Vec<InFlight>,
 ) -> Read {
-    if let Some(frame) = answer
-        && let Err(e) = framed.write_frame(&frame).await
+    if let Some(frames) = answer
+        && let Err(e) = framed.write_frame(&frames).await
     {
         return (framed, Err(e));
     }
-    if let Some(request) = request {
-        request.answered();
-    }
+    requests.into_iter().for_each(InFlight::answered);
     let next = framed.read_frame().await;
     (framed, next)
 }
 
-/// Writes `answer` (if any) to `request` and closes.
-async fn finish(mut framed: Framed<Stream>, answer: Option<Bytes>, request: Option<InFlight>) {
+/// Writes `answer` (if any: the frames answering `requests`) and closes.
+async fn finish(mut framed: Framed<Stream>, answer: Option<Bytes>, requests: Vec<InFlight>) {
     let written = match answer {
-        Some(frame) => framed.write_frame(&frame).await.is_ok(),
+        Some(frames) => framed.write_frame(&frames).await.is_ok(),
         None => true,
     };
-    if let Some(request) = request.filter(|_| written) {
-        request.answered();
+    if written {
+        requests.into_iter().for_each(InFlight::answered);
     }
     let _ = framed.close().await;
+}
+
+/// The frames of a batch's answers as one write.
+fn joined(mut frames: Vec<Bytes>) -> Option<Bytes> {
+    match frames.len() {
+        0 | 1 => frames.pop(),
+        _ => Some(frames.concat().into()),
+    }
 }
 
 impl ConnectionHandler for Handler {
@@ -293,15 +334,44 @@ impl ConnectionHandler for Handler {
     }
 
     fn on_behaviour_event(&mut self, answer: FromBehaviour) {
-        let Some((framed, busy, request)) = self.parked.remove(&answer.stream) else {
+        let FromBehaviour { stream, index, frame, close } = answer;
+        let Some(parked) = self.parked.get_mut(&stream) else {
             return;
         };
-        if answer.close || busy {
-            self.close(framed, answer.frame, busy, Some(request));
+        let Some((_, slot)) = parked.requests.get_mut(index) else {
+            return;
+        };
+        *slot = Some(Answer { frame, close });
+        // Written in order, once every request has its answer, or every one
+        // up to an answer that closes the substream (the behaviour handles
+        // none after it).
+        let mut answered = 0;
+        let mut close = parked.busy;
+        for (_, answer) in &parked.requests {
+            let Some(answer) = answer else {
+                return;
+            };
+            answered += 1;
+            if answer.close {
+                close = true;
+                break;
+            }
+        }
+        let Some(Parked { framed, busy, requests }) = self.parked.remove(&stream) else {
+            return;
+        };
+        let mut frames = Vec::with_capacity(answered);
+        let mut served = Vec::with_capacity(answered);
+        for (request, answer) in requests.into_iter().take(answered) {
+            frames.extend(answer.and_then(|answer| answer.frame));
+            served.push(request);
+        }
+        if close {
+            self.close(framed, joined(frames), busy, served);
             return;
         }
-        let tag = Tag { id: answer.stream, busy, served: true };
-        let next = answer_then_read(framed, answer.frame, Some(request));
+        let tag = Tag { id: stream, busy, served: true };
+        let next = answer_then_read(framed, joined(frames), served);
         if self.reading.try_push(next, tag).is_err() {
             self.count(busy, -1); // unreachable: the set has room for every open substream
         }

@@ -44,8 +44,10 @@ use rendezvous_core::store::{ActionId, StoreAction};
 /// Memory per connection is bounded by the substream limits: each open
 /// substream holds at most one request frame being read
 /// ([`Limits::max_request_frame`](rendezvous_core::Limits::max_request_frame),
-/// 8 KiB) and a 1 KiB read buffer, so with the defaults the handler holds at
-/// most (256 + 32) × 9 KiB ≈ 2.6 MiB. The muxer buffers what a peer sends
+/// 8 KiB) and a 1 KiB read buffer, and, while the behaviour has its
+/// requests, at most 9 KiB more of requests pipelined behind the first (not
+/// for busy substreams), so with the defaults the handler holds at most
+/// 256 × 18 KiB + 32 × 9 KiB ≈ 4.8 MiB. The muxer buffers what a peer sends
 /// ahead on a substream the handler is not reading; yamux allows 256 KiB per
 /// substream, so also bound its number of substreams (the host of
 /// `rendezvous-async-std` sets it to the two limits here plus a few).
@@ -218,6 +220,8 @@ struct Route {
     peer: PeerId,
     connection: ConnectionId,
     stream: StreamId,
+    /// Which of the requests handed over together.
+    index: usize,
 }
 
 /// The rendezvous point.
@@ -253,6 +257,7 @@ impl Behaviour {
             request_timeout: config.request_timeout,
             write_timeout: config.write_timeout,
             max_frame: config.core.limits.max_request_frame,
+            batch: if config.core.durable { 1 } else { handler::BATCH },
             keep_alive: idle_timeout.is_some(),
             durations: histogram::Histogram::new(),
             in_flight: Default::default(),
@@ -373,35 +378,40 @@ impl Behaviour {
 
     fn on_request(&mut self, peer: PeerId, connection: ConnectionId, request: ToBehaviour) {
         let reason = match request {
-            ToBehaviour::Request { stream, body, busy } => {
-                self.next_request += 1;
-                let id = RequestId(self.next_request);
-                self.routes.insert(id, Route { peer, connection, stream });
+            ToBehaviour::Request { stream, bodies, busy } => {
                 let now = self.now();
                 let instant = Instant::now();
                 if let Some(c) = self.connections.get_mut(&connection) {
                     c.active = instant;
                 }
-                let handled = if busy {
-                    self.core.handle_frame_busy(now, peer, id, &body, &self.busy_reason)
-                } else if !self.take_token(peer, instant) {
-                    self.core.handle_frame_busy(now, peer, id, &body, &self.rate_reason)
-                } else {
-                    self.core.handle_frame(now, peer, id, &body)
-                };
-                match handled {
-                    Ok(()) => return self.drain_core(),
-                    Err(error) => {
+                // In order; a malformed request closes the substream, and
+                // those after it are not handled.
+                let mut malformed = None;
+                for (index, body) in bodies.iter().enumerate() {
+                    self.next_request += 1;
+                    let id = RequestId(self.next_request);
+                    self.routes.insert(id, Route { peer, connection, stream, index });
+                    let handled = if busy {
+                        self.core.handle_frame_busy(now, peer, id, body, &self.busy_reason)
+                    } else if !self.take_token(peer, instant) {
+                        self.core.handle_frame_busy(now, peer, id, body, &self.rate_reason)
+                    } else {
+                        self.core.handle_frame(now, peer, id, body)
+                    };
+                    if let Err(error) = handled {
                         self.routes.remove(&id);
-                        self.answer(
-                            peer,
-                            connection,
-                            FromBehaviour { stream, frame: None, close: true },
-                        );
-                        self.streams.malformed += 1;
-                        Rejection::Malformed(io::Error::new(io::ErrorKind::InvalidData, error))
+                        let close = FromBehaviour { stream, index, frame: None, close: true };
+                        self.answer(peer, connection, close);
+                        malformed = Some(error);
+                        break;
                     }
                 }
+                self.drain_core();
+                let Some(error) = malformed else {
+                    return;
+                };
+                self.streams.malformed += 1;
+                Rejection::Malformed(io::Error::new(io::ErrorKind::InvalidData, error))
             }
             ToBehaviour::Failed { error } if error.kind() == io::ErrorKind::InvalidData => {
                 self.streams.malformed += 1;
@@ -502,7 +512,8 @@ impl Behaviour {
                     c.active = Instant::now();
                 }
                 let frame = transmit.to_frame();
-                let answer = FromBehaviour { stream: route.stream, frame, close: false };
+                let answer =
+                    FromBehaviour { stream: route.stream, index: route.index, frame, close: false };
                 self.answer(route.peer, route.connection, answer);
             }
         }
