@@ -45,7 +45,7 @@ pub fn run<T>(threads: NonZeroUsize, future: impl Future<Output = T>) -> T {
 
 /// Runs `task` in the background: on [`run`]'s threads inside it, on
 /// async-std's pool outside.
-pub(crate) fn spawn(task: impl Future<Output = ()> + Send + 'static) {
+pub fn spawn(task: impl Future<Output = ()> + Send + 'static) {
     if DRIVEN.load(Ordering::Relaxed) {
         EXECUTOR.spawn(crate::coalesce::flushing(Box::pin(task))).detach();
     } else {
