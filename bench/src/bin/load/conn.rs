@@ -19,10 +19,10 @@ use rendezvous_libp2p::framed::Framed;
 use crate::Error;
 use crate::servers::{Kind, Server};
 
-const PROTOCOL: StreamProtocol = StreamProtocol::new("/rendezvous/1.0.0");
+pub(crate) const PROTOCOL: StreamProtocol = StreamProtocol::new("/rendezvous/1.0.0");
 
 /// Largest response read; py-libp2p's limit.
-const MAX_RESPONSE: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_RESPONSE: usize = 4 * 1024 * 1024;
 
 /// The address our made-up registrations announce.
 pub(crate) const ADDRESS: &str = "/ip4/127.0.0.1/tcp/4001";

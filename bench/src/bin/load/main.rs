@@ -25,7 +25,9 @@
 //! - **In flight.** One connection registers `--inflight-n` namespaces with
 //!   64, 128 and 256 requests in flight, then refreshes them all, and
 //!   rust-libp2p's own client does the same at 64 in flight (it opens at
-//!   most 100 substreams). Every request is counted as acknowledged, refused
+//!   most 100 substreams). Against our points, the same again with every
+//!   request on one substream, written ahead of the answers, as our client
+//!   carries them to a point of ours. Every request is counted as acknowledged, refused
 //!   or lost.
 //!
 //! Then `--points` points share one Redis: connections spread over them
@@ -48,6 +50,7 @@ mod servers;
 use std::path::PathBuf;
 
 use phases::Shape;
+use rounds::Carry;
 use servers::Kind;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -177,7 +180,14 @@ async fn real_main() -> Result<(), Error> {
         let n = if kind == Kind::Py { o.py_inflight_n } else { o.inflight_n };
         for &w in &o.inflight_list {
             eprintln!("load: {} with {w} in flight on one connection...", kind.name());
-            inflight.push(phases::inflight(kind, n, w).await?);
+            inflight.push(phases::inflight(kind, n, w, Carry::PerRequest).await?);
+        }
+        // Only our point answers several requests on one substream.
+        if ours(kind) {
+            for &w in &o.inflight_list {
+                eprintln!("load: {} with {w} in flight on one substream...", kind.name());
+                inflight.push(phases::inflight(kind, n, w, Carry::OneSubstream).await?);
+            }
         }
         // rust-libp2p's client here dials TCP only.
         if !matches!(kind, Kind::Py | Kind::OursWs) {

@@ -12,7 +12,7 @@ use rendezvous_core::{proto, testing};
 
 use crate::Error;
 use crate::conn::{ADDRESS, Conn, exchange, record};
-use crate::rounds::{Check, Tally, any, percentile_ms, round};
+use crate::rounds::{Carry, Check, Tally, any, percentile_ms, round};
 use crate::servers::{Kind, Server, own_cpu};
 use rendezvous_tests::redis::RedisServer;
 
@@ -60,13 +60,13 @@ async fn connections(server: &Server, count: usize) -> Result<Vec<Conn>, Error> 
     Ok(conns)
 }
 
-/// Every connection registers in its `per_conn` namespaces. `fresh` signs a
-/// new record for each request, numbered from `seq`.
+/// Every connection registers in its `per_conn` namespaces, carried as
+/// `carry` says. `fresh` signs a new record for each request, numbered from
+/// `seq`.
 async fn register_round(
     kind: Kind,
     conns: &[Conn],
-    per_conn: usize,
-    inflight: usize,
+    (per_conn, inflight, carry): (usize, usize, Carry),
     fresh: Option<u64>,
 ) -> Result<Tally, Error> {
     let records = conns.iter().map(|c| c.record(kind)).collect::<Result<Vec<_>, _>>()?;
@@ -79,7 +79,7 @@ async fn register_round(
         };
         Ok(testing::register(&format!("ns-{k}"), record, Some(7200)))
     };
-    round(conns, per_conn, inflight, request, any()).await
+    round(conns, per_conn, inflight, carry, request, any()).await
 }
 
 /// Registers N, refreshes them all, discovers pages, pages through
@@ -91,12 +91,11 @@ pub(crate) async fn scale(kind: Kind, n: usize, shape: &Shape) -> Result<ScaleRu
     let own_before = own_cpu();
     let cpu_before = server.cpu();
     let fresh = |seq: u64| shape.fresh.then_some(seq);
-    let register = register_round(server.kind, &conns, per_conn, shape.inflight, fresh(2)).await?;
+    let each = (per_conn, shape.inflight, Carry::PerRequest);
+    let register = register_round(server.kind, &conns, each, fresh(2)).await?;
     let cpu_after_register = server.cpu();
     // Everyone refreshes, with N registered: the steady state.
-    let refresh =
-        register_round(server.kind, &conns, per_conn, shape.inflight, fresh(2 + per_conn as u64))
-            .await?;
+    let refresh = register_round(server.kind, &conns, each, fresh(2 + per_conn as u64)).await?;
     let cpu_after_refresh = server.cpu();
 
     // Discover pages of 100 in one namespace (py-libp2p needs one).
@@ -106,7 +105,7 @@ pub(crate) async fn scale(kind: Kind, n: usize, shape: &Shape) -> Result<ScaleRu
         let entries = reply.discover_response.as_ref().map_or(0, |p| p.registrations.len());
         if entries == 0 { Err("an empty page of a full namespace".into()) } else { Ok(()) }
     });
-    let pages = round(&conns, per, shape.inflight, request, nonempty).await?;
+    let pages = round(&conns, per, shape.inflight, Carry::PerRequest, request, nonempty).await?;
     let total = register.acknowledged();
     let page_all_s = match kind {
         Kind::Py => None,
@@ -121,7 +120,7 @@ pub(crate) async fn scale(kind: Kind, n: usize, shape: &Shape) -> Result<ScaleRu
             testing::discover(Some(&ns), Some(100), None)
         })
     };
-    let mixed = round(&conns, per, shape.inflight, request, any()).await?;
+    let mixed = round(&conns, per, shape.inflight, Carry::PerRequest, request, any()).await?;
     Ok(ScaleRun {
         kind,
         n: total,
@@ -170,7 +169,8 @@ async fn page_all(server: &Server, conn: &Conn, total: usize) -> Result<(f64, us
 /// One connection with many requests in flight.
 pub(crate) struct InflightRun {
     pub(crate) kind: Kind,
-    /// Which client: raw substreams, or rust-libp2p's rendezvous client.
+    /// Which client: raw substreams (one per request, or one for all), or
+    /// rust-libp2p's rendezvous client.
     pub(crate) client: &'static str,
     pub(crate) inflight: usize,
     pub(crate) register: Tally,
@@ -180,17 +180,22 @@ pub(crate) struct InflightRun {
 }
 
 /// One connection registers `n` namespaces with `inflight` requests in
-/// flight, then refreshes them all.
-pub(crate) async fn inflight(kind: Kind, n: usize, inflight: usize) -> Result<InflightRun, Error> {
+/// flight, carried as `carry` says, then refreshes them all.
+pub(crate) async fn inflight(
+    kind: Kind,
+    n: usize,
+    inflight: usize,
+    carry: Carry,
+) -> Result<InflightRun, Error> {
     let server = Server::start(kind)?;
     let conns = connections(&server, 1).await?;
-    let register = register_round(server.kind, &conns, n, inflight, None).await?;
+    let register = register_round(server.kind, &conns, (n, inflight, carry), None).await?;
     let before = server.cpu();
-    let refresh = register_round(server.kind, &conns, n, inflight, None).await?;
+    let refresh = register_round(server.kind, &conns, (n, inflight, carry), None).await?;
     let cpu_per_refresh_us = per_request_us(server.cpu() - before, &refresh);
     Ok(InflightRun {
         kind,
-        client: "substreams",
+        client: carry.label(),
         inflight,
         register,
         refresh: Some(refresh),
@@ -274,7 +279,8 @@ pub(crate) async fn sustain(
     let server = Server::start(kind)?;
     let conns = connections(&server, shape.connections).await?;
     let per_conn = pool.div_ceil(conns.len());
-    register_round(server.kind, &conns, per_conn, shape.inflight, None).await?;
+    register_round(server.kind, &conns, (per_conn, shape.inflight, Carry::PerRequest), None)
+        .await?;
     println!(
         "{}: {} registrations, refreshed at {rate}/s for {seconds} s by {} connections",
         kind.name(),
@@ -381,10 +387,11 @@ pub(crate) async fn shared(
         conns.push(Conn::open(&servers[j % servers.len()]).await?);
     }
     let per_conn = n.div_ceil(conns.len());
-    let register = register_round(Kind::OursRedis, &conns, per_conn, shape.inflight, None).await?;
+    let each = (per_conn, shape.inflight, Carry::PerRequest);
+    let register = register_round(Kind::OursRedis, &conns, each, None).await?;
     let per = shape.pages.div_ceil(conns.len());
     let request = |_: usize, _: usize| Ok(testing::discover(Some("ns-0"), Some(100), None));
-    let pages = round(&conns, per, shape.inflight, request, any()).await?;
+    let pages = round(&conns, per, shape.inflight, Carry::PerRequest, request, any()).await?;
 
     let (probe, watcher) = (Conn::open(&servers[0]).await?, Conn::open(&servers[1]).await?);
     let record = probe.record(Kind::OursRedis)?;

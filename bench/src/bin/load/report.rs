@@ -1,6 +1,7 @@
 //! The tables, ratios and chart the runs print.
 
 use crate::phases::{InflightRun, ScaleRun, SharedRun};
+use crate::rounds::Carry;
 use crate::rounds::percentile_ms;
 use crate::servers::Kind;
 
@@ -103,13 +104,14 @@ pub(crate) fn inflight_table(runs: &[InflightRun]) {
         .filter(|r| matches!(r.kind, Kind::OursDurable | Kind::OursRedis) && r.refresh.is_some())
     {
         let memory = runs.iter().find(|r| {
-            r.kind == Kind::Ours && r.inflight == durable.inflight && r.refresh.is_some()
+            r.kind == Kind::Ours && r.inflight == durable.inflight && r.client == durable.client
         });
         if let Some(memory) = memory {
             let (d, m) = (&durable.register, &memory.register);
             println!(
-                "{} in flight: {} {:.0} registrations/s (p50 {:.2} ms, p99 {:.2} ms), in memory {:.0}/s (p50 {:.2} ms, p99 {:.2} ms): {:.0}%",
+                "{} in flight, {}: {} {:.0} registrations/s (p50 {:.2} ms, p99 {:.2} ms), in memory {:.0}/s (p50 {:.2} ms, p99 {:.2} ms): {:.0}%",
                 durable.inflight,
+                durable.client,
                 durable.kind.name(),
                 d.per_second(),
                 d.percentile_ms(0.5),
@@ -123,12 +125,13 @@ pub(crate) fn inflight_table(runs: &[InflightRun]) {
     }
     for scraped in runs.iter().filter(|r| r.kind == Kind::OursMetrics && r.refresh.is_some()) {
         let plain = runs.iter().find(|r| {
-            r.kind == Kind::Ours && r.inflight == scraped.inflight && r.refresh.is_some()
+            r.kind == Kind::Ours && r.inflight == scraped.inflight && r.client == scraped.client
         });
         if let Some(plain) = plain {
             println!(
-                "{} in flight, all registered: server CPU per refresh with --metrics scraped every second {:.1} µs, without {:.1} µs ({:+.1}%)",
+                "{} in flight, {}, all registered: server CPU per refresh with --metrics scraped every second {:.1} µs, without {:.1} µs ({:+.1}%)",
                 scraped.inflight,
+                scraped.client,
                 scraped.cpu_per_refresh_us,
                 plain.cpu_per_refresh_us,
                 100.0
@@ -139,9 +142,9 @@ pub(crate) fn inflight_table(runs: &[InflightRun]) {
         }
     }
     for theirs in runs.iter().filter(|r| r.kind == Kind::Rust && r.refresh.is_some()) {
-        let ours = runs
-            .iter()
-            .find(|r| r.kind == Kind::Ours && r.inflight == theirs.inflight && r.refresh.is_some());
+        let ours = runs.iter().find(|r| {
+            r.kind == Kind::Ours && r.inflight == theirs.inflight && r.client == theirs.client
+        });
         if let Some(ours) = ours {
             println!(
                 "{} in flight, all registered: server CPU per refresh ours {:.1} µs vs rust-libp2p {:.1} µs (/{:.1})",
@@ -149,6 +152,23 @@ pub(crate) fn inflight_table(runs: &[InflightRun]) {
                 ours.cpu_per_refresh_us,
                 theirs.cpu_per_refresh_us,
                 theirs.cpu_per_refresh_us / ours.cpu_per_refresh_us.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+    let one = Carry::OneSubstream.label();
+    for pipelined in runs.iter().filter(|r| r.kind == Kind::Ours && r.client == one) {
+        let each = runs.iter().find(|r| {
+            r.kind == Kind::Ours
+                && r.inflight == pipelined.inflight
+                && r.client == Carry::PerRequest.label()
+        });
+        if let Some(each) = each {
+            println!(
+                "{} in flight, all registered: server CPU per refresh on one substream {:.1} µs, a substream each {:.1} µs (/{:.1})",
+                pipelined.inflight,
+                pipelined.cpu_per_refresh_us,
+                each.cpu_per_refresh_us,
+                each.cpu_per_refresh_us / pipelined.cpu_per_refresh_us.max(f64::MIN_POSITIVE)
             );
         }
     }
