@@ -71,22 +71,23 @@ impl<S: AsyncRead + Unpin> Framed<S> {
         }
     }
 
-    /// Adds to `into` the frames that can be had without waiting, up to
-    /// `max` in all: those in bytes already read, then those that reads the
-    /// stream answers at once bring, reading at most `budget` bytes. An
+    /// Adds to `into` up to `max` frames that can be had without waiting:
+    /// those in bytes already read, then those that reads the stream answers
+    /// at once bring, reading at most `budget` bytes. An
     /// end of the stream or an error found meanwhile is what the next
     /// [`read_frame`](Self::read_frame) returns.
     ///
     /// A client that pipelines its requests has usually sent the next ones
     /// by the time the first is read: handed over together, they cost one
     /// trip through the caller instead of one each.
-    pub fn ready_frames(&mut self, into: &mut Vec<Bytes>, max: usize, budget: usize) {
+    pub fn ready_frames(&mut self, into: &mut impl Extend<Bytes>, max: usize, budget: usize) {
         let mut chunk = [0u8; READ_CHUNK];
-        let mut read = 0;
-        while into.len() < max && self.ended.is_none() {
+        let (mut taken, mut read) = (0, 0);
+        while taken < max && self.ended.is_none() {
             match self.decode_leftover() {
                 Ok(Some(body)) => {
-                    into.push(body);
+                    into.extend([body]);
+                    taken += 1;
                     continue;
                 }
                 Ok(None) => {}
@@ -232,7 +233,7 @@ mod tests {
                 Some(sent[2].clone()),
             ]);
             let mut batch = vec![framed.read_frame().await.unwrap().unwrap()];
-            framed.ready_frames(&mut batch, 3, 1024);
+            framed.ready_frames(&mut batch, 2, 1024);
             assert_eq!(bodies(&batch), [b"a", b"b", b"c"]);
             // "d" was read already; the step after it is not ready.
             let mut batch = vec![framed.read_frame().await.unwrap().unwrap()];

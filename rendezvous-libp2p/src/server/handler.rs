@@ -20,10 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use libp2p_core::upgrade::{DeniedUpgrade, ReadyUpgrade};
 use libp2p_swarm::handler::{ConnectionEvent, FullyNegotiatedInbound};
 use libp2p_swarm::{ConnectionHandler, ConnectionHandlerEvent, Stream, SubstreamProtocol};
+use smallvec::{SmallVec, smallvec};
 
 use crate::PROTOCOL;
 use crate::framed::Framed;
@@ -37,6 +38,10 @@ pub(crate) const BATCH: usize = 16;
 
 /// Most bytes read ahead of a substream's first request to fill its batch.
 pub(crate) const READ_AHEAD: usize = 8 * 1024;
+
+/// A batch of requests, or of what goes with them; a client that does not
+/// pipeline makes batches of one, which need no allocation.
+pub(crate) type Batch<T> = SmallVec<[T; 1]>;
 
 /// What every handler of one behaviour shares: the bounds of a connection's
 /// substreams, and what the behaviour reads across connections.
@@ -100,7 +105,7 @@ pub enum ToBehaviour {
     /// Requests arrived on one substream, in order; answer each with a
     /// [`FromBehaviour`] naming its index. `busy`: the connection is over its
     /// substream bound, so answer `E_UNAVAILABLE`.
-    Request { stream: StreamId, bodies: Vec<Bytes>, busy: bool },
+    Request { stream: StreamId, bodies: Batch<Bytes>, busy: bool },
     /// A substream failed: a malformed frame or an I/O error.
     Failed { error: io::Error },
     /// A substream did not finish a request in time and was reset.
@@ -141,7 +146,7 @@ struct Parked {
     framed: Framed<Stream>,
     busy: bool,
     /// Its requests in order, each with the behaviour's answer once given.
-    requests: Vec<(InFlight, Option<Answer>)>,
+    requests: Batch<(InFlight, Option<Answer>)>,
 }
 
 /// The behaviour's answer to one request.
@@ -199,7 +204,7 @@ impl Handler {
         self.next_id += 1;
         let tag = Tag { id: StreamId(self.next_id), busy, served: false };
         let framed = Framed::new(stream, self.shared.max_frame);
-        if self.reading.try_push(answer_then_read(framed, None, Vec::new()), tag).is_ok() {
+        if self.reading.try_push(answer_then_read(framed, None, Batch::new()), tag).is_ok() {
             self.count(busy, 1);
         }
     }
@@ -209,7 +214,7 @@ impl Handler {
         framed: Framed<Stream>,
         answer: Option<Bytes>,
         busy: bool,
-        requests: Vec<InFlight>,
+        requests: Batch<InFlight>,
     ) {
         if self.closing.try_push(finish(framed, answer, requests), busy).is_err() {
             self.count(busy, -1); // unreachable: the set has room for every open substream
@@ -224,9 +229,13 @@ impl Handler {
     fn on_read(&mut self, result: Result<Read, TimedOut>, tag: Tag) {
         match result {
             Ok((mut framed, Ok(Some(body)))) => {
-                let mut bodies = vec![body];
+                let mut bodies: Batch<Bytes> = smallvec![body];
                 if !tag.busy {
-                    framed.ready_frames(&mut bodies, self.shared.batch, READ_AHEAD);
+                    framed.ready_frames(
+                        &mut bodies,
+                        self.shared.batch.saturating_sub(1),
+                        READ_AHEAD,
+                    );
                 }
                 let requests = bodies.iter().map(|_| (InFlight::new(&self.shared), None)).collect();
                 self.parked.insert(tag.id, Parked { framed, busy: tag.busy, requests });
@@ -240,7 +249,7 @@ impl Handler {
                 if !tag.served {
                     self.events.push_back(ToBehaviour::Empty);
                 }
-                self.close(framed, None, tag.busy, Vec::new());
+                self.close(framed, None, tag.busy, Batch::new());
             }
             // A reset after the last answer is how go clients end a
             // substream; anything else is a failure.
@@ -265,7 +274,7 @@ impl Handler {
 async fn answer_then_read(
     mut framed: Framed<Stream>,
     answer: Option<Bytes>,
-    requests: Vec<InFlight>,
+    requests: Batch<InFlight>,
 ) -> Read {
     if let Some(frames) = answer
         && let Err(e) = framed.write_frame(&frames).await
@@ -278,7 +287,7 @@ async fn answer_then_read(
 }
 
 /// Writes `answer` (if any: the frames answering `requests`) and closes.
-async fn finish(mut framed: Framed<Stream>, answer: Option<Bytes>, requests: Vec<InFlight>) {
+async fn finish(mut framed: Framed<Stream>, answer: Option<Bytes>, requests: Batch<InFlight>) {
     let written = match answer {
         Some(frames) => framed.write_frame(&frames).await.is_ok(),
         None => true,
@@ -290,11 +299,15 @@ async fn finish(mut framed: Framed<Stream>, answer: Option<Bytes>, requests: Vec
 }
 
 /// The frames of a batch's answers as one write.
-fn joined(mut frames: Vec<Bytes>) -> Option<Bytes> {
-    match frames.len() {
-        0 | 1 => frames.pop(),
-        _ => Some(frames.concat().into()),
+fn joined(frames: impl Iterator<Item = Bytes>) -> Option<Bytes> {
+    let mut frames = frames.peekable();
+    let first = frames.next()?;
+    if frames.peek().is_none() {
+        return Some(first);
     }
+    let mut all = BytesMut::from(first.as_ref());
+    frames.for_each(|frame| all.extend_from_slice(&frame));
+    Some(all.freeze())
 }
 
 impl ConnectionHandler for Handler {
@@ -360,18 +373,15 @@ impl ConnectionHandler for Handler {
         let Some(Parked { framed, busy, requests }) = self.parked.remove(&stream) else {
             return;
         };
-        let mut frames = Vec::with_capacity(answered);
-        let mut served = Vec::with_capacity(answered);
-        for (request, answer) in requests.into_iter().take(answered) {
-            frames.extend(answer.and_then(|answer| answer.frame));
-            served.push(request);
-        }
+        let (served, answers): (Batch<InFlight>, Batch<Option<Answer>>) =
+            requests.into_iter().take(answered).unzip();
+        let frames = joined(answers.into_iter().filter_map(|answer| answer?.frame));
         if close {
-            self.close(framed, joined(frames), busy, served);
+            self.close(framed, frames, busy, served);
             return;
         }
         let tag = Tag { id: stream, busy, served: true };
-        let next = answer_then_read(framed, joined(frames), served);
+        let next = answer_then_read(framed, frames, served);
         if self.reading.try_push(next, tag).is_err() {
             self.count(busy, -1); // unreachable: the set has room for every open substream
         }
