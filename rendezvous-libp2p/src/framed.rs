@@ -26,12 +26,21 @@ pub struct Framed<S> {
     /// How the stream ended (`Ok`: cleanly) when [`Framed::ready_frames`]
     /// found it, for the next [`Framed::read_frame`] to report.
     ended: Option<io::Result<()>>,
+    /// The last read filled its buffer, so the stream may hold more; a read
+    /// that did not took everything the stream had.
+    full: bool,
 }
 
 impl<S> Framed<S> {
     /// Frames on `io`, refusing incoming bodies over `max_frame` bytes.
     pub fn new(io: S, max_frame: usize) -> Self {
-        Framed { io, decoder: FrameDecoder::new(max_frame), leftover: Vec::new(), ended: None }
+        Framed {
+            io,
+            decoder: FrameDecoder::new(max_frame),
+            leftover: Vec::new(),
+            ended: None,
+            full: false,
+        }
     }
 
     /// Whether no part of a frame has been read: the stream stands between
@@ -60,6 +69,7 @@ impl<S: AsyncRead + Unpin> Framed<S> {
         let mut chunk = [0u8; READ_CHUNK];
         loop {
             let n = self.io.read(&mut chunk).await?;
+            self.full = n == chunk.len();
             if n == 0 {
                 return self.decoder.finish().map(|()| None).map_err(invalid);
             }
@@ -72,8 +82,9 @@ impl<S: AsyncRead + Unpin> Framed<S> {
     }
 
     /// Adds to `into` up to `max` frames that can be had without waiting:
-    /// those in bytes already read, then those that reads the stream answers
-    /// at once bring, reading at most `budget` bytes. An
+    /// those in bytes already read, then, while reads fill their buffer (a
+    /// read that does not has taken all the stream held), those that reads
+    /// the stream answers at once bring, reading at most `budget` bytes. An
     /// end of the stream or an error found meanwhile is what the next
     /// [`read_frame`](Self::read_frame) returns.
     ///
@@ -96,7 +107,7 @@ impl<S: AsyncRead + Unpin> Framed<S> {
                     return;
                 }
             }
-            if read >= budget {
+            if read >= budget || !self.full {
                 return;
             }
             // Polled once: a stream with nothing buffered is not waited for.
@@ -105,6 +116,7 @@ impl<S: AsyncRead + Unpin> Framed<S> {
                 Some(Ok(0)) => self.ended = Some(self.decoder.finish().map_err(invalid)),
                 Some(Ok(n)) => {
                     read += n;
+                    self.full = n == chunk.len();
                     self.leftover.extend_from_slice(&chunk[..n]);
                 }
                 Some(Err(e)) => self.ended = Some(Err(e)),
@@ -215,67 +227,89 @@ mod tests {
     }
 
     fn script(steps: Vec<Option<Vec<u8>>>) -> Framed<Script> {
-        Framed::new(Script(steps.into()), 16)
+        Framed::new(Script(steps.into()), 256)
     }
 
-    fn bodies(frames: &[Bytes]) -> Vec<&[u8]> {
-        frames.iter().map(|b| b.as_ref()).collect()
+    /// Eight frames, bodies of 127 bytes `first`, `first + 1`, ...: one
+    /// whole read.
+    fn block(first: u8) -> Vec<u8> {
+        let bodies: Vec<Vec<u8>> = (first..first + 8).map(|i| vec![i; 127]).collect();
+        let all = frames(&bodies.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        assert_eq!(all.len(), READ_CHUNK);
+        all
+    }
+
+    /// The first byte of each body.
+    fn firsts(frames: &[Bytes]) -> Vec<u8> {
+        frames.iter().map(|b| b[0]).collect()
+    }
+
+    async fn next(framed: &mut Framed<Script>) -> Vec<Bytes> {
+        vec![framed.read_frame().await.unwrap().unwrap()]
     }
 
     #[test]
     fn ready_frames_takes_what_is_there_up_to_max_and_stops_where_a_read_would_wait() {
         futures::executor::block_on(async {
-            let sent = [frames(&[b"a", b"b"]), frames(&[b"c", b"d"]), frames(&[b"e"])];
-            let mut framed = script(vec![
-                Some(sent[0].clone()),
-                Some(sent[1].clone()),
-                None,
-                Some(sent[2].clone()),
-            ]);
-            let mut batch = vec![framed.read_frame().await.unwrap().unwrap()];
-            framed.ready_frames(&mut batch, 2, 1024);
-            assert_eq!(bodies(&batch), [b"a", b"b", b"c"]);
-            // "d" was read already; the step after it is not ready.
-            let mut batch = vec![framed.read_frame().await.unwrap().unwrap()];
-            framed.ready_frames(&mut batch, 16, 1024);
-            assert_eq!(bodies(&batch), [b"d"]);
+            let mut framed =
+                script(vec![Some(block(0)), Some(block(8)), None, Some(frames(&[b"e"]))]);
+            let mut batch = next(&mut framed).await;
+            framed.ready_frames(&mut batch, 10, 4096);
+            assert_eq!(firsts(&batch), (0..=10).collect::<Vec<_>>());
+            // 11 to 15 were read already; the step after them is not ready.
+            let mut batch = next(&mut framed).await;
+            framed.ready_frames(&mut batch, 16, 4096);
+            assert_eq!(firsts(&batch), (11..=15).collect::<Vec<_>>());
             assert_eq!(framed.read_frame().await.unwrap().unwrap().as_ref(), b"e");
             assert!(framed.read_frame().await.unwrap().is_none());
         });
     }
 
     #[test]
+    fn after_a_read_that_took_everything_the_stream_is_not_read_again() {
+        futures::executor::block_on(async {
+            let mut framed = script(vec![Some(frames(&[b"a", b"b"])), Some(frames(&[b"c"]))]);
+            let mut batch = next(&mut framed).await;
+            framed.ready_frames(&mut batch, 16, 4096);
+            assert_eq!(batch, [&b"a"[..], b"b"]);
+            assert_eq!(framed.read_frame().await.unwrap().unwrap().as_ref(), b"c");
+        });
+    }
+
+    #[test]
     fn ready_frames_reads_no_more_than_its_budget() {
         futures::executor::block_on(async {
-            let steps = [b"a", b"b", b"c"].map(|body| Some(frames(&[body])));
-            let mut framed = script(steps.to_vec());
-            let mut batch = vec![framed.read_frame().await.unwrap().unwrap()];
-            framed.ready_frames(&mut batch, 16, 1);
-            assert_eq!(bodies(&batch), [b"a", b"b"]);
-            assert_eq!(framed.read_frame().await.unwrap().unwrap().as_ref(), b"c");
+            let mut framed = script(vec![Some(block(0)), Some(block(8)), Some(block(16))]);
+            let mut batch = next(&mut framed).await;
+            framed.ready_frames(&mut batch, 100, 1);
+            assert_eq!(firsts(&batch), (0..16).collect::<Vec<_>>());
+            assert_eq!(framed.read_frame().await.unwrap().unwrap()[0], 16);
         });
     }
 
     #[test]
     fn an_end_or_a_bad_frame_found_ahead_comes_out_of_the_next_read() {
         futures::executor::block_on(async {
-            let mut clean = script(vec![Some(frames(&[b"a"])), Some(frames(&[b"b"]))]);
-            let mut batch = vec![clean.read_frame().await.unwrap().unwrap()];
-            clean.ready_frames(&mut batch, 16, 1024);
-            assert_eq!(bodies(&batch), [b"a", b"b"]);
+            let mut clean = script(vec![Some(block(0))]);
+            let mut batch = next(&mut clean).await;
+            clean.ready_frames(&mut batch, 16, 4096);
+            assert_eq!(firsts(&batch), (0..8).collect::<Vec<_>>());
             assert!(clean.read_frame().await.unwrap().is_none());
 
-            let mut cut = script(vec![Some(frames(&[b"a"])), Some(vec![5, 1])]);
-            let mut batch = vec![cut.read_frame().await.unwrap().unwrap()];
-            cut.ready_frames(&mut batch, 16, 1024);
-            assert_eq!(bodies(&batch), [b"a"]);
+            let mut cut = script(vec![Some(block(0)), Some(vec![5, 1])]);
+            let mut batch = next(&mut cut).await;
+            cut.ready_frames(&mut batch, 16, 4096);
+            assert_eq!(batch.len(), 8);
             let err = cut.read_frame().await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
 
-            let mut oversized = script(vec![Some(frames(&[b"a"])), Some(frames(&[&[0u8; 20]]))]);
-            let mut batch = vec![oversized.read_frame().await.unwrap().unwrap()];
-            oversized.ready_frames(&mut batch, 16, 1024);
-            assert_eq!(bodies(&batch), [b"a"]);
+            // A length prefix of 300 (a two-byte varint), over the limit.
+            let mut over = vec![0xac, 0x02];
+            over.extend_from_slice(&[0u8; 300]);
+            let mut oversized = script(vec![Some(block(0)), Some(over)]);
+            let mut batch = next(&mut oversized).await;
+            oversized.ready_frames(&mut batch, 16, 4096);
+            assert_eq!(batch.len(), 8);
             let err = oversized.read_frame().await.unwrap_err();
             assert!(err.to_string().contains("exceeds the limit"), "{err}");
         });
