@@ -126,10 +126,11 @@ fn a_restarted_point_keeps_its_peer_id_registrations_expiry_and_cookies() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A request pipelined behind a REGISTER on the same substream is handled
-/// once the REGISTER is committed: a DISCOVER written with it finds it.
+/// Requests pipelined on one substream are handled as if one at a time:
+/// the REGISTERs go to the store together, and an UNREGISTER and a DISCOVER
+/// written behind them see what they stored.
 #[test]
-fn a_discover_pipelined_behind_a_register_finds_it() {
+fn requests_pipelined_behind_registers_see_them() {
     let (dir, port) = (temp_dir("pipelined"), free_port());
     let me = TestPeer::new(8);
     let (_server, address) = point(&dir, port);
@@ -137,16 +138,28 @@ fn a_discover_pipelined_behind_a_register_finds_it() {
     runtime().block_on(async {
         let mut raw = raw_connection_as(me.keypair.clone(), server_id, &addr).await;
         let record = me.record(Dialect::Signed(Flavour::RustLibp2p));
-        let mut both = codec::frame(&testing::register("a", record, Some(600))).to_vec();
-        both.extend_from_slice(&codec::frame(&testing::discover(Some("a"), None, None)));
+        let namespaces: Vec<String> = (0..20).map(|i| format!("ns{i:02}")).collect();
+        let mut all = Vec::new();
+        for ns in &namespaces {
+            let register = testing::register(ns, record.clone(), Some(600));
+            all.extend_from_slice(&codec::frame(&register));
+        }
+        all.extend_from_slice(&codec::frame(&testing::unregister("ns19")));
+        all.extend_from_slice(&codec::frame(&testing::discover(None, Some(100), None)));
         let mut framed = Framed::new(raw.open(server_id).await, 1 << 20);
-        framed.write_frame(&both).await.unwrap();
+        framed.write_frame(&all).await.unwrap();
         let mut answer = async || {
             let body = framed.read_frame().await.unwrap().expect("an answer");
             codec::decode_message(&body).unwrap()
         };
-        assert_eq!(answer().await.register_response.unwrap().status, Some(0));
-        assert_eq!(answer().await.discover_response.unwrap().registrations.len(), 1);
+        for ns in &namespaces {
+            assert_eq!(answer().await.register_response.unwrap().status, Some(0), "{ns}");
+        }
+        // The UNREGISTER has no answer; the DISCOVER's comes next.
+        let page = answer().await.discover_response.unwrap();
+        let mut found: Vec<String> = page.registrations.into_iter().filter_map(|r| r.ns).collect();
+        found.sort();
+        assert_eq!(found, namespaces[..19]);
     });
     std::fs::remove_dir_all(&dir).unwrap();
 }

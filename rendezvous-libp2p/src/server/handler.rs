@@ -6,8 +6,8 @@
 //! writing the previous answers), parked while the behaviour has its
 //! requests, or closing (writing a last answer). A client may pipeline
 //! requests on one substream: those it has already sent when the first is
-//! read go to the behaviour together (up to [`BATCH`], without a store),
-//! and their answers are written together, in order. At most
+//! read go to the behaviour together (up to [`BATCH`]), and their answers
+//! are written together, in order. At most
 //! [`Limits::max_streams`] are open at once; beyond that, up to
 //! [`Limits::max_busy_streams`] more are read once and answered
 //! `E_UNAVAILABLE` by the core, so that the client learns at once rather than
@@ -31,9 +31,7 @@ use crate::framed::Framed;
 use crate::histogram::Histogram;
 use crate::timed::{TimedOut, TimedSet};
 
-/// Most requests of one substream handed to the behaviour at once. With a
-/// store, one: a request's answer may then wait for a commit, and the next
-/// request on the substream must see what it did.
+/// Most requests of one substream handed to the behaviour at once.
 pub(crate) const BATCH: usize = 16;
 
 /// Most bytes read ahead of a substream's first request to fill its batch.
@@ -52,8 +50,6 @@ pub(crate) struct Shared {
     pub(crate) request_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) max_frame: usize,
-    /// Most requests of one substream handed over at once ([`BATCH`], or 1).
-    pub(crate) batch: usize,
     /// The behaviour closes idle connections itself, so its handlers keep
     /// them open in between: otherwise the swarm arms a timer of its own
     /// each time a connection's last substream closes and drops it when
@@ -231,11 +227,7 @@ impl Handler {
             Ok((mut framed, Ok(Some(body)))) => {
                 let mut bodies: Batch<Bytes> = smallvec![body];
                 if !tag.busy {
-                    framed.ready_frames(
-                        &mut bodies,
-                        self.shared.batch.saturating_sub(1),
-                        READ_AHEAD,
-                    );
+                    framed.ready_frames(&mut bodies, BATCH - 1, READ_AHEAD);
                 }
                 let requests = bodies.iter().map(|_| (InFlight::new(&self.shared), None)).collect();
                 self.parked.insert(tag.id, Parked { framed, busy: tag.busy, requests });

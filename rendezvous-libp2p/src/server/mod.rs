@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::FutureExt;
 use futures_timer::Delay;
 use libp2p_core::{Endpoint, Multiaddr, transport::PortUse};
@@ -28,6 +29,8 @@ use libp2p_swarm::{
     CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler,
     THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
+use rendezvous_core::codec::{self, CodecError};
+use rendezvous_core::proto::MessageType;
 use rendezvous_core::{
     LimitsError, Loaded, Reader, RequestId, Server, ServerConfig, ServerEvent, Stats, Timestamp,
 };
@@ -224,6 +227,21 @@ struct Route {
     index: usize,
 }
 
+/// With a store, one substream's requests behind those not yet answered:
+/// a REGISTER's answer waits for its commit, and a DISCOVER or an
+/// UNREGISTER behind it must see what it stored, so it waits for the
+/// answers before it; REGISTERs go on at once, so that their commits share
+/// the store's batches.
+#[derive(Debug)]
+struct Ordered {
+    peer: PeerId,
+    /// Requests handed to the core and not yet answered.
+    unanswered: usize,
+    /// Requests waiting, in order, each with its index in the substream's
+    /// batch.
+    waiting: VecDeque<(usize, Bytes)>,
+}
+
 /// The rendezvous point.
 pub struct Behaviour {
     core: Server,
@@ -231,6 +249,8 @@ pub struct Behaviour {
     shared: Arc<Shared>,
     busy_reason: String,
     routes: HashMap<RequestId, Route>,
+    /// With a store, the substreams with requests not yet answered.
+    ordered: HashMap<(ConnectionId, StreamId), Ordered>,
     next_request: u64,
     actions: VecDeque<ToSwarm<Event, FromBehaviour>>,
     streams: StreamStats,
@@ -257,7 +277,6 @@ impl Behaviour {
             request_timeout: config.request_timeout,
             write_timeout: config.write_timeout,
             max_frame: config.core.limits.max_request_frame,
-            batch: if config.core.durable { 1 } else { handler::BATCH },
             keep_alive: idle_timeout.is_some(),
             durations: histogram::Histogram::new(),
             in_flight: Default::default(),
@@ -279,6 +298,7 @@ impl Behaviour {
             shared,
             busy_reason,
             routes: HashMap::new(),
+            ordered: HashMap::new(),
             next_request: 0,
             actions: VecDeque::new(),
             streams: StreamStats::default(),
@@ -379,35 +399,12 @@ impl Behaviour {
     fn on_request(&mut self, peer: PeerId, connection: ConnectionId, request: ToBehaviour) {
         let reason = match request {
             ToBehaviour::Request { stream, bodies, busy } => {
-                let now = self.now();
-                let instant = Instant::now();
                 if let Some(c) = self.connections.get_mut(&connection) {
-                    c.active = instant;
+                    c.active = Instant::now();
                 }
-                // In order; a malformed request closes the substream, and
-                // those after it are not handled.
-                let mut malformed = None;
-                for (index, body) in bodies.iter().enumerate() {
-                    self.next_request += 1;
-                    let id = RequestId(self.next_request);
-                    self.routes.insert(id, Route { peer, connection, stream, index });
-                    let handled = if busy {
-                        self.core.handle_frame_busy(now, peer, id, body, &self.busy_reason)
-                    } else if !self.take_token(peer, instant) {
-                        self.core.handle_frame_busy(now, peer, id, body, &self.rate_reason)
-                    } else {
-                        self.core.handle_frame(now, peer, id, body)
-                    };
-                    if let Err(error) = handled {
-                        self.routes.remove(&id);
-                        let close = FromBehaviour { stream, index, frame: None, close: true };
-                        self.answer(peer, connection, close);
-                        malformed = Some(error);
-                        break;
-                    }
-                }
+                let handed = self.hand_over(peer, connection, stream, busy, bodies);
                 self.drain_core();
-                let Some(error) = malformed else {
+                let Err(error) = handed else {
                     return;
                 };
                 self.streams.malformed += 1;
@@ -440,6 +437,93 @@ impl Behaviour {
         };
         let event = Event::StreamRejected { peer, reason };
         self.actions.push_back(ToSwarm::GenerateEvent(event));
+    }
+
+    /// Hands a substream's requests to the core, in order. A malformed one
+    /// is answered by closing the substream, and those after it are dropped:
+    /// its error is returned. With a store, a request that must wait for
+    /// those before it (see [`Ordered`]) waits with all after it.
+    fn hand_over(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        stream: StreamId,
+        busy: bool,
+        requests: impl IntoIterator<Item = Bytes>,
+    ) -> Result<(), CodecError> {
+        // A substream's next batch comes once the last is answered: its
+        // indices start again from 0.
+        self.hand_over_from(peer, connection, stream, busy, requests.into_iter().enumerate())
+    }
+
+    fn hand_over_from(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        stream: StreamId,
+        busy: bool,
+        requests: impl IntoIterator<Item = (usize, Bytes)>,
+    ) -> Result<(), CodecError> {
+        let now = self.now();
+        let instant = Instant::now();
+        let mut requests = requests.into_iter();
+        while let Some((index, body)) = requests.next() {
+            if self.store.is_some() {
+                let ordered = self.ordered.entry((connection, stream)).or_insert(Ordered {
+                    peer,
+                    unanswered: 0,
+                    waiting: VecDeque::new(),
+                });
+                let waits =
+                    !ordered.waiting.is_empty() || (ordered.unanswered > 0 && !is_register(&body));
+                if waits {
+                    ordered.waiting.push_back((index, body));
+                    ordered.waiting.extend(requests);
+                    return Ok(());
+                }
+                ordered.unanswered += 1;
+            }
+            self.next_request += 1;
+            let id = RequestId(self.next_request);
+            self.routes.insert(id, Route { peer, connection, stream, index });
+            let handled = if busy {
+                self.core.handle_frame_busy(now, peer, id, &body, &self.busy_reason)
+            } else if !self.take_token(peer, instant) {
+                self.core.handle_frame_busy(now, peer, id, &body, &self.rate_reason)
+            } else {
+                self.core.handle_frame(now, peer, id, &body)
+            };
+            if let Err(error) = handled {
+                self.routes.remove(&id);
+                self.answered(connection, stream);
+                // Those after it are not handled.
+                if let Some(ordered) = self.ordered.get_mut(&(connection, stream)) {
+                    ordered.waiting.clear();
+                }
+                let close = FromBehaviour { stream, index, frame: None, close: true };
+                self.answer(peer, connection, close);
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// One of the substream's requests is answered: whether the requests
+    /// waiting behind it may go on now.
+    fn answered(&mut self, connection: ConnectionId, stream: StreamId) -> bool {
+        let key = (connection, stream);
+        let Some(ordered) = self.ordered.get_mut(&key) else {
+            return false;
+        };
+        ordered.unanswered = ordered.unanswered.saturating_sub(1);
+        if ordered.unanswered > 0 {
+            return false;
+        }
+        if ordered.waiting.is_empty() {
+            self.ordered.remove(&key);
+            return false;
+        }
+        true
     }
 
     /// Whether `peer` may make a request now, under the rate limit.
@@ -494,31 +578,54 @@ impl Behaviour {
         });
     }
 
-    /// Routes the core's answers to their substreams, its events to the
-    /// swarm, and re-arms the timer.
+    /// Routes the core's answers to their substreams (handing over the
+    /// requests that waited for them), its events to the swarm, and re-arms
+    /// the timer.
     fn drain_core(&mut self) {
-        if let Some(store) = &mut self.store {
-            while let Some(action) = self.core.poll_store() {
-                if let StoreAction::Put { id, .. } = &action {
-                    self.submitted.insert(*id, Instant::now());
+        let mut go_on = Vec::new();
+        loop {
+            if let Some(store) = &mut self.store {
+                while let Some(action) = self.core.poll_store() {
+                    if let StoreAction::Put { id, .. } = &action {
+                        self.submitted.insert(*id, Instant::now());
+                    }
+                    store.submit(action);
                 }
-                store.submit(action);
             }
-        }
-        while let Some(transmit) = self.core.poll_transmit() {
-            // Gone if its connection closed meanwhile.
-            if let Some(route) = self.routes.remove(&transmit.request_id) {
-                if let Some(c) = self.connections.get_mut(&route.connection) {
-                    c.active = Instant::now();
+            while let Some(transmit) = self.core.poll_transmit() {
+                // Gone if its connection closed meanwhile.
+                if let Some(route) = self.routes.remove(&transmit.request_id) {
+                    if let Some(c) = self.connections.get_mut(&route.connection) {
+                        c.active = Instant::now();
+                    }
+                    if self.answered(route.connection, route.stream) {
+                        go_on.push((route.connection, route.stream));
+                    }
+                    let frame = transmit.to_frame();
+                    let (stream, index) = (route.stream, route.index);
+                    let answer = FromBehaviour { stream, index, frame, close: false };
+                    self.answer(route.peer, route.connection, answer);
                 }
-                let frame = transmit.to_frame();
-                let answer =
-                    FromBehaviour { stream: route.stream, index: route.index, frame, close: false };
-                self.answer(route.peer, route.connection, answer);
             }
-        }
-        while let Some(event) = self.core.poll_event() {
-            self.actions.push_back(ToSwarm::GenerateEvent(Event::Core(event)));
+            while let Some(event) = self.core.poll_event() {
+                self.actions.push_back(ToSwarm::GenerateEvent(Event::Core(event)));
+            }
+            if go_on.is_empty() {
+                break;
+            }
+            for (connection, stream) in go_on.drain(..) {
+                let Some(ordered) = self.ordered.get_mut(&(connection, stream)) else {
+                    continue;
+                };
+                let (peer, waiting) = (ordered.peer, std::mem::take(&mut ordered.waiting));
+                if let Err(error) = self.hand_over_from(peer, connection, stream, false, waiting) {
+                    self.streams.malformed += 1;
+                    let error = io::Error::new(io::ErrorKind::InvalidData, error);
+                    let reason = Rejection::Malformed(error);
+                    self.actions
+                        .push_back(ToSwarm::GenerateEvent(Event::StreamRejected { peer, reason }));
+                }
+            }
         }
         self.timer.set(self.core.poll_timeout());
     }
@@ -557,6 +664,7 @@ impl NetworkBehaviour for Behaviour {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         if let FromSwarm::ConnectionClosed(closed) = event {
             self.routes.retain(|_, route| route.connection != closed.connection_id);
+            self.ordered.retain(|(connection, _), _| *connection != closed.connection_id);
             self.connections.remove(&closed.connection_id);
             if closed.remaining_established == 0 {
                 self.buckets.remove(&closed.peer_id);
@@ -612,4 +720,9 @@ impl NetworkBehaviour for Behaviour {
             }
         }
     }
+}
+
+/// Whether `body` is a REGISTER (one that does not decode is not).
+fn is_register(body: &[u8]) -> bool {
+    codec::decode_message(body).is_ok_and(|m| m.message_type() == Ok(MessageType::Register))
 }
