@@ -29,7 +29,7 @@ use libp2p_swarm::{
     CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler,
     THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
-use rendezvous_core::codec::{self, CodecError};
+use rendezvous_core::codec;
 use rendezvous_core::proto::MessageType;
 use rendezvous_core::{
     LimitsError, Loaded, Reader, RequestId, Server, ServerConfig, ServerEvent, Stats, Timestamp,
@@ -232,9 +232,8 @@ struct Route {
 /// UNREGISTER behind it must see what it stored, so it waits for the
 /// answers before it; REGISTERs go on at once, so that their commits share
 /// the store's batches.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Ordered {
-    peer: PeerId,
     /// Requests handed to the core and not yet answered.
     unanswered: usize,
     /// Requests waiting, in order, each with its index in the substream's
@@ -402,17 +401,18 @@ impl Behaviour {
                 if let Some(c) = self.connections.get_mut(&connection) {
                     c.active = Instant::now();
                 }
-                let handed = self.hand_over(peer, connection, stream, busy, bodies);
+                // A substream's next batch comes once the last is answered:
+                // its indices start again from 0.
+                let requests = bodies.into_iter().enumerate();
+                let handed = self.hand_over(peer, connection, stream, busy, requests);
                 self.drain_core();
                 let Err(error) = handed else {
                     return;
                 };
-                self.streams.malformed += 1;
-                Rejection::Malformed(io::Error::new(io::ErrorKind::InvalidData, error))
+                self.malformed(error)
             }
             ToBehaviour::Failed { error } if error.kind() == io::ErrorKind::InvalidData => {
-                self.streams.malformed += 1;
-                Rejection::Malformed(error)
+                self.malformed(error)
             }
             ToBehaviour::Failed { error } => {
                 self.streams.io += 1;
@@ -435,45 +435,39 @@ impl Behaviour {
                 Rejection::Empty
             }
         };
+        self.rejected(peer, reason);
+    }
+
+    /// Counts a substream closed for a malformed request.
+    fn malformed(&mut self, error: io::Error) -> Rejection {
+        self.streams.malformed += 1;
+        Rejection::Malformed(error)
+    }
+
+    fn rejected(&mut self, peer: PeerId, reason: Rejection) {
         let event = Event::StreamRejected { peer, reason };
         self.actions.push_back(ToSwarm::GenerateEvent(event));
     }
 
-    /// Hands a substream's requests to the core, in order. A malformed one
-    /// is answered by closing the substream, and those after it are dropped:
-    /// its error is returned. With a store, a request that must wait for
-    /// those before it (see [`Ordered`]) waits with all after it.
+    /// Hands a substream's requests, each with its index in the batch, to
+    /// the core, in order. A malformed one is answered by closing the
+    /// substream, and those after it are dropped: its error is returned.
+    /// With a store, a request that must wait for those before it (see
+    /// [`Ordered`]) waits with all after it.
     fn hand_over(
         &mut self,
         peer: PeerId,
         connection: ConnectionId,
         stream: StreamId,
         busy: bool,
-        requests: impl IntoIterator<Item = Bytes>,
-    ) -> Result<(), CodecError> {
-        // A substream's next batch comes once the last is answered: its
-        // indices start again from 0.
-        self.hand_over_from(peer, connection, stream, busy, requests.into_iter().enumerate())
-    }
-
-    fn hand_over_from(
-        &mut self,
-        peer: PeerId,
-        connection: ConnectionId,
-        stream: StreamId,
-        busy: bool,
         requests: impl IntoIterator<Item = (usize, Bytes)>,
-    ) -> Result<(), CodecError> {
+    ) -> io::Result<()> {
         let now = self.now();
         let instant = Instant::now();
         let mut requests = requests.into_iter();
         while let Some((index, body)) = requests.next() {
             if self.store.is_some() {
-                let ordered = self.ordered.entry((connection, stream)).or_insert(Ordered {
-                    peer,
-                    unanswered: 0,
-                    waiting: VecDeque::new(),
-                });
+                let ordered = self.ordered.entry((connection, stream)).or_default();
                 let waits =
                     !ordered.waiting.is_empty() || (ordered.unanswered > 0 && !is_register(&body));
                 if waits {
@@ -493,16 +487,14 @@ impl Behaviour {
             } else {
                 self.core.handle_frame(now, peer, id, &body)
             };
+            // Those after it are not handled: nothing waits while a request
+            // is handed over, and the rest of `requests` is dropped.
             if let Err(error) = handled {
                 self.routes.remove(&id);
                 self.answered(connection, stream);
-                // Those after it are not handled.
-                if let Some(ordered) = self.ordered.get_mut(&(connection, stream)) {
-                    ordered.waiting.clear();
-                }
                 let close = FromBehaviour { stream, index, frame: None, close: true };
                 self.answer(peer, connection, close);
-                return Err(error);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, error));
             }
         }
         Ok(())
@@ -614,16 +606,15 @@ impl Behaviour {
                 break;
             }
             for (connection, stream) in go_on.drain(..) {
-                let Some(ordered) = self.ordered.get_mut(&(connection, stream)) else {
+                let peer = self.connections.get(&connection).map(|c| c.peer);
+                let ordered = self.ordered.get_mut(&(connection, stream));
+                let (Some(peer), Some(ordered)) = (peer, ordered) else {
                     continue;
                 };
-                let (peer, waiting) = (ordered.peer, std::mem::take(&mut ordered.waiting));
-                if let Err(error) = self.hand_over_from(peer, connection, stream, false, waiting) {
-                    self.streams.malformed += 1;
-                    let error = io::Error::new(io::ErrorKind::InvalidData, error);
-                    let reason = Rejection::Malformed(error);
-                    self.actions
-                        .push_back(ToSwarm::GenerateEvent(Event::StreamRejected { peer, reason }));
+                let waiting = std::mem::take(&mut ordered.waiting);
+                if let Err(error) = self.hand_over(peer, connection, stream, false, waiting) {
+                    let reason = self.malformed(error);
+                    self.rejected(peer, reason);
                 }
             }
         }
