@@ -79,6 +79,12 @@ struct Floor {
     answer: Bytes,
 }
 
+impl Floor {
+    fn handler(&self) -> Answering {
+        Answering { answer: self.answer.clone(), streams: FuturesUnordered::new() }
+    }
+}
+
 impl NetworkBehaviour for Floor {
     type ConnectionHandler = Answering;
     type ToSwarm = Infallible;
@@ -90,7 +96,7 @@ impl NetworkBehaviour for Floor {
         _: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(Answering { answer: self.answer.clone(), streams: FuturesUnordered::new() })
+        Ok(self.handler())
     }
 
     fn handle_established_outbound_connection(
@@ -101,7 +107,7 @@ impl NetworkBehaviour for Floor {
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(Answering { answer: self.answer.clone(), streams: FuturesUnordered::new() })
+        Ok(self.handler())
     }
 
     fn on_swarm_event(&mut self, _: FromSwarm) {}
