@@ -13,10 +13,17 @@
 //! ```text
 //! cargo build --release --bins
 //! RENDEZVOUS_BIN=target/release/stack-floor target/release/register_path --measure cpu
+//! RENDEZVOUS_BIN=target/release/stack-floor target/release/load --sizes none --servers ours \
+//!   --inflight-list 8,64 --points 0
 //! ```
 //!
-//! Takes `register_path`'s server flags and ignores them; prints the same
-//! `--address <multiaddr>` line the point logs at start, and exits on SIGINT.
+//! The load tool's in-flight sweep runs against it as against the point (its
+//! registry-size sweep asks for discover pages, which the floor does not
+//! serve, hence `--sizes none`).
+//!
+//! Takes the server flags `register_path` and the load tool pass and ignores
+//! them; prints the same `--address <multiaddr>` line the point logs at
+//! start, and exits on SIGINT.
 
 use std::convert::Infallible;
 use std::num::NonZeroUsize;

@@ -5,9 +5,9 @@
 //!
 //! ```text
 //! cargo build --release --bins && target/release/load [--quick] [--fresh]
-//!   [--sizes 1000,10000,100000] [--py-sizes 1000] [--servers ours,ours-durable,ours-redis,ours-metrics,ours-ws,rust,py]
+//!   [--sizes 1000,10000,100000|none] [--py-sizes 1000|none] [--servers ours,ours-durable,ours-redis,ours-metrics,ours-ws,rust,py]
 //!   [--connections 20] [--inflight 8] [--svg PATH]
-//!   [--inflight-list 64,128,256] [--inflight-n 20000] [--py-inflight-n 1000]
+//!   [--inflight-list 64,128,256|none] [--inflight-n 20000] [--py-inflight-n 1000]
 //!   [--sustain SECONDS --rate PER_S]
 //! ```
 //!
@@ -90,7 +90,11 @@ fn options() -> Result<Options, Error> {
         rate: 10_000,
     };
     let mut args = std::env::args().skip(1);
+    // `none` skips a sweep: `--sizes none` runs only the in-flight one.
     let list = |v: String| -> Result<Vec<usize>, Error> {
+        if v == "none" {
+            return Ok(Vec::new());
+        }
         Ok(v.split(',').map(str::parse).collect::<Result<_, _>>()?)
     };
     while let Some(arg) = args.next() {
@@ -170,7 +174,9 @@ async fn real_main() -> Result<(), Error> {
             runs.push(phases::scale(kind, n, &o.shape).await?);
         }
     }
-    report::scale_table(&runs);
+    if !runs.is_empty() {
+        report::scale_table(&runs);
+    }
     if let Some(path) = &o.svg {
         std::fs::write(path, report::svg(&runs))?;
         println!("chart written to {}", path.display());
@@ -195,7 +201,9 @@ async fn real_main() -> Result<(), Error> {
             inflight.push(phases::their_client(kind, n, 64).await?);
         }
     }
-    report::inflight_table(&inflight);
+    if !inflight.is_empty() {
+        report::inflight_table(&inflight);
+    }
     let mut shared_lost = 0;
     if o.points > 0 {
         let n = o.sizes.first().copied().unwrap_or(10_000);
