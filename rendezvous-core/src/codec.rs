@@ -7,7 +7,7 @@
 use bytes::{Bytes, BytesMut};
 use prost::Message as _;
 
-use crate::proto::Message;
+use crate::proto::{Message, MessageType};
 
 /// The longest unsigned varint that can encode a `u64`.
 const MAX_VARINT_LEN: usize = 10;
@@ -61,6 +61,35 @@ pub fn frame(message: &Message) -> Bytes {
 /// Decodes the body of a frame (the bytes after the length prefix).
 pub fn decode_message(body: &[u8]) -> Result<Message, CodecError> {
     Ok(Message::decode(body)?)
+}
+
+/// A [`Message`] with only its type field: decoding it steps over the
+/// other fields without reading or copying them.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TypeOnly {
+    #[prost(enumeration = "MessageType", optional, tag = "1")]
+    r#type: Option<i32>,
+}
+
+/// The type of the message in a frame body, read without decoding the rest
+/// (omitted reads as `REGISTER`, as in [`Message::message_type`]); `None`
+/// if the body is not a message or names a type this crate does not know.
+/// A body whose type reads here may still fail [`decode_message`].
+///
+/// ```
+/// use rendezvous_core::codec::{frame, peek_type};
+/// use rendezvous_core::proto::{Message, MessageType};
+///
+/// let discover = Message { r#type: Some(MessageType::Discover as i32), ..Message::default() };
+/// let body = frame(&discover).slice(1..); // after its one-byte length prefix
+/// assert_eq!(peek_type(&body), Some(MessageType::Discover));
+/// assert_eq!(peek_type(&[]), Some(MessageType::Register)); // proto3's default
+/// assert_eq!(peek_type(&[0x08, 0x2a]), None); // type 42
+/// assert_eq!(peek_type(&[0x2a, 0x05, 0x01]), None); // a field cut short
+/// ```
+pub fn peek_type(body: &[u8]) -> Option<MessageType> {
+    let raw = TypeOnly::decode(body).ok()?.r#type.unwrap_or(0);
+    MessageType::try_from(raw).ok()
 }
 
 /// Splits a byte stream into frame bodies.
