@@ -84,21 +84,32 @@ impl<S: AsyncRead + Unpin> Framed<S> {
     /// Adds to `into` up to `max` frames that can be had without waiting:
     /// those in bytes already read, then, while reads fill their buffer (a
     /// read that does not has taken all the stream held), those that reads
-    /// the stream answers at once bring, reading at most `budget` bytes. An
-    /// end of the stream or an error found meanwhile is what the next
+    /// the stream answers at once bring, reading at most `budget` bytes. A
+    /// frame for which `last` holds is the last one taken. An end of the
+    /// stream or an error found meanwhile is what the next
     /// [`read_frame`](Self::read_frame) returns.
     ///
     /// A client that pipelines its requests has usually sent the next ones
     /// by the time the first is read: handed over together, they cost one
     /// trip through the caller instead of one each.
-    pub fn ready_frames(&mut self, into: &mut impl Extend<Bytes>, max: usize, budget: usize) {
+    pub fn ready_frames(
+        &mut self,
+        into: &mut impl Extend<Bytes>,
+        max: usize,
+        budget: usize,
+        last: impl Fn(&[u8]) -> bool,
+    ) {
         let mut chunk = [0u8; READ_CHUNK];
         let (mut taken, mut read) = (0, 0);
         while taken < max && self.ended.is_none() {
             match self.decode_leftover() {
                 Ok(Some(body)) => {
+                    let stop = last(&body);
                     into.extend([body]);
                     taken += 1;
+                    if stop {
+                        return;
+                    }
                     continue;
                 }
                 Ok(None) => {}
@@ -254,11 +265,11 @@ mod tests {
             let mut framed =
                 script(vec![Some(block(0)), Some(block(8)), None, Some(frames(&[b"e"]))]);
             let mut batch = next(&mut framed).await;
-            framed.ready_frames(&mut batch, 10, 4096);
+            framed.ready_frames(&mut batch, 10, 4096, |_| false);
             assert_eq!(firsts(&batch), (0..=10).collect::<Vec<_>>());
             // 11 to 15 were read already; the step after them is not ready.
             let mut batch = next(&mut framed).await;
-            framed.ready_frames(&mut batch, 16, 4096);
+            framed.ready_frames(&mut batch, 16, 4096, |_| false);
             assert_eq!(firsts(&batch), (11..=15).collect::<Vec<_>>());
             assert_eq!(framed.read_frame().await.unwrap().unwrap().as_ref(), b"e");
             assert!(framed.read_frame().await.unwrap().is_none());
@@ -270,9 +281,22 @@ mod tests {
         futures::executor::block_on(async {
             let mut framed = script(vec![Some(frames(&[b"a", b"b"])), Some(frames(&[b"c"]))]);
             let mut batch = next(&mut framed).await;
-            framed.ready_frames(&mut batch, 16, 4096);
+            framed.ready_frames(&mut batch, 16, 4096, |_| false);
             assert_eq!(batch, [&b"a"[..], b"b"]);
             assert_eq!(framed.read_frame().await.unwrap().unwrap().as_ref(), b"c");
+        });
+    }
+
+    #[test]
+    fn a_frame_marked_last_ends_what_ready_frames_takes() {
+        futures::executor::block_on(async {
+            let mut framed = script(vec![Some(block(0))]);
+            let mut batch = next(&mut framed).await;
+            framed.ready_frames(&mut batch, 16, 4096, |body| body[0] == 3);
+            assert_eq!(firsts(&batch), [0, 1, 2, 3]);
+            let mut batch = next(&mut framed).await;
+            framed.ready_frames(&mut batch, 16, 4096, |_| false);
+            assert_eq!(firsts(&batch), [4, 5, 6, 7]);
         });
     }
 
@@ -281,7 +305,7 @@ mod tests {
         futures::executor::block_on(async {
             let mut framed = script(vec![Some(block(0)), Some(block(8)), Some(block(16))]);
             let mut batch = next(&mut framed).await;
-            framed.ready_frames(&mut batch, 100, 1);
+            framed.ready_frames(&mut batch, 100, 1, |_| false);
             assert_eq!(firsts(&batch), (0..16).collect::<Vec<_>>());
             assert_eq!(framed.read_frame().await.unwrap().unwrap()[0], 16);
         });
@@ -292,13 +316,13 @@ mod tests {
         futures::executor::block_on(async {
             let mut clean = script(vec![Some(block(0))]);
             let mut batch = next(&mut clean).await;
-            clean.ready_frames(&mut batch, 16, 4096);
+            clean.ready_frames(&mut batch, 16, 4096, |_| false);
             assert_eq!(firsts(&batch), (0..8).collect::<Vec<_>>());
             assert!(clean.read_frame().await.unwrap().is_none());
 
             let mut cut = script(vec![Some(block(0)), Some(vec![5, 1])]);
             let mut batch = next(&mut cut).await;
-            cut.ready_frames(&mut batch, 16, 4096);
+            cut.ready_frames(&mut batch, 16, 4096, |_| false);
             assert_eq!(batch.len(), 8);
             let err = cut.read_frame().await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
@@ -308,7 +332,7 @@ mod tests {
             over.extend_from_slice(&[0u8; 300]);
             let mut oversized = script(vec![Some(block(0)), Some(over)]);
             let mut batch = next(&mut oversized).await;
-            oversized.ready_frames(&mut batch, 16, 4096);
+            oversized.ready_frames(&mut batch, 16, 4096, |_| false);
             assert_eq!(batch.len(), 8);
             let err = oversized.read_frame().await.unwrap_err();
             assert!(err.to_string().contains("exceeds the limit"), "{err}");

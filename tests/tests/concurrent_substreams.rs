@@ -10,7 +10,8 @@ use std::time::Duration;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use rendezvous_libp2p::core::proto::{self, ResponseStatus, read_status};
 use rendezvous_libp2p::core::testing::{self, TestPeer};
-use rendezvous_libp2p::core::{Dialect, Flavour, Limits, codec};
+use rendezvous_libp2p::core::{Dialect, Flavour, Limits, ServerEvent, codec};
+use rendezvous_libp2p::framed::Framed;
 use rendezvous_libp2p::server;
 use rendezvous_tests::net::{LIMIT, expect, raw_connection, raw_connection_as, read_frame};
 
@@ -163,5 +164,77 @@ async fn the_server_closes_its_side_once_the_client_closes_after_an_unregister()
         let read = tokio::time::timeout(LIMIT, stream.read_to_end(&mut rest)).await;
         let read = read.expect("the server closed its side in time");
         assert_eq!(read.map_err(|e| e.kind()), Ok(0), "a clean end, not a reset");
+    }
+}
+
+/// A client that asks for pages and does not read them: once a page waits
+/// for it to make room, the connection's next DISCOVERs wait, read but not
+/// handled, instead of each becoming another page held in the point's
+/// memory; the client reading is what lets them go, and every one is
+/// answered in full. Meanwhile others are served.
+#[tokio::test]
+async fn pages_a_client_does_not_read_hold_back_its_next_requests() {
+    let mut config =
+        server::Config { max_unread_bytes_per_connection: 1 << 20, ..server::Config::default() };
+    config.core.limits = Limits { max_registrations_per_peer: 10_000, ..Limits::default() };
+    let (server_id, addr, mut events) = our_server(config).await;
+    let me = TestPeer::new(9);
+    let mut raw = raw_connection_as(me.keypair.clone(), server_id, &addr).await;
+    let mut registering = Framed::new(raw.open(server_id).await, 1 << 20);
+    let frames: Vec<u8> =
+        (0..1000).flat_map(|i| codec::frame(&register(&me, &format!("ns-{i}")))).collect();
+    registering.write_frame(&frames).await.unwrap();
+    for i in 0..1000 {
+        let body = registering.read_frame().await.unwrap().expect("an answer");
+        let answer = codec::decode_message(&body).unwrap();
+        assert_eq!(register_status(&answer).0, ResponseStatus::Ok, "#{i}");
+    }
+    drop(registering);
+    let discovered = |e: server::Event| match e {
+        server::Event::Core(ServerEvent::Discovered { count, .. }) => Some(count),
+        _ => None,
+    };
+
+    // Two pages of all 1000 on one substream, not read: more than the
+    // window yamux grants a substream, so the second waits in the point.
+    let mut client = raw_connection(server_id, &addr).await;
+    let ask = codec::frame(&testing::discover(None, Some(1000), None));
+    let mut first = Framed::new(client.open(server_id).await, 4 << 20);
+    first.write_frame(&[ask.clone(), ask.clone()].concat()).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(expect(&mut events, discovered).await, 1000);
+    }
+    // Eight more DISCOVERs: room for another page's worth would pass the
+    // bound, so none is handled.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut stream = Framed::new(client.open(server_id).await, 4 << 20);
+        stream.write_frame(&ask).await.unwrap();
+        held.push(stream);
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            if let Some(count) = discovered(events.recv().await.expect("the server runs")) {
+                return count;
+            }
+        }
+    });
+    assert!(quiet.await.is_err(), "a page made while another waits to be read");
+
+    // Others are served meanwhile.
+    let mut other = raw_connection(server_id, &addr).await;
+    let answer = other.request(server_id, &testing::discover(Some("ns-7"), None, None)).await;
+    assert_eq!(answer.unwrap().discover_response.expect("a page").registrations.len(), 1);
+    assert_eq!(expect(&mut events, discovered).await, 1);
+
+    // Reading lets the rest go, all in full.
+    for (i, stream) in std::iter::once(&mut first).chain(&mut held).enumerate() {
+        let pages = if i == 0 { 2 } else { 1 };
+        for _ in 0..pages {
+            let body = tokio::time::timeout(LIMIT, stream.read_frame()).await.unwrap().unwrap();
+            let page = codec::decode_message(&body.expect("a page")).unwrap();
+            let page = page.discover_response.expect("a page");
+            assert_eq!(page.registrations.len(), 1000, "#{i}");
+        }
     }
 }

@@ -6,12 +6,16 @@
 //! writing the previous answers), parked while the behaviour has its
 //! requests, or closing (writing a last answer). A client may pipeline
 //! requests on one substream: those it has already sent when the first is
-//! read go to the behaviour together (up to [`BATCH`]), and their answers
-//! are written together, in order. At most
+//! read go to the behaviour together (up to [`BATCH`], and up to the first
+//! DISCOVER, whose page may be long), and their answers are written
+//! together, in order. At most
 //! [`Limits::max_streams`] are open at once; beyond that, up to
 //! [`Limits::max_busy_streams`] more are read once and answered
 //! `E_UNAVAILABLE` by the core, so that the client learns at once rather than
-//! timing out; beyond both, a substream is reset on arrival.
+//! timing out; beyond both, a substream is reset on arrival. Answers the
+//! client has not taken yet count against a bound per connection (a
+//! DISCOVER not yet answered as a whole page): past it, requests read are
+//! held back, in order, until the client takes some.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -26,6 +30,9 @@ use libp2p_swarm::handler::{ConnectionEvent, FullyNegotiatedInbound};
 use libp2p_swarm::{ConnectionHandler, ConnectionHandlerEvent, Stream, SubstreamProtocol};
 use smallvec::{SmallVec, smallvec};
 
+use rendezvous_core::codec;
+use rendezvous_core::proto::MessageType;
+
 use crate::PROTOCOL;
 use crate::framed::Framed;
 use crate::histogram::Histogram;
@@ -36,6 +43,16 @@ pub(crate) const BATCH: usize = 16;
 
 /// Most bytes read ahead of a substream's first request to fill its batch.
 pub(crate) const READ_AHEAD: usize = 8 * 1024;
+
+/// Whether a request is answered with a page of registrations, up to
+/// [`Limits::max_response_frame`](rendezvous_core::Limits::max_response_frame)
+/// long: a batch ends with such a request, so that a substream holds at most
+/// one page and short answers to the requests before it while they are
+/// written (a client that asks for pages and does not read them would
+/// otherwise hold [`BATCH`] pages on each of its substreams).
+fn pages(body: &[u8]) -> bool {
+    codec::peek_type(body) == Some(MessageType::Discover)
+}
 
 /// A batch of requests, or of what goes with them; a client that does not
 /// pipeline makes batches of one, which need no allocation.
@@ -50,6 +67,11 @@ pub(crate) struct Shared {
     pub(crate) request_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) max_frame: usize,
+    /// Most bytes of answers a connection holds for its client, counting
+    /// a page not yet made as [`Shared::max_page`].
+    pub(crate) max_unwritten: usize,
+    /// The longest answer frame the core makes.
+    pub(crate) max_page: usize,
     /// The behaviour closes idle connections itself, so its handlers keep
     /// them open in between: otherwise the swarm arms a timer of its own
     /// each time a connection's last substream closes and drops it when
@@ -87,6 +109,27 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Bytes of answers counted in a connection's total until written, or
+/// until the future holding them is dropped.
+#[derive(Debug)]
+struct Unwritten {
+    total: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Unwritten {
+    fn new(total: &Arc<AtomicUsize>, bytes: usize) -> Self {
+        total.fetch_add(bytes, Ordering::Relaxed);
+        Unwritten { total: total.clone(), bytes }
+    }
+}
+
+impl Drop for Unwritten {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -143,6 +186,17 @@ struct Parked {
     busy: bool,
     /// Its requests in order, each with the behaviour's answer once given.
     requests: Batch<(InFlight, Option<Answer>)>,
+    /// What its answers may take, counted until they are given (nothing
+    /// while the requests are held back).
+    reserved: Option<Unwritten>,
+}
+
+/// Requests read and held back until the connection's client takes
+/// enough of the answers it owes: the event handing them over, and what
+/// their answers may take.
+struct Held {
+    event: ToBehaviour,
+    reserve: usize,
 }
 
 /// The behaviour's answer to one request.
@@ -166,6 +220,11 @@ pub struct Handler {
     busy: usize,
     next_id: u64,
     events: VecDeque<ToBehaviour>,
+    /// Bytes of answers this connection's client has not taken yet, and
+    /// reserved for answers not yet given.
+    unwritten: Arc<AtomicUsize>,
+    /// Requests waiting for `unwritten` to fall, oldest first.
+    held: VecDeque<Held>,
 }
 
 impl Handler {
@@ -179,6 +238,8 @@ impl Handler {
             busy: 0,
             next_id: 0,
             events: VecDeque::new(),
+            unwritten: Arc::default(),
+            held: VecDeque::new(),
             shared,
         }
     }
@@ -208,7 +269,7 @@ impl Handler {
     fn close(
         &mut self,
         framed: Framed<Stream>,
-        answer: Option<Bytes>,
+        answer: Option<(Bytes, Unwritten)>,
         busy: bool,
         requests: Batch<InFlight>,
     ) {
@@ -222,20 +283,60 @@ impl Handler {
         *counter = counter.saturating_add_signed(up);
     }
 
+    /// Whether answers that may take `reserve` bytes fit beside those the
+    /// client has not taken (a batch goes alone if it must, so that a
+    /// reserve over the bound cannot wait forever).
+    fn admits(&self, reserve: usize) -> bool {
+        let unwritten = self.unwritten.load(Ordering::Relaxed);
+        unwritten == 0 || unwritten.saturating_add(reserve) <= self.shared.max_unwritten
+    }
+
+    /// Gives a batch to the behaviour, reserving room for its answers.
+    fn hand_over(&mut self, Held { event, reserve }: Held) {
+        if let ToBehaviour::Request { stream, .. } = &event
+            && let Some(parked) = self.parked.get_mut(stream)
+        {
+            parked.reserved = Some(Unwritten::new(&self.unwritten, reserve));
+        }
+        self.events.push_back(event);
+    }
+
+    /// Hands over the held batches that now fit, oldest first.
+    fn release(&mut self) {
+        while let Some(held) = self.held.front()
+            && self.admits(held.reserve)
+        {
+            let Some(held) = self.held.pop_front() else { return };
+            self.hand_over(held);
+        }
+    }
+
     fn on_read(&mut self, result: Result<Read, TimedOut>, tag: Tag) {
         match result {
             Ok((mut framed, Ok(Some(body)))) => {
                 let mut bodies: Batch<Bytes> = smallvec![body];
-                if !tag.busy {
-                    framed.ready_frames(&mut bodies, BATCH - 1, READ_AHEAD);
+                if !tag.busy && !pages(&bodies[0]) {
+                    framed.ready_frames(&mut bodies, BATCH - 1, READ_AHEAD, pages);
                 }
+                // A batch's one page, if any, is its last request's; a busy
+                // substream's answer is short whatever it asked.
+                let page = !tag.busy && bodies.last().is_some_and(|body| pages(body));
                 let requests = bodies.iter().map(|_| (InFlight::new(&self.shared), None)).collect();
-                self.parked.insert(tag.id, Parked { framed, busy: tag.busy, requests });
-                self.events.push_back(ToBehaviour::Request {
-                    stream: tag.id,
-                    bodies,
-                    busy: tag.busy,
-                });
+                let parked = Parked { framed, busy: tag.busy, requests, reserved: None };
+                self.parked.insert(tag.id, parked);
+                let event = ToBehaviour::Request { stream: tag.id, bodies, busy: tag.busy };
+                let held = Held { event, reserve: if page { self.shared.max_page } else { 0 } };
+                if self.held.is_empty() && self.admits(held.reserve) {
+                    self.hand_over(held);
+                } else {
+                    if self.held.is_empty() {
+                        tracing::debug!(
+                            "holding requests back: {} bytes of answers not taken by the client",
+                            self.unwritten.load(Ordering::Relaxed)
+                        );
+                    }
+                    self.held.push_back(held);
+                }
             }
             Ok((framed, Ok(None))) => {
                 if !tag.served {
@@ -265,13 +366,14 @@ impl Handler {
 /// the next request.
 async fn answer_then_read(
     mut framed: Framed<Stream>,
-    answer: Option<Bytes>,
+    answer: Option<(Bytes, Unwritten)>,
     requests: Batch<InFlight>,
 ) -> Read {
-    if let Some(frames) = answer
-        && let Err(e) = framed.write_frame(&frames).await
-    {
-        return (framed, Err(e));
+    if let Some((frames, unwritten)) = answer {
+        if let Err(e) = framed.write_frame(&frames).await {
+            return (framed, Err(e));
+        }
+        drop(unwritten);
     }
     requests.into_iter().for_each(InFlight::answered);
     let next = framed.read_frame().await;
@@ -279,9 +381,17 @@ async fn answer_then_read(
 }
 
 /// Writes `answer` (if any: the frames answering `requests`) and closes.
-async fn finish(mut framed: Framed<Stream>, answer: Option<Bytes>, requests: Batch<InFlight>) {
+async fn finish(
+    mut framed: Framed<Stream>,
+    answer: Option<(Bytes, Unwritten)>,
+    requests: Batch<InFlight>,
+) {
     let written = match answer {
-        Some(frames) => framed.write_frame(&frames).await.is_ok(),
+        Some((frames, unwritten)) => {
+            let written = framed.write_frame(&frames).await.is_ok();
+            drop(unwritten);
+            written
+        }
         None => true,
     };
     if written {
@@ -328,12 +438,20 @@ impl ConnectionHandler for Handler {
             while let Poll::Ready((_, busy)) = self.closing.poll_unpin(cx) {
                 self.count(busy, -1);
             }
+            // Answers written (or dropped) since may make room for held
+            // requests.
+            self.release();
             if let Some(event) = self.events.pop_front() {
                 return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event));
             }
             match self.reading.poll_unpin(cx) {
                 Poll::Ready((result, tag)) => self.on_read(result, tag),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.release();
+                    if self.events.is_empty() {
+                        return Poll::Pending;
+                    }
+                }
             }
         }
     }
@@ -362,12 +480,17 @@ impl ConnectionHandler for Handler {
                 break;
             }
         }
-        let Some(Parked { framed, busy, requests }) = self.parked.remove(&stream) else {
+        let Some(Parked { framed, busy, requests, reserved }) = self.parked.remove(&stream) else {
             return;
         };
         let (served, answers): (Batch<InFlight>, Batch<Option<Answer>>) =
             requests.into_iter().take(answered).unzip();
-        let frames = joined(answers.into_iter().filter_map(|answer| answer?.frame));
+        let frames = joined(answers.into_iter().filter_map(|answer| answer?.frame)).map(|frames| {
+            let unwritten = Unwritten::new(&self.unwritten, frames.len());
+            (frames, unwritten)
+        });
+        // What was reserved for the answers is now what they take.
+        drop(reserved);
         if close {
             self.close(framed, frames, busy, served);
             return;

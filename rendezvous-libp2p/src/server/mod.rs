@@ -50,10 +50,16 @@ use rendezvous_core::store::{ActionId, StoreAction};
 /// 8 KiB) and a 1 KiB read buffer, and, while the behaviour has its
 /// requests, at most 9 KiB more of requests pipelined behind the first (not
 /// for busy substreams), so with the defaults the handler holds at most
-/// 256 × 18 KiB + 32 × 9 KiB ≈ 4.8 MiB. The muxer buffers what a peer sends
-/// ahead on a substream the handler is not reading; yamux allows 256 KiB per
-/// substream, so also bound its number of substreams (the host of
-/// `rendezvous-async-std` sets it to the two limits here plus a few).
+/// 256 × 18 KiB + 32 × 9 KiB ≈ 4.8 MiB of requests. Answers the client has
+/// not taken yet are bounded by
+/// [`max_unread_bytes_per_connection`](Self::max_unread_bytes_per_connection)
+/// (16 MiB), or one batch's if more: a batch ends at its first DISCOVER, so
+/// it holds at most one page
+/// ([`Limits::max_response_frame`](rendezvous_core::Limits::max_response_frame),
+/// 1 MiB). The muxer buffers what a peer sends ahead on a substream the
+/// handler is not reading; yamux allows 256 KiB per substream, so also bound
+/// its number of substreams (the host of `rendezvous-async-std` sets it to
+/// the two limits here plus a few).
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The core's limits and policies. Defaults to [`ServerConfig::default`]
@@ -73,6 +79,16 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Longest wait to write one response. Defaults to 10 s.
     pub write_timeout: Duration,
+    /// Most bytes of answers one connection may hold for a client that has
+    /// not taken them yet, a DISCOVER not yet answered counting as a page
+    /// as long as [`Limits::max_response_frame`](rendezvous_core::Limits::max_response_frame);
+    /// past it, the connection's next requests wait, read but not handled,
+    /// until the client takes some (a batch alone goes whatever it may
+    /// take). A client that asks for pages and does not read them so stops
+    /// being served instead of growing the point's memory. Defaults to
+    /// 16 MiB: sixteen DISCOVERs at once before their pages are sized, and
+    /// any number of small answers.
+    pub max_unread_bytes_per_connection: usize,
     /// Close a connection that has carried no rendezvous request for this
     /// long, whatever else (identify, ping) still uses it; `None` never.
     /// Defaults to 60 s. Clients reconnect when they next need the point.
@@ -114,6 +130,7 @@ impl Default for Config {
             max_busy_streams_per_connection: 32,
             request_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            max_unread_bytes_per_connection: 16 << 20,
             idle_timeout: Some(Duration::from_secs(60)),
             rate_limit: None,
         }
@@ -276,6 +293,8 @@ impl Behaviour {
             request_timeout: config.request_timeout,
             write_timeout: config.write_timeout,
             max_frame: config.core.limits.max_request_frame,
+            max_unwritten: config.max_unread_bytes_per_connection,
+            max_page: config.core.limits.max_response_frame,
             keep_alive: idle_timeout.is_some(),
             durations: histogram::Histogram::new(),
             in_flight: Default::default(),
@@ -713,7 +732,8 @@ impl NetworkBehaviour for Behaviour {
     }
 }
 
-/// Whether `body` is a REGISTER (one that does not decode is not).
+/// Whether `body` is a REGISTER, by its type field alone (the core decodes
+/// the rest, and refuses it if malformed, in its turn).
 fn is_register(body: &[u8]) -> bool {
-    codec::decode_message(body).is_ok_and(|m| m.message_type() == Ok(MessageType::Register))
+    codec::peek_type(body) == Some(MessageType::Register)
 }
