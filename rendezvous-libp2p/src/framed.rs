@@ -1,6 +1,6 @@
 //! Rendezvous frames on any byte stream: the length-prefixed protobuf
 //! messages of `/rendezvous/1.0.0`, read with the core's
-//! [`FrameDecoder`](rendezvous_core::codec::FrameDecoder) so that a claimed
+//! [`FrameDecoder`] so that a claimed
 //! length over the limit fails before anything is allocated for it.
 //!
 //! Both behaviours' connection handlers drive their substreams with it, and
