@@ -157,17 +157,21 @@ pub enum ToBehaviour {
     Empty,
 }
 
-/// The behaviour's answer to one request.
+/// The behaviour's answers to requests of one substream: each with its
+/// index, in the order the requests were handed over. Answers given
+/// together go together, so that a batch costs one trip back.
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct FromBehaviour {
     pub(crate) stream: StreamId,
-    /// Which of the substream's requests, in the order they were handed over.
-    pub(crate) index: usize,
-    /// The response frame, if the request has one.
-    pub(crate) frame: Option<Bytes>,
-    /// Close the substream after writing (a malformed request, or busy).
-    pub(crate) close: bool,
+    pub(crate) answers: Batch<(usize, Answer)>,
+}
+
+impl FromBehaviour {
+    /// The answer to the request at `index`.
+    pub(crate) fn one(stream: StreamId, index: usize, frame: Option<Bytes>, close: bool) -> Self {
+        FromBehaviour { stream, answers: smallvec![(index, Answer { frame, close })] }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -200,9 +204,11 @@ struct Held {
 }
 
 /// The behaviour's answer to one request.
-struct Answer {
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// The response frame, if the request has one.
     frame: Option<Bytes>,
-    /// Close the substream after it.
+    /// Close the substream after it (a malformed request, or busy).
     close: bool,
 }
 
@@ -456,15 +462,15 @@ impl ConnectionHandler for Handler {
         }
     }
 
-    fn on_behaviour_event(&mut self, answer: FromBehaviour) {
-        let FromBehaviour { stream, index, frame, close } = answer;
+    fn on_behaviour_event(&mut self, FromBehaviour { stream, answers }: FromBehaviour) {
         let Some(parked) = self.parked.get_mut(&stream) else {
             return;
         };
-        let Some((_, slot)) = parked.requests.get_mut(index) else {
-            return;
-        };
-        *slot = Some(Answer { frame, close });
+        for (index, answer) in answers {
+            if let Some((_, slot)) = parked.requests.get_mut(index) {
+                *slot = Some(answer);
+            }
+        }
         // Written in order, once every request has its answer, or every one
         // up to an answer that closes the substream (the behaviour handles
         // none after it).

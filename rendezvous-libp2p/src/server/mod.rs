@@ -511,8 +511,7 @@ impl Behaviour {
             if let Err(error) = handled {
                 self.routes.remove(&id);
                 self.answered(connection, stream);
-                let close = FromBehaviour { stream, index, frame: None, close: true };
-                self.answer(peer, connection, close);
+                self.answer(peer, connection, FromBehaviour::one(stream, index, None, true));
                 return Err(io::Error::new(io::ErrorKind::InvalidData, error));
             }
         }
@@ -582,6 +581,16 @@ impl Behaviour {
     }
 
     fn answer(&mut self, peer: PeerId, connection: ConnectionId, answer: FromBehaviour) {
+        // Answers to one substream queued one after another go as one
+        // event: one trip through the swarm for a batch.
+        if let Some(ToSwarm::NotifyHandler { handler: NotifyHandler::One(to), event, .. }) =
+            self.actions.back_mut()
+            && *to == connection
+            && event.stream == answer.stream
+        {
+            event.answers.extend(answer.answers);
+            return;
+        }
         self.actions.push_back(ToSwarm::NotifyHandler {
             peer_id: peer,
             handler: NotifyHandler::One(connection),
@@ -612,9 +621,8 @@ impl Behaviour {
                     if self.answered(route.connection, route.stream) {
                         go_on.push((route.connection, route.stream));
                     }
-                    let frame = transmit.to_frame();
-                    let (stream, index) = (route.stream, route.index);
-                    let answer = FromBehaviour { stream, index, frame, close: false };
+                    let answer =
+                        FromBehaviour::one(route.stream, route.index, transmit.to_frame(), false);
                     self.answer(route.peer, route.connection, answer);
                 }
             }
