@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::channel::{mpsc, oneshot};
 use futures::future::{Either, select};
 use futures::io::{ReadHalf, WriteHalf};
@@ -32,6 +32,11 @@ use crate::framed::Framed;
 
 /// How long the substream stays open with nothing written.
 pub(crate) const IDLE: Duration = Duration::from_secs(3);
+
+/// Most requests written in one go: those queued when the writer wakes
+/// share one write (one muxer frame, one encrypted frame), as the server
+/// reads up to as many together.
+const WRITE_BATCH: usize = 16;
 
 /// A request for the pipe: its frame, and where its outcome goes.
 #[doc(hidden)]
@@ -80,7 +85,8 @@ pub(crate) async fn run(
 }
 
 /// Writes requests as they come until idle, the inbox ends, or a write
-/// fails; each goes to the reader before it is written.
+/// fails; each goes to the reader before it is written, and those queued
+/// together are written together (up to [`WRITE_BATCH`]).
 async fn write_loop(
     writer: &mut Framed<WriteHalf<Stream>>,
     inbox: &mut mpsc::UnboundedReceiver<Queued>,
@@ -91,11 +97,25 @@ async fn write_loop(
     loop {
         match select(inbox.next(), &mut tick).await {
             Either::Left((Some(queued), _)) => {
-                let frame = queued.frame.clone();
-                if waiting.unbounded_send(queued).is_err()
-                    || writer.write_frame(&frame).await.is_err()
-                {
-                    return; // the reader is gone, or will find the substream broken
+                let mut frames = queued.frame.clone();
+                if waiting.unbounded_send(queued).is_err() {
+                    return; // the reader is gone
+                }
+                let mut joined: Option<BytesMut> = None;
+                for _ in 1..WRITE_BATCH {
+                    let Ok(queued) = inbox.try_recv() else { break };
+                    joined
+                        .get_or_insert_with(|| BytesMut::from(&frames[..]))
+                        .put(&queued.frame[..]);
+                    if waiting.unbounded_send(queued).is_err() {
+                        return;
+                    }
+                }
+                if let Some(joined) = joined {
+                    frames = joined.freeze();
+                }
+                if writer.write_frame(&frames).await.is_err() {
+                    return; // the reader will find the substream broken
                 }
                 wrote = true;
             }
