@@ -185,7 +185,8 @@ async fn pages_a_client_does_not_read_hold_back_its_next_requests() {
         (0..1000).flat_map(|i| codec::frame(&register(&me, &format!("ns-{i}")))).collect();
     registering.write_frame(&frames).await.unwrap();
     for i in 0..1000 {
-        let body = registering.read_frame().await.unwrap().expect("an answer");
+        let body = tokio::time::timeout(LIMIT, registering.read_frame()).await.unwrap().unwrap();
+        let body = body.expect("an answer");
         let answer = codec::decode_message(&body).unwrap();
         assert_eq!(register_status(&answer).0, ResponseStatus::Ok, "#{i}");
     }
