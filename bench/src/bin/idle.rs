@@ -150,7 +150,10 @@ async fn unread(connections: usize, streams: usize) -> Result<(), Error> {
     let mut registering = Framed::new(raw.open(server).await, 1 << 20);
     registering.write_frame(&frames).await?;
     for _ in 0..1000 {
-        registering.read_frame().await?.ok_or("the point closed the substream")?;
+        let answer = tokio::time::timeout(Duration::from_secs(30), registering.read_frame())
+            .await
+            .map_err(|_| "no answer to a REGISTER in 30 s")??;
+        answer.ok_or("the point closed the substream")?;
     }
     let ask = codec::frame(&testing::discover(None, Some(1000), None));
     let two = [ask.clone(), ask].concat();
