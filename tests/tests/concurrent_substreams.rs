@@ -167,6 +167,64 @@ async fn the_server_closes_its_side_once_the_client_closes_after_an_unregister()
     }
 }
 
+/// Registers `me` in 1000 namespaces, so that a page of everything is
+/// larger than the window yamux grants a substream.
+async fn register_1000(me: &TestPeer, server_id: libp2p::PeerId, addr: &libp2p::Multiaddr) {
+    let mut raw = raw_connection_as(me.keypair.clone(), server_id, addr).await;
+    let mut registering = Framed::new(raw.open(server_id).await, 1 << 20);
+    let frames: Vec<u8> =
+        (0..1000).flat_map(|i| codec::frame(&register(me, &format!("ns-{i}")))).collect();
+    registering.write_frame(&frames).await.unwrap();
+    for i in 0..1000 {
+        let body = tokio::time::timeout(LIMIT, registering.read_frame()).await.unwrap().unwrap();
+        let answer = codec::decode_message(&body.expect("an answer")).unwrap();
+        assert_eq!(register_status(&answer).0, ResponseStatus::Ok, "#{i}");
+    }
+}
+
+/// The `count` of the next DISCOVER served.
+fn discovered(event: server::Event) -> Option<usize> {
+    match event {
+        server::Event::Core(ServerEvent::Discovered { count, .. }) => Some(count),
+        _ => None,
+    }
+}
+
+/// Whether no DISCOVER is served for half a second.
+async fn no_discover_served(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<server::Event>,
+) -> bool {
+    let next = async {
+        loop {
+            if let Some(count) = discovered(events.recv().await.expect("the server runs")) {
+                return count;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(500), next).await.is_err()
+}
+
+/// Asks for two pages of everything on one substream and reads neither:
+/// the second waits in the point.
+async fn two_pages_unread(
+    client: &mut rendezvous_tests::net::Raw,
+    server_id: libp2p::PeerId,
+) -> Framed<libp2p::Stream> {
+    let ask = codec::frame(&testing::discover(None, Some(1000), None));
+    let mut stream = Framed::new(client.open(server_id).await, 4 << 20);
+    stream.write_frame(&[ask.clone(), ask].concat()).await.unwrap();
+    stream
+}
+
+/// Reads `pages` pages of all 1000 from `stream`.
+async fn read_pages(stream: &mut Framed<libp2p::Stream>, pages: usize) {
+    for i in 0..pages {
+        let body = tokio::time::timeout(LIMIT, stream.read_frame()).await.unwrap().unwrap();
+        let page = codec::decode_message(&body.expect("a page")).unwrap();
+        assert_eq!(page.discover_response.expect("a page").registrations.len(), 1000, "#{i}");
+    }
+}
+
 /// A client that asks for pages and does not read them: once a page waits
 /// for it to make room, the connection's next DISCOVERs wait, read but not
 /// handled, instead of each becoming another page held in the point's
@@ -178,49 +236,23 @@ async fn pages_a_client_does_not_read_hold_back_its_next_requests() {
         server::Config { max_unread_bytes_per_connection: 1 << 20, ..server::Config::default() };
     config.core.limits = Limits { max_registrations_per_peer: 10_000, ..Limits::default() };
     let (server_id, addr, mut events) = our_server(config).await;
-    let me = TestPeer::new(9);
-    let mut raw = raw_connection_as(me.keypair.clone(), server_id, &addr).await;
-    let mut registering = Framed::new(raw.open(server_id).await, 1 << 20);
-    let frames: Vec<u8> =
-        (0..1000).flat_map(|i| codec::frame(&register(&me, &format!("ns-{i}")))).collect();
-    registering.write_frame(&frames).await.unwrap();
-    for i in 0..1000 {
-        let body = tokio::time::timeout(LIMIT, registering.read_frame()).await.unwrap().unwrap();
-        let body = body.expect("an answer");
-        let answer = codec::decode_message(&body).unwrap();
-        assert_eq!(register_status(&answer).0, ResponseStatus::Ok, "#{i}");
-    }
-    drop(registering);
-    let discovered = |e: server::Event| match e {
-        server::Event::Core(ServerEvent::Discovered { count, .. }) => Some(count),
-        _ => None,
-    };
+    register_1000(&TestPeer::new(9), server_id, &addr).await;
 
-    // Two pages of all 1000 on one substream, not read: more than the
-    // window yamux grants a substream, so the second waits in the point.
     let mut client = raw_connection(server_id, &addr).await;
-    let ask = codec::frame(&testing::discover(None, Some(1000), None));
-    let mut first = Framed::new(client.open(server_id).await, 4 << 20);
-    first.write_frame(&[ask.clone(), ask.clone()].concat()).await.unwrap();
+    let mut first = two_pages_unread(&mut client, server_id).await;
     for _ in 0..2 {
         assert_eq!(expect(&mut events, discovered).await, 1000);
     }
     // Eight more DISCOVERs: room for another page's worth would pass the
     // bound, so none is handled.
+    let ask = codec::frame(&testing::discover(None, Some(1000), None));
     let mut held = Vec::new();
     for _ in 0..8 {
         let mut stream = Framed::new(client.open(server_id).await, 4 << 20);
         stream.write_frame(&ask).await.unwrap();
         held.push(stream);
     }
-    let quiet = tokio::time::timeout(Duration::from_millis(500), async {
-        loop {
-            if let Some(count) = discovered(events.recv().await.expect("the server runs")) {
-                return count;
-            }
-        }
-    });
-    assert!(quiet.await.is_err(), "a page made while another waits to be read");
+    assert!(no_discover_served(&mut events).await, "a page made while another waits to be read");
 
     // Others are served meanwhile.
     let mut other = raw_connection(server_id, &addr).await;
@@ -229,13 +261,36 @@ async fn pages_a_client_does_not_read_hold_back_its_next_requests() {
     assert_eq!(expect(&mut events, discovered).await, 1);
 
     // Reading lets the rest go, all in full.
-    for (i, stream) in std::iter::once(&mut first).chain(&mut held).enumerate() {
-        let pages = if i == 0 { 2 } else { 1 };
-        for _ in 0..pages {
-            let body = tokio::time::timeout(LIMIT, stream.read_frame()).await.unwrap().unwrap();
-            let page = codec::decode_message(&body.expect("a page")).unwrap();
-            let page = page.discover_response.expect("a page");
-            assert_eq!(page.registrations.len(), 1000, "#{i}");
-        }
+    read_pages(&mut first, 2).await;
+    for stream in &mut held {
+        read_pages(stream, 1).await;
     }
+}
+
+/// The bound over an address: a client's other connections from the same
+/// address wait too while one of them leaves pages unread, and go on once
+/// it reads them.
+#[tokio::test]
+async fn pages_unread_on_one_connection_hold_back_the_others_from_its_address() {
+    let mut config =
+        server::Config { max_unread_bytes_per_address: 1 << 20, ..server::Config::default() };
+    config.core.limits = Limits { max_registrations_per_peer: 10_000, ..Limits::default() };
+    let (server_id, addr, mut events) = our_server(config).await;
+    register_1000(&TestPeer::new(10), server_id, &addr).await;
+
+    let mut hoarder = raw_connection(server_id, &addr).await;
+    let mut unread = two_pages_unread(&mut hoarder, server_id).await;
+    for _ in 0..2 {
+        assert_eq!(expect(&mut events, discovered).await, 1000);
+    }
+    // Another connection from the same (loopback) address, nothing unread
+    // of its own: its DISCOVER waits for the address's total.
+    let mut sibling = raw_connection(server_id, &addr).await;
+    let ask = codec::frame(&testing::discover(None, Some(1000), None));
+    let mut asking = Framed::new(sibling.open(server_id).await, 4 << 20);
+    asking.write_frame(&ask).await.unwrap();
+    assert!(no_discover_served(&mut events).await, "served past the address's bound");
+
+    read_pages(&mut unread, 2).await;
+    read_pages(&mut asking, 1).await;
 }

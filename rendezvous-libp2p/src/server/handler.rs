@@ -25,6 +25,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use futures_timer::Delay;
 use libp2p_core::upgrade::{DeniedUpgrade, ReadyUpgrade};
 use libp2p_swarm::handler::{ConnectionEvent, FullyNegotiatedInbound};
 use libp2p_swarm::{ConnectionHandler, ConnectionHandlerEvent, Stream, SubstreamProtocol};
@@ -54,6 +56,10 @@ fn pages(body: &[u8]) -> bool {
     codec::peek_type(body) == Some(MessageType::Discover)
 }
 
+/// How often a handler holding requests back looks again at its address's
+/// total, which its other connections lower without waking it.
+const RECHECK: Duration = Duration::from_millis(50);
+
 /// A batch of requests, or of what goes with them; a client that does not
 /// pipeline makes batches of one, which need no allocation.
 pub(crate) type Batch<T> = SmallVec<[T; 1]>;
@@ -70,6 +76,8 @@ pub(crate) struct Shared {
     /// Most bytes of answers a connection holds for its client, counting
     /// a page not yet made as [`Shared::max_page`].
     pub(crate) max_unwritten: usize,
+    /// The same over all connections from one address.
+    pub(crate) max_unwritten_per_origin: usize,
     /// The longest answer frame the core makes.
     pub(crate) max_page: usize,
     /// The behaviour closes idle connections itself, so its handlers keep
@@ -112,24 +120,56 @@ impl Drop for InFlight {
     }
 }
 
-/// Bytes of answers counted in a connection's total until written, or
+/// The bytes of answers a connection holds for its client, and those all
+/// connections from its address hold (none for a connection whose remote
+/// address is not an IP one).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Totals {
+    connection: Arc<AtomicUsize>,
+    origin: Option<Arc<AtomicUsize>>,
+}
+
+impl Totals {
+    /// A connection's totals, counting into `origin`'s as well.
+    pub(crate) fn new(origin: Option<Arc<AtomicUsize>>) -> Self {
+        Totals { connection: Arc::default(), origin }
+    }
+
+    fn loads(&self) -> (usize, usize) {
+        let origin = self.origin.as_ref().map_or(0, |o| o.load(Ordering::Relaxed));
+        (self.connection.load(Ordering::Relaxed), origin)
+    }
+
+    fn each(&self, f: impl Fn(&AtomicUsize)) {
+        f(&self.connection);
+        if let Some(origin) = &self.origin {
+            f(origin);
+        }
+    }
+}
+
+/// Bytes of answers counted in a connection's totals until written, or
 /// until the future holding them is dropped.
 #[derive(Debug)]
 struct Unwritten {
-    total: Arc<AtomicUsize>,
+    totals: Totals,
     bytes: usize,
 }
 
 impl Unwritten {
-    fn new(total: &Arc<AtomicUsize>, bytes: usize) -> Self {
-        total.fetch_add(bytes, Ordering::Relaxed);
-        Unwritten { total: total.clone(), bytes }
+    fn new(totals: &Totals, bytes: usize) -> Self {
+        totals.each(|total| {
+            total.fetch_add(bytes, Ordering::Relaxed);
+        });
+        Unwritten { totals: totals.clone(), bytes }
     }
 }
 
 impl Drop for Unwritten {
     fn drop(&mut self) {
-        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.totals.each(|total| {
+            total.fetch_sub(self.bytes, Ordering::Relaxed);
+        });
     }
 }
 
@@ -226,15 +266,17 @@ pub struct Handler {
     busy: usize,
     next_id: u64,
     events: VecDeque<ToBehaviour>,
-    /// Bytes of answers this connection's client has not taken yet, and
-    /// reserved for answers not yet given.
-    unwritten: Arc<AtomicUsize>,
+    /// Bytes of answers this connection's client (and its address's) has
+    /// not taken yet, and reserved for answers not yet given.
+    unwritten: Totals,
     /// Requests waiting for `unwritten` to fall, oldest first.
     held: VecDeque<Held>,
+    /// When to look at `unwritten` again while requests are held.
+    recheck: Option<Delay>,
 }
 
 impl Handler {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, unwritten: Totals) -> Self {
         let all = shared.max_streams + shared.max_busy_streams;
         Handler {
             reading: TimedSet::new(shared.request_timeout, all),
@@ -244,8 +286,9 @@ impl Handler {
             busy: 0,
             next_id: 0,
             events: VecDeque::new(),
-            unwritten: Arc::default(),
+            unwritten,
             held: VecDeque::new(),
+            recheck: None,
             shared,
         }
     }
@@ -290,11 +333,16 @@ impl Handler {
     }
 
     /// Whether answers that may take `reserve` bytes fit beside those the
-    /// client has not taken (a batch goes alone if it must, so that a
-    /// reserve over the bound cannot wait forever).
+    /// client, and all clients at its address, have not taken (a batch goes
+    /// alone if it must, so that a reserve over a bound cannot wait
+    /// forever).
     fn admits(&self, reserve: usize) -> bool {
-        let unwritten = self.unwritten.load(Ordering::Relaxed);
-        unwritten == 0 || unwritten.saturating_add(reserve) <= self.shared.max_unwritten
+        let fits = |unwritten: usize, max: usize| {
+            unwritten == 0 || unwritten.saturating_add(reserve) <= max
+        };
+        let (connection, origin) = self.unwritten.loads();
+        fits(connection, self.shared.max_unwritten)
+            && fits(origin, self.shared.max_unwritten_per_origin)
     }
 
     /// Gives a batch to the behaviour, reserving room for its answers.
@@ -317,6 +365,21 @@ impl Handler {
         }
     }
 
+    /// Whether it is time to look at the totals again: this connection's
+    /// writes wake it, but those of other connections from its address do
+    /// not, so while requests are held it looks every [`RECHECK`].
+    fn recheck_due(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.held.is_empty() {
+            self.recheck = None;
+            return false;
+        }
+        let due = self.recheck.get_or_insert_with(|| Delay::new(RECHECK)).poll_unpin(cx);
+        if due.is_ready() {
+            self.recheck = None;
+        }
+        due.is_ready()
+    }
+
     fn on_read(&mut self, result: Result<Read, TimedOut>, tag: Tag) {
         match result {
             Ok((mut framed, Ok(Some(body)))) => {
@@ -336,9 +399,10 @@ impl Handler {
                     self.hand_over(held);
                 } else {
                     if self.held.is_empty() {
+                        let (connection, origin) = self.unwritten.loads();
                         tracing::debug!(
-                            "holding requests back: {} bytes of answers not taken by the client",
-                            self.unwritten.load(Ordering::Relaxed)
+                            "holding requests back: {connection} bytes of answers not taken by \
+                             the client, {origin} by its address"
                         );
                     }
                     self.held.push_back(held);
@@ -454,7 +518,7 @@ impl ConnectionHandler for Handler {
                 Poll::Ready((result, tag)) => self.on_read(result, tag),
                 Poll::Pending => {
                     self.release();
-                    if self.events.is_empty() {
+                    if self.events.is_empty() && !self.recheck_due(cx) {
                         return Poll::Pending;
                     }
                 }

@@ -16,7 +16,7 @@ mod handler;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -32,14 +32,15 @@ use libp2p_swarm::{
 use rendezvous_core::codec;
 use rendezvous_core::proto::MessageType;
 use rendezvous_core::{
-    LimitsError, Loaded, Reader, RequestId, Server, ServerConfig, ServerEvent, Stats, Timestamp,
+    LimitsError, Loaded, Origin, Reader, RequestId, Server, ServerConfig, ServerEvent, Stats,
+    Timestamp,
 };
 
 use crate::clock::{Clock, Timer};
 use crate::histogram;
 use crate::store::{Change, Snapshot, Store};
 pub use handler::Handler;
-use handler::{FromBehaviour, Shared, StreamId, ToBehaviour};
+use handler::{FromBehaviour, Shared, StreamId, ToBehaviour, Totals};
 use rendezvous_core::store::{ActionId, StoreAction};
 
 /// Configuration of the server behaviour.
@@ -53,7 +54,9 @@ use rendezvous_core::store::{ActionId, StoreAction};
 /// 256 × 18 KiB + 32 × 9 KiB ≈ 4.8 MiB of requests. Answers the client has
 /// not taken yet are bounded by
 /// [`max_unread_bytes_per_connection`](Self::max_unread_bytes_per_connection)
-/// (16 MiB), or one batch's if more: a batch ends at its first DISCOVER, so
+/// (16 MiB) and, over all connections from its address, by
+/// [`max_unread_bytes_per_address`](Self::max_unread_bytes_per_address)
+/// (256 MiB), or one batch's if more: a batch ends at its first DISCOVER, so
 /// it holds at most one page
 /// ([`Limits::max_response_frame`](rendezvous_core::Limits::max_response_frame),
 /// 1 MiB). The muxer buffers what a peer sends ahead on a substream the
@@ -89,6 +92,13 @@ pub struct Config {
     /// 16 MiB: sixteen DISCOVERs at once before their pages are sized, and
     /// any number of small answers.
     pub max_unread_bytes_per_connection: usize,
+    /// The same over all connections from one address (an IPv6 one by its
+    /// /64), so that a client cannot multiply the bound by its connections.
+    /// Defaults to 256 MiB: as many DISCOVERs at once before their pages are
+    /// sized as one connection may have substreams, from all the clients
+    /// behind one address. A connection held back by its address's total
+    /// looks at it again every 50 ms (its own answers wake it at once).
+    pub max_unread_bytes_per_address: usize,
     /// Close a connection that has carried no rendezvous request for this
     /// long, whatever else (identify, ping) still uses it; `None` never.
     /// Defaults to 60 s. Clients reconnect when they next need the point.
@@ -131,6 +141,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             max_unread_bytes_per_connection: 16 << 20,
+            max_unread_bytes_per_address: 256 << 20,
             idle_timeout: Some(Duration::from_secs(60)),
             rate_limit: None,
         }
@@ -225,6 +236,8 @@ struct Connection {
     peer: PeerId,
     /// When it last carried a request or an answer.
     active: Instant,
+    /// Its address, whose total of unread answers it counts into.
+    origin: Option<Origin>,
 }
 
 /// A peer's token bucket.
@@ -272,6 +285,9 @@ pub struct Behaviour {
     streams: StreamStats,
     store: Option<Box<dyn Store>>,
     connections: HashMap<ConnectionId, Connection>,
+    /// Bytes of answers not yet taken by the clients at each address with a
+    /// connection open (shared with those connections' handlers).
+    unread_by_origin: HashMap<Origin, Arc<AtomicUsize>>,
     idle_timeout: Option<Duration>,
     /// When to look for idle connections next.
     sweep: Option<Delay>,
@@ -294,6 +310,7 @@ impl Behaviour {
             write_timeout: config.write_timeout,
             max_frame: config.core.limits.max_request_frame,
             max_unwritten: config.max_unread_bytes_per_connection,
+            max_unwritten_per_origin: config.max_unread_bytes_per_address,
             max_page: config.core.limits.max_response_frame,
             keep_alive: idle_timeout.is_some(),
             durations: histogram::Histogram::new(),
@@ -322,6 +339,7 @@ impl Behaviour {
             streams: StreamStats::default(),
             store: None,
             connections: HashMap::new(),
+            unread_by_origin: HashMap::new(),
             idle_timeout,
             sweep: None,
             rate_limit: config.rate_limit,
@@ -575,6 +593,9 @@ impl Behaviour {
                 });
             }
         }
+        // Addresses whose last connection closed while a handler still
+        // held their total.
+        self.unread_by_origin.retain(|_, total| Arc::strong_count(total) > 1);
         let mut next = Delay::new(every);
         let _ = next.poll_unpin(cx); // registers the waker
         self.sweep = Some(next);
@@ -660,11 +681,14 @@ impl NetworkBehaviour for Behaviour {
         _: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        if let Some(origin) = crate::origin_of(remote) {
+        let origin = crate::origin_of(remote);
+        let unread = origin.map(|origin| {
             self.core.set_peer_origin(peer, origin);
-        }
-        self.connections.insert(connection, Connection { peer, active: Instant::now() });
-        Ok(Handler::new(self.shared.clone()))
+            self.unread_by_origin.entry(origin).or_default().clone()
+        });
+        let active = Instant::now();
+        self.connections.insert(connection, Connection { peer, active, origin });
+        Ok(Handler::new(self.shared.clone(), Totals::new(unread)))
     }
 
     fn handle_established_outbound_connection(
@@ -675,15 +699,23 @@ impl NetworkBehaviour for Behaviour {
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.connections.insert(connection, Connection { peer, active: Instant::now() });
-        Ok(Handler::new(self.shared.clone()))
+        let active = Instant::now();
+        self.connections.insert(connection, Connection { peer, active, origin: None });
+        Ok(Handler::new(self.shared.clone(), Totals::default()))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         if let FromSwarm::ConnectionClosed(closed) = event {
             self.routes.retain(|_, route| route.connection != closed.connection_id);
             self.ordered.retain(|(connection, _), _| *connection != closed.connection_id);
-            self.connections.remove(&closed.connection_id);
+            let gone = self.connections.remove(&closed.connection_id);
+            // The address's total goes with its last connection (whose
+            // handler has dropped its own reference by now).
+            if let Some(origin) = gone.and_then(|c| c.origin)
+                && self.unread_by_origin.get(&origin).is_some_and(|t| Arc::strong_count(t) == 1)
+            {
+                self.unread_by_origin.remove(&origin);
+            }
             if closed.remaining_established == 0 {
                 self.buckets.remove(&closed.peer_id);
                 self.core.handle_disconnected(self.timer.now(), &closed.peer_id);
