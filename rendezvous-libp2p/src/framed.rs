@@ -8,7 +8,7 @@
 
 use std::io;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
 use rendezvous_core::codec::{CodecError, FrameDecoder};
 
@@ -166,6 +166,19 @@ impl<S: AsyncWrite + Unpin> Framed<S> {
     pub async fn close(&mut self) -> io::Result<()> {
         self.io.close().await
     }
+}
+
+/// Whole frames (length prefixes included) as one write: the one frame
+/// itself, or a copy of them all; `None` for none.
+pub(crate) fn joined(frames: impl IntoIterator<Item = Bytes>) -> Option<Bytes> {
+    let mut frames = frames.into_iter().peekable();
+    let first = frames.next()?;
+    if frames.peek().is_none() {
+        return Some(first);
+    }
+    let mut all = BytesMut::from(first.as_ref());
+    frames.for_each(|frame| all.extend_from_slice(&frame));
+    Some(all.freeze())
 }
 
 fn invalid(err: CodecError) -> io::Error {

@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{Either, select};
 use futures::io::{ReadHalf, WriteHalf};
@@ -26,9 +26,10 @@ use futures::{AsyncReadExt, StreamExt};
 use futures_timer::Delay;
 use libp2p_swarm::Stream;
 use rendezvous_core::Failure;
+use smallvec::SmallVec;
 
 use super::handler::Outcome;
-use crate::framed::Framed;
+use crate::framed::{Framed, joined};
 
 /// How long the substream stays open with nothing written.
 pub(crate) const IDLE: Duration = Duration::from_secs(3);
@@ -97,24 +98,23 @@ async fn write_loop(
     loop {
         match select(inbox.next(), &mut tick).await {
             Either::Left((Some(queued), _)) => {
-                let mut frames = queued.frame.clone();
-                if waiting.unbounded_send(queued).is_err() {
-                    return; // the reader is gone
-                }
-                let mut joined: Option<BytesMut> = None;
-                for _ in 1..WRITE_BATCH {
-                    let Ok(queued) = inbox.try_recv() else { break };
-                    joined
-                        .get_or_insert_with(|| BytesMut::from(&frames[..]))
-                        .put(&queued.frame[..]);
+                // Each is taken from the inbox only once the one before it
+                // is with the reader: if the reader is gone, the rest stay
+                // in the inbox and are sent again.
+                let mut frames: SmallVec<[Bytes; 1]> = SmallVec::new();
+                let mut next = Some(queued);
+                while let Some(queued) = next.take() {
+                    frames.push(queued.frame.clone());
                     if waiting.unbounded_send(queued).is_err() {
-                        return;
+                        return; // the reader is gone
+                    }
+                    if frames.len() < WRITE_BATCH {
+                        next = inbox.try_recv().ok();
                     }
                 }
-                if let Some(joined) = joined {
-                    frames = joined.freeze();
-                }
-                if writer.write_frame(&frames).await.is_err() {
+                if let Some(frames) = joined(frames)
+                    && writer.write_frame(&frames).await.is_err()
+                {
                     return; // the reader will find the substream broken
                 }
                 wrote = true;

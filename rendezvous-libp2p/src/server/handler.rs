@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::FutureExt;
 use futures_timer::Delay;
 use libp2p_core::upgrade::{DeniedUpgrade, ReadyUpgrade};
@@ -36,7 +36,7 @@ use rendezvous_core::codec;
 use rendezvous_core::proto::MessageType;
 
 use crate::PROTOCOL;
-use crate::framed::Framed;
+use crate::framed::{Framed, joined};
 use crate::histogram::Histogram;
 use crate::timed::{TimedOut, TimedSet};
 
@@ -468,18 +468,6 @@ async fn finish(
         requests.into_iter().for_each(InFlight::answered);
     }
     let _ = framed.close().await;
-}
-
-/// The frames of a batch's answers as one write.
-fn joined(frames: impl Iterator<Item = Bytes>) -> Option<Bytes> {
-    let mut frames = frames.peekable();
-    let first = frames.next()?;
-    if frames.peek().is_none() {
-        return Some(first);
-    }
-    let mut all = BytesMut::from(first.as_ref());
-    frames.for_each(|frame| all.extend_from_slice(&frame));
-    Some(all.freeze())
 }
 
 impl ConnectionHandler for Handler {
