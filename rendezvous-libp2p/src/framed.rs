@@ -85,9 +85,9 @@ impl<S: AsyncRead + Unpin> Framed<S> {
     /// those in bytes already read, then, while reads fill their buffer (a
     /// read that does not has taken all the stream held), those that reads
     /// the stream answers at once bring, reading at most `budget` bytes. A
-    /// frame for which `last` holds is the last one taken. An end of the
-    /// stream or an error found meanwhile is what the next
-    /// [`read_frame`](Self::read_frame) returns.
+    /// frame for which `last` holds is the last one taken, and then it
+    /// returns `true`. An end of the stream or an error found meanwhile is
+    /// what the next [`read_frame`](Self::read_frame) returns.
     ///
     /// A client that pipelines its requests has usually sent the next ones
     /// by the time the first is read: handed over together, they cost one
@@ -98,7 +98,7 @@ impl<S: AsyncRead + Unpin> Framed<S> {
         max: usize,
         budget: usize,
         last: impl Fn(&[u8]) -> bool,
-    ) {
+    ) -> bool {
         let mut chunk = [0u8; READ_CHUNK];
         let (mut taken, mut read) = (0, 0);
         while taken < max && self.ended.is_none() {
@@ -108,22 +108,22 @@ impl<S: AsyncRead + Unpin> Framed<S> {
                     into.extend([body]);
                     taken += 1;
                     if stop {
-                        return;
+                        return true;
                     }
                     continue;
                 }
                 Ok(None) => {}
                 Err(e) => {
                     self.ended = Some(Err(e));
-                    return;
+                    return false;
                 }
             }
             if read >= budget || !self.full {
-                return;
+                return false;
             }
             // Polled once: a stream with nothing buffered is not waited for.
             match self.io.read(&mut chunk).now_or_never() {
-                None => return,
+                None => return false,
                 Some(Ok(0)) => self.ended = Some(self.decoder.finish().map_err(invalid)),
                 Some(Ok(n)) => {
                     read += n;
@@ -133,6 +133,7 @@ impl<S: AsyncRead + Unpin> Framed<S> {
                 Some(Err(e)) => self.ended = Some(Err(e)),
             }
         }
+        false
     }
 
     /// Reads and discards until the other side closes: after our half-close,
@@ -305,10 +306,10 @@ mod tests {
         futures::executor::block_on(async {
             let mut framed = script(vec![Some(block(0))]);
             let mut batch = next(&mut framed).await;
-            framed.ready_frames(&mut batch, 16, 4096, |body| body[0] == 3);
+            assert!(framed.ready_frames(&mut batch, 16, 4096, |body| body[0] == 3));
             assert_eq!(firsts(&batch), [0, 1, 2, 3]);
             let mut batch = next(&mut framed).await;
-            framed.ready_frames(&mut batch, 16, 4096, |_| false);
+            assert!(!framed.ready_frames(&mut batch, 16, 4096, |_| false));
             assert_eq!(firsts(&batch), [4, 5, 6, 7]);
         });
     }

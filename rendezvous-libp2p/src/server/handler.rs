@@ -235,11 +235,12 @@ struct Parked {
     reserved: Option<Unwritten>,
 }
 
-/// Requests read and held back until the connection's client takes
-/// enough of the answers it owes: the event handing them over, and what
-/// their answers may take.
+/// A substream's requests read and held back until the connection's client
+/// takes enough of the answers it owes, with what their answers may take.
 struct Held {
-    event: ToBehaviour,
+    stream: StreamId,
+    bodies: Batch<Bytes>,
+    busy: bool,
     reserve: usize,
 }
 
@@ -346,13 +347,11 @@ impl Handler {
     }
 
     /// Gives a batch to the behaviour, reserving room for its answers.
-    fn hand_over(&mut self, Held { event, reserve }: Held) {
-        if let ToBehaviour::Request { stream, .. } = &event
-            && let Some(parked) = self.parked.get_mut(stream)
-        {
+    fn hand_over(&mut self, Held { stream, bodies, busy, reserve }: Held) {
+        if let Some(parked) = self.parked.get_mut(&stream) {
             parked.reserved = Some(Unwritten::new(&self.unwritten, reserve));
         }
-        self.events.push_back(event);
+        self.events.push_back(ToBehaviour::Request { stream, bodies, busy });
     }
 
     /// Hands over the held batches that now fit, oldest first.
@@ -383,18 +382,21 @@ impl Handler {
     fn on_read(&mut self, result: Result<Read, TimedOut>, tag: Tag) {
         match result {
             Ok((mut framed, Ok(Some(body)))) => {
+                // A batch ends at its one page, if any; a busy substream's
+                // answer is short whatever it asked.
                 let mut bodies: Batch<Bytes> = smallvec![body];
-                if !tag.busy && !pages(&bodies[0]) {
-                    framed.ready_frames(&mut bodies, BATCH - 1, READ_AHEAD, pages);
-                }
-                // A batch's one page, if any, is its last request's; a busy
-                // substream's answer is short whatever it asked.
-                let page = !tag.busy && bodies.last().is_some_and(|body| pages(body));
+                let page = if tag.busy {
+                    false
+                } else if pages(&bodies[0]) {
+                    true
+                } else {
+                    framed.ready_frames(&mut bodies, BATCH - 1, READ_AHEAD, pages)
+                };
                 let requests = bodies.iter().map(|_| (InFlight::new(&self.shared), None)).collect();
                 let parked = Parked { framed, busy: tag.busy, requests, reserved: None };
                 self.parked.insert(tag.id, parked);
-                let event = ToBehaviour::Request { stream: tag.id, bodies, busy: tag.busy };
-                let held = Held { event, reserve: if page { self.shared.max_page } else { 0 } };
+                let reserve = if page { self.shared.max_page } else { 0 };
+                let held = Held { stream: tag.id, bodies, busy: tag.busy, reserve };
                 if self.held.is_empty() && self.admits(held.reserve) {
                     self.hand_over(held);
                 } else {
