@@ -13,9 +13,9 @@
 //! [`Limits::max_busy_streams`] more are read once and answered
 //! `E_UNAVAILABLE` by the core, so that the client learns at once rather than
 //! timing out; beyond both, a substream is reset on arrival. Answers the
-//! client has not taken yet count against a bound per connection (a
-//! DISCOVER not yet answered as a whole page): past it, requests read are
-//! held back, in order, until the client takes some.
+//! client has not taken yet count against a bound per connection and one
+//! per address (a DISCOVER not yet answered as a whole page): past either,
+//! requests read are held back, in order, until the clients take some.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
