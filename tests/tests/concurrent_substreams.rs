@@ -204,16 +204,31 @@ async fn no_discover_served(
     tokio::time::timeout(Duration::from_millis(500), next).await.is_err()
 }
 
-/// Asks for two pages of everything on one substream and reads neither:
-/// the second waits in the point.
-async fn two_pages_unread(
-    client: &mut rendezvous_tests::net::Raw,
-    server_id: libp2p::PeerId,
-) -> Framed<libp2p::Stream> {
+/// A server with `config` and 1000 registrations (of `TestPeer::new(seed)`),
+/// and a client that asked for two pages of everything on one substream
+/// and read neither: both are made, and the second waits in the point.
+/// Returns the server, its events, the client and that substream.
+async fn a_page_waiting(
+    mut config: server::Config,
+    seed: u32,
+) -> (
+    libp2p::PeerId,
+    libp2p::Multiaddr,
+    tokio::sync::mpsc::UnboundedReceiver<server::Event>,
+    rendezvous_tests::net::Raw,
+    Framed<libp2p::Stream>,
+) {
+    config.core.limits = Limits { max_registrations_per_peer: 10_000, ..Limits::default() };
+    let (server_id, addr, mut events) = our_server(config).await;
+    register_1000(&TestPeer::new(seed), server_id, &addr).await;
+    let mut client = raw_connection(server_id, &addr).await;
     let ask = codec::frame(&testing::discover(None, Some(1000), None));
     let mut stream = Framed::new(client.open(server_id).await, 4 << 20);
     stream.write_frame(&[ask.clone(), ask].concat()).await.unwrap();
-    stream
+    for _ in 0..2 {
+        assert_eq!(expect(&mut events, discovered).await, 1000);
+    }
+    (server_id, addr, events, client, stream)
 }
 
 /// Reads `pages` pages of all 1000 from `stream`.
@@ -232,17 +247,9 @@ async fn read_pages(stream: &mut Framed<libp2p::Stream>, pages: usize) {
 /// answered in full. Meanwhile others are served.
 #[tokio::test]
 async fn pages_a_client_does_not_read_hold_back_its_next_requests() {
-    let mut config =
+    let config =
         server::Config { max_unread_bytes_per_connection: 1 << 20, ..server::Config::default() };
-    config.core.limits = Limits { max_registrations_per_peer: 10_000, ..Limits::default() };
-    let (server_id, addr, mut events) = our_server(config).await;
-    register_1000(&TestPeer::new(9), server_id, &addr).await;
-
-    let mut client = raw_connection(server_id, &addr).await;
-    let mut first = two_pages_unread(&mut client, server_id).await;
-    for _ in 0..2 {
-        assert_eq!(expect(&mut events, discovered).await, 1000);
-    }
+    let (server_id, addr, mut events, mut client, mut first) = a_page_waiting(config, 9).await;
     // Eight more DISCOVERs: room for another page's worth would pass the
     // bound, so none is handled.
     let ask = codec::frame(&testing::discover(None, Some(1000), None));
@@ -272,17 +279,9 @@ async fn pages_a_client_does_not_read_hold_back_its_next_requests() {
 /// it reads them.
 #[tokio::test]
 async fn pages_unread_on_one_connection_hold_back_the_others_from_its_address() {
-    let mut config =
+    let config =
         server::Config { max_unread_bytes_per_address: 1 << 20, ..server::Config::default() };
-    config.core.limits = Limits { max_registrations_per_peer: 10_000, ..Limits::default() };
-    let (server_id, addr, mut events) = our_server(config).await;
-    register_1000(&TestPeer::new(10), server_id, &addr).await;
-
-    let mut hoarder = raw_connection(server_id, &addr).await;
-    let mut unread = two_pages_unread(&mut hoarder, server_id).await;
-    for _ in 0..2 {
-        assert_eq!(expect(&mut events, discovered).await, 1000);
-    }
+    let (server_id, addr, mut events, _hoarder, mut unread) = a_page_waiting(config, 10).await;
     // Another connection from the same (loopback) address, nothing unread
     // of its own: its DISCOVER waits for the address's total.
     let mut sibling = raw_connection(server_id, &addr).await;
