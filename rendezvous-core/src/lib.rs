@@ -76,16 +76,21 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admission;
 mod client;
 pub mod codec;
 pub mod cookie;
+pub mod histogram;
+pub mod idle;
 mod limits;
 mod lru;
 mod namespace;
 mod origin;
 pub mod proto;
+mod rate;
 pub mod record;
 mod registry;
+mod request;
 mod rng;
 mod server;
 pub mod store;
@@ -97,17 +102,13 @@ pub use client::{
     Client, ClientConfig, ClientConfigError, ClientEvent, ClientTransmit, CommandError, Discovery,
     Failure, LostReason, REFRESH_PERCENT, RecordFlavour, RequestError,
 };
-pub use limits::{Limits, LimitsError, ServerConfig};
+pub use limits::{ConfigError, Limits, LimitsError, ServerConfig};
 pub use namespace::{Namespace, NamespaceError};
 pub use origin::Origin;
+pub use rate::{RateLimit, RateLimitError};
 pub use record::{AGENT_PREFIX, Dialect, Flavour, Reader};
+pub use request::RequestId;
 pub use server::{
-    Event as ServerEvent, Loaded, RequestCounts, RequestKind, Server, Stats, Transmit,
+    Durability, Event as ServerEvent, Loaded, RequestCounts, RequestKind, Server, Stats, Transmit,
 };
 pub use time::Timestamp;
-
-/// Identifies one request so that its answer (or completion event) can be
-/// matched to it. The server's adapter picks them for inbound requests; the
-/// client core picks them for its commands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RequestId(pub u64);

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use crate::rate::{RateLimit, RateLimitError};
 use crate::record::{Flavour, Reader, RecordLimits};
+use crate::server::Durability;
 
 /// The server's limits. Each is enforced in O(1) and each violation is
 /// answered with the spec's status and a `statusText` naming the limit.
@@ -160,7 +162,7 @@ impl Limits {
 }
 
 /// Everything a [`Server`](crate::Server) is built from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
     /// The limits.
     pub limits: Limits,
@@ -184,17 +186,59 @@ pub struct ServerConfig {
     /// [`Limits::max_registrations`] + 16, so that one call (a mass expiry)
     /// never drops: an adapter that drains after every call loses nothing.
     pub max_queued_events: usize,
-    /// Apply a REGISTER only once a store has it: emit store actions
-    /// ([`Server::poll_store`](crate::Server::poll_store)) and answer each
-    /// REGISTER when the adapter reports its commit
-    /// ([`Server::handle_commit`](crate::Server::handle_commit)). Defaults to
-    /// false: registrations live in memory only.
-    pub durable: bool,
-    /// The sequence number the first registration gets, less one. Adapters
+    /// Where registrations live: in memory only (the default), or in a
+    /// store whose commits the adapter reports; see [`Durability`].
+    pub durability: Durability,
+    /// Most writes (puts and deletes) waiting for the store; beyond it,
+    /// REGISTERs are answered `E_UNAVAILABLE` at once instead of queueing
+    /// behind a store that is slow or away (UNREGISTERs still queue: there
+    /// is at most one waiting per registration held or pending, so they are
+    /// bounded by the registry's limits). Defaults to 4096: with records of
+    /// up to 4 KiB, 16 MiB at most.
+    pub max_pending_writes: usize,
+    /// Most requests per second one peer may make, over all its
+    /// connections; beyond it requests are answered `E_UNAVAILABLE`
+    /// (UNREGISTERs are still applied). A REGISTER with a record not seen
+    /// before costs a signature check, which this bounds per peer. `None`,
+    /// the default, for no limit: one peer registering in thousands of
+    /// namespaces at full speed is legitimate (gateways, load tools).
+    pub rate_limit: Option<RateLimit>,
+    /// The sequence number the first registration gets, less one, unless a
+    /// store's [`load`](crate::Server::load) continues from its own. Adapters
     /// pass the wall-clock time in microseconds: cookies issued before a
-    /// restart then still point before everything registered since, so
-    /// their holders see the new registry rather than an error.
+    /// restart of a point without a store then still point before
+    /// everything registered since, so their holders see the new registry
+    /// rather than an error.
     pub initial_sequence: u64,
+}
+
+/// Why a [`ServerConfig`] cannot work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The limits are inconsistent.
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
+    /// The rate limit is not a rate.
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitError),
+    /// `max_pending_writes` is zero.
+    #[error("max_pending_writes must be at least 1")]
+    PendingWrites,
+}
+
+impl ServerConfig {
+    /// Checks the limits and policies.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate()?;
+        if let Some(rate) = self.rate_limit {
+            RateLimit::new(rate.rate(), rate.burst())?;
+        }
+        if self.max_pending_writes == 0 {
+            return Err(ConfigError::PendingWrites);
+        }
+        Ok(())
+    }
 }
 
 impl Default for ServerConfig {
@@ -204,7 +248,9 @@ impl Default for ServerConfig {
             unknown_reader: Reader::Signed(Flavour::RustLibp2p),
             max_remembered_readers: 65_536,
             max_queued_events: 65_536,
-            durable: false,
+            durability: Durability::Volatile,
+            max_pending_writes: 4096,
+            rate_limit: None,
             initial_sequence: 0,
         }
     }

@@ -281,6 +281,12 @@ impl Registry {
         self.last_seq.saturating_add(1)
     }
 
+    /// Sequence numbers from here on continue from `seq`, the last a store
+    /// gave: dense across a restart, and above every cookie issued before.
+    pub(crate) fn continue_from(&mut self, seq: u64) {
+        self.last_seq = seq.max(self.entries.iter().map(|(_, e)| e.seq).max().unwrap_or(0));
+    }
+
     /// Sequence numbers from here on are above `seq` (cookies issued before
     /// a restart stay valid).
     pub(crate) fn raise_seq(&mut self, seq: u64) {

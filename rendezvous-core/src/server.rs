@@ -5,27 +5,31 @@ mod durable;
 mod readers;
 mod register;
 mod requests;
+mod writes;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
 use libp2p_identity::PeerId;
 
-use crate::RequestId;
 use crate::codec::{self, CodecError};
-use crate::limits::{Limits, LimitsError, ServerConfig};
+use crate::histogram::{self, Histogram};
+use crate::limits::{ConfigError, Limits, ServerConfig};
 use crate::namespace::{Namespace, NamespaceError};
 use crate::origin::Origin;
 use crate::proto::{self, MessageType, ResponseStatus};
+use crate::rate::Buckets;
 use crate::record::{Dialect, Reader};
 use crate::registry::Registry;
-use crate::store::StoreAction;
+use crate::request::RequestId;
+use crate::store::{ActionId, StoreAction};
 use crate::time::Timestamp;
-pub use durable::Loaded;
-use durable::Pending;
+use discover::Waiting;
+pub use durable::{Durability, Loaded};
 use readers::Readers;
 pub use requests::{RequestCounts, RequestKind};
+use writes::Writes;
 
 /// A rendezvous point, as a state machine that does no I/O and reads no clock.
 ///
@@ -49,9 +53,12 @@ pub use requests::{RequestCounts, RequestKind};
 /// 2. [`poll_transmit`](Self::poll_transmit) until `None`: one per request,
 ///    each for the substream of its request id: a response to write, or
 ///    (UNREGISTER, which has no response) nothing to write. Either way the
-///    request is done and that substream may carry the next one, so an
-///    adapter reading several requests from one substream answers them in
-///    order. A durable server's REGISTER is answered after its commit.
+///    request is done and that substream may carry the next one. Answers
+///    may come out of the order their requests were read in (a durable
+///    server answers a write once the store settles it, and a DISCOVER once
+///    every write its peer made before it is settled), so an adapter
+///    reading several requests from one substream writes their answers in
+///    the order of the requests.
 /// 3. [`poll_event`](Self::poll_event) until `None`: what happened, for logs
 ///    and metrics.
 /// 4. [`poll_timeout`](Self::poll_timeout): when to call `handle_timeout` next
@@ -60,6 +67,14 @@ pub use requests::{RequestCounts, RequestKind};
 /// Expired registrations are never served even if `handle_timeout` is late:
 /// every input first expires what is due at its `now`. Time that runs
 /// backwards is treated as standing still.
+///
+/// # Order
+/// Requests for one registration (peer, namespace) take effect in the
+/// order they were handed in, on any substream or connection: with a store,
+/// an UNREGISTER read behind a REGISTER still waiting for its commit waits
+/// too, and a DISCOVER is served once every write its peer made before it
+/// is settled. The limits count writes on their way, so no peer ever holds
+/// more than its limit, even for a moment.
 #[derive(Debug)]
 pub struct Server {
     config: ServerConfig,
@@ -71,9 +86,20 @@ pub struct Server {
     /// Actions for the store (durable only), and the last action id given.
     store: VecDeque<StoreAction>,
     next_action: u64,
-    /// Puts waiting for their commit, and the last position proposed.
-    pending: Pending,
+    /// Writes waiting for the store, and the last position proposed.
+    writes: Writes,
     proposed_seq: u64,
+    /// When each action went to the store, to time its commit.
+    submitted: HashMap<ActionId, Timestamp>,
+    commit_durations: Histogram,
+    /// The last position applied from a shared log.
+    log_position: u64,
+    /// DISCOVERs waiting for the writes their peer made before them.
+    waiting: HashMap<PeerId, VecDeque<Waiting>>,
+    waiting_len: usize,
+    /// Each peer's tokens, when requests are rate-limited.
+    rate: Option<Buckets>,
+    rate_reason: String,
     now: Timestamp,
     dropped_events: u64,
     records_verified: u64,
@@ -189,17 +215,21 @@ pub struct Stats {
     /// Remembered readers forgotten to make room for newer ones.
     pub readers_evicted: u64,
     /// Requests answered `E_UNAVAILABLE` because the adapter was over a
-    /// bound ([`Server::handle_frame_busy`]).
+    /// bound ([`Server::handle_frame_busy`]) or the peer over its rate.
     pub busy_refusals: u64,
+    /// Writes (puts and deletes) waiting for the store.
+    pub pending_writes: usize,
+    /// DISCOVERs waiting for writes their peer made before them.
+    pub waiting_discovers: usize,
     /// Requests answered, by type and status.
     pub requests: RequestCounts,
 }
 
-/// What became of a REGISTER that passed its checks.
-enum Admitted {
-    /// Applied; answer OK with this TTL.
-    Now(Duration),
-    /// Handed to the store; answered when it commits.
+/// What became of a request that passed its checks.
+enum Admitted<T> {
+    /// Done; answer with this.
+    Now(T),
+    /// Waiting (for the store, or for writes before it); answered later.
     Held,
 }
 
@@ -217,10 +247,18 @@ fn namespace_refusal(err: NamespaceError) -> Refusal {
 }
 
 impl Server {
-    /// A server with `config`, or why the limits cannot work.
-    pub fn new(config: ServerConfig) -> Result<Server, LimitsError> {
-        config.limits.validate()?;
+    /// A server with `config`, or why its limits or policies cannot work.
+    pub fn new(config: ServerConfig) -> Result<Server, ConfigError> {
+        config.validate()?;
+        let rate_reason = config.rate_limit.map_or_else(String::new, |rate| {
+            format!(
+                "over {} requests/s from this peer, the server's limit; retry later",
+                rate.rate()
+            )
+        });
         Ok(Server {
+            rate: config.rate_limit.map(Buckets::new),
+            rate_reason,
             registry: Registry::starting_at(config.initial_sequence),
             readers: Readers::new(config.max_remembered_readers),
             config,
@@ -228,8 +266,13 @@ impl Server {
             events: VecDeque::new(),
             store: VecDeque::new(),
             next_action: 0,
-            pending: Pending::default(),
+            writes: Writes::default(),
             proposed_seq: 0,
+            submitted: HashMap::new(),
+            commit_durations: Histogram::new(),
+            log_position: 0,
+            waiting: HashMap::new(),
+            waiting_len: 0,
             now: Timestamp::ZERO,
             dropped_events: 0,
             records_verified: 0,
@@ -254,7 +297,18 @@ impl Server {
         body: &[u8],
     ) -> Result<(), CodecError> {
         let message = self.decode_request(body)?;
-        self.handle_request(now, peer, request_id, message);
+        self.advance(now);
+        let over_rate = match &mut self.rate {
+            Some(buckets) => !buckets.take(self.now, peer),
+            None => false,
+        };
+        if over_rate {
+            let reason = std::mem::take(&mut self.rate_reason);
+            self.refuse_busy(now, peer, request_id, message, &reason);
+            self.rate_reason = reason;
+        } else {
+            self.handle_request(now, peer, request_id, message);
+        }
         Ok(())
     }
 
@@ -282,10 +336,24 @@ impl Server {
         reason: &str,
     ) -> Result<(), CodecError> {
         let message = self.decode_request(body)?;
+        self.refuse_busy(now, peer, request_id, message, reason);
+        Ok(())
+    }
+
+    /// Answers `message` `E_UNAVAILABLE` with `reason`, unless it is an
+    /// UNREGISTER (applied: it has no answer to carry a refusal) or of a
+    /// type no server serves.
+    fn refuse_busy(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        request_id: RequestId,
+        message: proto::Message,
+        reason: &str,
+    ) {
         let kind = match message.message_type() {
             Ok(MessageType::Unregister) | Err(_) => {
-                self.handle_request(now, peer, request_id, message);
-                return Ok(());
+                return self.handle_request(now, peer, request_id, message);
             }
             Ok(kind) => kind,
         };
@@ -299,7 +367,6 @@ impl Server {
         };
         self.refused(peer, kind, status, reason);
         self.answer(peer, request_id, Ok(kind), Some(response));
-        Ok(())
     }
 
     /// Handles one decoded request from `peer`.
@@ -319,7 +386,7 @@ impl Server {
                     Ok(Admitted::Now(ttl)) => {
                         Some(register_response(ResponseStatus::Ok, None, Some(ttl.as_secs())))
                     }
-                    // Answered when the store says what became of it.
+                    // Answered when the store settles it.
                     Ok(Admitted::Held) => return,
                     Err(Refusal(status, reason)) => {
                         let response = register_response(status, Some(reason.clone()), None);
@@ -329,20 +396,20 @@ impl Server {
                 }
             }
             Ok(MessageType::Unregister) => {
-                self.unregister(peer, message.unregister.unwrap_or_default());
-                None
+                let unregister = message.unregister.unwrap_or_default();
+                match self.unregister(peer, request_id, unregister) {
+                    Admitted::Now(()) => None,
+                    // Answered when the store settles it.
+                    Admitted::Held => return,
+                }
             }
             Ok(MessageType::Discover) => {
                 let discover = message.discover.unwrap_or_default();
-                let response = match self.discover(peer, discover) {
-                    Ok(response) => response,
-                    Err(Refusal(status, reason)) => {
-                        let response = discover_error(status, reason.clone());
-                        self.refused(peer, MessageType::Discover, status, reason);
-                        response
-                    }
-                };
-                Some(response)
+                match self.discover_after_writes(peer, request_id, discover) {
+                    Admitted::Now(response) => Some(response),
+                    // Answered once the peer's writes before it are settled.
+                    Admitted::Held => return,
+                }
             }
             Ok(other) => Some(self.unsupported(peer, other as i32, Some(other))),
             Err(raw) => Some(self.unsupported(peer, raw, None)),
@@ -389,6 +456,9 @@ impl Server {
     pub fn handle_disconnected(&mut self, now: Timestamp, peer: &PeerId) {
         self.advance(now);
         self.readers.forget(peer);
+        if let Some(rate) = &mut self.rate {
+            rate.forget(peer);
+        }
     }
 
     /// The next response to write.
@@ -418,8 +488,15 @@ impl Server {
             remembered_readers: self.readers.len(),
             readers_evicted: self.readers.evicted(),
             busy_refusals: self.busy_refusals,
+            pending_writes: self.writes.len(),
+            waiting_discovers: self.waiting_len,
             requests: self.requests,
         }
+    }
+
+    /// From a write's hand-over to the store to its commit, so far.
+    pub fn commit_durations(&self) -> histogram::Snapshot {
+        self.commit_durations.snapshot()
     }
 
     /// Every namespace with its number of live registrations, in name order.
@@ -439,7 +516,11 @@ impl Server {
             expired.push((peer, entry.namespace, entry.seq));
         });
         for (peer, namespace, seq) in expired {
-            self.on_expired(peer, namespace, seq);
+            self.expired_in_store(peer, namespace.clone(), seq);
+            let key = (peer, namespace);
+            self.recount(&key);
+            let (peer, namespace) = key;
+            self.push_event(Event::Expired { peer, namespace });
         }
     }
 

@@ -1,15 +1,18 @@
 //! Store actions: how the registry reaches a durable or shared store, and
 //! comes back from one.
 //!
-//! With [`ServerConfig::durable`](crate::ServerConfig::durable) the server
-//! applies nothing it has not heard is stored. A REGISTER that passes every
-//! check becomes a [`StoreAction::Put`] and its answer is held; when the
-//! adapter reports the put stored ([`Commit::Stored`], with the sequence
-//! number the store gave it), the registration is applied and answered OK;
-//! when it reports [`Commit::Refused`], the REGISTER is answered with that
-//! status and nothing changes. Removals (UNREGISTER, expiry) apply at once
-//! and become [`StoreAction::Delete`]s. At start the adapter feeds the stored
-//! registrations back through [`Server::load`](crate::Server::load).
+//! A durable server ([`ServerConfig::durability`](crate::ServerConfig::durability))
+//! changes nothing it has not heard is stored. A REGISTER that passes every
+//! check becomes a [`StoreAction::Put`] and its answer is held: when the
+//! adapter reports the put stored ([`Commit::Stored`], with the position the
+//! store gave it), the registration is applied and answered OK; when it
+//! reports [`Commit::Refused`], the REGISTER is answered with that status and
+//! nothing changes. An UNREGISTER becomes a [`StoreAction::Delete`] once the
+//! writes read before it on the same registration are settled, and takes
+//! effect when the store reports it ([`Commit::Removed`]); a store never
+//! refuses a delete, it retries it until it commits. At start the adapter
+//! feeds the stored registrations back through
+//! [`Server::load`](crate::Server::load).
 //!
 //! A registration is stored as a protobuf message (not a format of our own):
 //! [`StoredRegistration::encode`] and [`StoredRegistration::decode`], under
@@ -59,10 +62,16 @@ pub enum StoreAction {
         id: ActionId,
         /// What to store.
         registration: StoredRegistration,
+        /// The TTL granted: a shared store that decides expiry by its own
+        /// clock counts it from its time of writing, and reports the
+        /// expiry it decided through the log.
+        ttl: std::time::Duration,
     },
     /// Remove the registration of `peer` in `namespace`, unless the stored
-    /// one is newer than `seq` (a later put already replaced it). Needs no
-    /// report.
+    /// one is newer than `seq` (a later put already replaced it). Retry it
+    /// until it commits, never drop it, and keep it before every action
+    /// submitted after it; report it with [`Commit::Removed`] (or
+    /// [`Commit::Logged`], for a shared log that took it).
     Delete {
         /// The action.
         id: ActionId,
@@ -75,7 +84,7 @@ pub enum StoreAction {
     },
 }
 
-/// What became of a [`StoreAction::Put`].
+/// What became of a [`StoreAction`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Commit {
@@ -86,17 +95,24 @@ pub enum Commit {
         /// Its position in the registry's order.
         seq: u64,
     },
-    /// Durable in a shared, ordered log at position `seq`; the registration
-    /// comes back through [`Server::apply_replicated`](crate::Server::apply_replicated)
-    /// in the log's order, and is answered then (a point never serves a
-    /// position out of the shared order).
+    /// A put or a delete is durable in a shared, ordered log at position
+    /// `seq`; the change comes back through
+    /// [`Server::apply_replicated`](crate::Server::apply_replicated) in the
+    /// log's order, and takes effect (and is answered) then: a point never
+    /// serves a position out of the shared order.
     Logged {
         /// The put.
         id: ActionId,
         /// Its position in the shared order.
         seq: u64,
     },
-    /// Not stored: the REGISTER is answered with `status` and `reason` (a
+    /// A delete is durable, or a shared store found nothing left for it to
+    /// remove (another point removed it, or a newer put replaced it).
+    Removed {
+        /// The delete.
+        id: ActionId,
+    },
+    /// A put was not stored: the REGISTER is answered with `status` and `reason` (a
     /// store that cannot write says `E_UNAVAILABLE`; a shared store that
     /// finds a limit reached across points says which).
     Refused {
@@ -113,9 +129,10 @@ impl Commit {
     /// The put it is about.
     pub fn id(&self) -> ActionId {
         match self {
-            Commit::Stored { id, .. } | Commit::Logged { id, .. } | Commit::Refused { id, .. } => {
-                *id
-            }
+            Commit::Stored { id, .. }
+            | Commit::Logged { id, .. }
+            | Commit::Removed { id }
+            | Commit::Refused { id, .. } => *id,
         }
     }
 }
@@ -135,8 +152,10 @@ pub enum Replicated {
         peer: PeerId,
         /// Where.
         namespace: Namespace,
-        /// Its position.
+        /// The position of the registration removed.
         seq: u64,
+        /// The position of the removal itself in the log.
+        position: u64,
     },
 }
 

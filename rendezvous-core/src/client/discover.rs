@@ -28,10 +28,10 @@ use super::{
     Client, ClientEvent, CommandError, Discovery, Kind, LostReason, RequestError, Timer,
     check_status, expect_type,
 };
-use crate::RequestId;
 use crate::namespace::Namespace;
 use crate::proto::{self, MessageType, ResponseStatus};
 use crate::record::Record;
+use crate::request::RequestId;
 use crate::time::Timestamp;
 
 /// One discovery, page after page.

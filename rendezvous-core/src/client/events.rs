@@ -6,11 +6,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use libp2p_identity::PeerId;
 
-use crate::RequestId;
 use crate::codec;
 use crate::namespace::Namespace;
 use crate::proto::{self, ResponseStatus};
 use crate::record::{Addresses, Dialect};
+use crate::request::RequestId;
 
 /// A request to send.
 #[derive(Clone, Debug, PartialEq)]

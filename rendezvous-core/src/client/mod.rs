@@ -25,12 +25,12 @@ use bytes::Bytes;
 use libp2p_identity::{Keypair, PeerId};
 use multiaddr::Multiaddr;
 
-use crate::RequestId;
 use crate::codec;
 use crate::lru::Lru;
 use crate::namespace::Namespace;
 use crate::proto::{self, MessageType, ResponseStatus, read_status};
 use crate::record::{Dialect, Flavour, Record, encode_peer_info};
+use crate::request::RequestId;
 use crate::rng::Rng;
 use crate::time::Timestamp;
 use cache::Cache;

@@ -12,10 +12,10 @@ use multiaddr::Multiaddr;
 use super::REFRESH_PERCENT;
 use super::dialect::Verdict;
 use super::{Client, ClientEvent, CommandError, Kind, RequestError, Timer, other_flavours};
-use crate::RequestId;
 use crate::namespace::Namespace;
 use crate::proto::{self, MessageType};
 use crate::record::Dialect;
+use crate::request::RequestId;
 use crate::time::Timestamp;
 
 /// The extension's other envelopes are left out of a REGISTER whose records

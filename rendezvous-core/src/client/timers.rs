@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use libp2p_identity::PeerId;
 
-use crate::RequestId;
 use crate::namespace::Namespace;
+use crate::request::RequestId;
 use crate::time::Timestamp;
 
 /// What is due.

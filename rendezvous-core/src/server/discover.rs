@@ -1,16 +1,87 @@
 //! DISCOVER: one page of what the requester reads, from the cookie's
 //! position, within the response frame budget.
 
+use std::collections::VecDeque;
+
 use libp2p_identity::PeerId;
 
-use super::{Event, Refusal, Server, namespace_refusal};
+use super::writes::Ticket;
+use super::{Admitted, Event, Refusal, Server, discover_error, namespace_refusal};
 use crate::cookie::{Cookie, CookieError};
 use crate::limits::REGISTRATION_OVERHEAD;
 use crate::namespace::Namespace;
 use crate::proto::{self, MessageType, ResponseStatus};
+use crate::request::RequestId;
+
+/// Most DISCOVERs of one peer waiting for its writes; more are answered
+/// `E_UNAVAILABLE`. An adapter bounds a peer's requests in flight far
+/// below this; the core bounds its own queues all the same.
+const MAX_WAITING_PER_PEER: usize = 4096;
+
+/// A DISCOVER waiting for the writes its peer made before it.
+#[derive(Debug)]
+pub(super) struct Waiting {
+    ticket: Ticket,
+    request: RequestId,
+    discover: proto::Discover,
+}
 
 impl Server {
-    pub(super) fn discover(
+    /// Serves a DISCOVER once every write its peer made before it is
+    /// settled: a peer sees what it wrote, on whatever substream.
+    pub(super) fn discover_after_writes(
+        &mut self,
+        peer: PeerId,
+        request: RequestId,
+        discover: proto::Discover,
+    ) -> Admitted<proto::Message> {
+        let ticket = self.writes.ticket();
+        let queued = self.waiting.get(&peer).map_or(0, VecDeque::len);
+        if queued == 0 && self.writes.settled_before(&peer, ticket) {
+            return Admitted::Now(self.discover_now(peer, discover));
+        }
+        if queued >= MAX_WAITING_PER_PEER {
+            let reason = format!(
+                "{MAX_WAITING_PER_PEER} requests of this peer are waiting for its writes; retry later"
+            );
+            let status = ResponseStatus::EUnavailable;
+            self.refused(peer, MessageType::Discover, status, reason.clone());
+            return Admitted::Now(discover_error(status, reason));
+        }
+        self.waiting.entry(peer).or_default().push_back(Waiting { ticket, request, discover });
+        self.waiting_len += 1;
+        Admitted::Held
+    }
+
+    /// Serves `peer`'s waiting DISCOVERs whose writes are settled, in order.
+    pub(super) fn serve_waiting(&mut self, peer: PeerId) {
+        loop {
+            let Some(queue) = self.waiting.get_mut(&peer) else { return };
+            let due = queue.front().is_some_and(|w| self.writes.settled_before(&peer, w.ticket));
+            let next = if due { queue.pop_front() } else { None };
+            if queue.is_empty() {
+                self.waiting.remove(&peer);
+            }
+            let Some(Waiting { request, discover, .. }) = next else { return };
+            self.waiting_len -= 1;
+            let response = self.discover_now(peer, discover);
+            self.answer(peer, request, Ok(MessageType::Discover), Some(response));
+        }
+    }
+
+    /// A DISCOVER's answer: a page, or the refusal.
+    fn discover_now(&mut self, peer: PeerId, discover: proto::Discover) -> proto::Message {
+        match self.discover(peer, discover) {
+            Ok(response) => response,
+            Err(Refusal(status, reason)) => {
+                let response = discover_error(status, reason.clone());
+                self.refused(peer, MessageType::Discover, status, reason);
+                response
+            }
+        }
+    }
+
+    fn discover(
         &mut self,
         peer: PeerId,
         discover: proto::Discover,

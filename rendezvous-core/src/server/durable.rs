@@ -1,25 +1,47 @@
-//! The durable path: a REGISTER held until its put is stored, removals
-//! passed on to the store, and what a store kept loaded back at start.
-//!
-//! Puts waiting for their commit count toward the limits, so the server
-//! never admits more than it could hold; a later flavour of the same
-//! registration joins the latest pending put, so what is stored has every
-//! flavour.
+//! The durable path: writes handed to the store and settled by its
+//! commits ([`writes`](super::writes) keeps them in order), changes another
+//! point made coming back through a shared log, and what a store kept
+//! loaded back at start.
 
-use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use libp2p_identity::PeerId;
 
+use super::writes::{Key, Write};
 use super::{Event, Server, register_response};
-use crate::RequestId;
 use crate::namespace::Namespace;
-use crate::origin::Origin;
 use crate::proto::{MessageType, ResponseStatus};
 use crate::record::Dialect;
 use crate::registry::StoredRecord;
+use crate::request::RequestId;
 use crate::store::{ActionId, Commit, Replicated, StoreAction, StoredRegistration};
 use crate::time::Timestamp;
+
+/// Where a server's registrations live, and so when it answers a write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// In memory only: every request takes effect at once. The default.
+    #[default]
+    Volatile,
+    /// In a store of this point's own: writes go out as
+    /// [`StoreAction`]s and take effect, and are answered, once the
+    /// adapter reports them committed; expiry, decided by this point's
+    /// clock, removes at once and tells the store.
+    Local,
+    /// In a store shared with other points, which orders every write in one
+    /// log ([`Commit::Logged`]) and expires registrations by its own clock:
+    /// writes take effect when they come back through the log, and expiry
+    /// is never sent to the store.
+    Shared,
+}
+
+impl Durability {
+    /// Whether writes wait for a store.
+    pub fn is_durable(self) -> bool {
+        self != Durability::Volatile
+    }
+}
 
 /// What a successful REGISTER grants, to apply and to answer with.
 #[derive(Clone, Debug)]
@@ -28,111 +50,8 @@ pub(crate) struct Grant {
     pub(crate) namespace: Namespace,
     pub(crate) ttl: Duration,
     pub(crate) dialect: Dialect,
-}
-
-#[derive(Debug)]
-struct PendingPut {
-    request_id: RequestId,
-    grant: Grant,
-    expires: Timestamp,
-    record: StoredRecord,
-    /// The key had no registration: it counts toward the limits.
-    new: bool,
-}
-
-/// Puts on their way to the store.
-#[derive(Debug, Default)]
-pub(crate) struct Pending {
-    puts: BTreeMap<ActionId, PendingPut>,
-    new_per_peer: HashMap<PeerId, usize>,
-    new_per_namespace: HashMap<Namespace, usize>,
-    new_per_origin: HashMap<Origin, usize>,
-    new_total: usize,
-    /// The latest pending put of each key.
-    latest: HashMap<(PeerId, Namespace), ActionId>,
-    /// Puts in a shared log, waiting to come back at their position.
-    logged: HashMap<u64, ActionId>,
-}
-
-impl Pending {
-    pub(crate) fn new_for_peer(&self, peer: &PeerId) -> usize {
-        self.new_per_peer.get(peer).copied().unwrap_or(0)
-    }
-
-    pub(crate) fn new_in_namespace(&self, namespace: &Namespace) -> usize {
-        self.new_per_namespace.get(namespace).copied().unwrap_or(0)
-    }
-
-    pub(crate) fn new_with_origin(&self, origin: &Origin) -> usize {
-        self.new_per_origin.get(origin).copied().unwrap_or(0)
-    }
-
-    pub(crate) fn new_in_all(&self) -> usize {
-        self.new_total
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.puts.len()
-    }
-
-    /// The record of the latest pending put of `peer` in `namespace`.
-    pub(crate) fn latest_record(
-        &self,
-        peer: &PeerId,
-        namespace: &Namespace,
-    ) -> Option<&StoredRecord> {
-        let id = self.latest.get(&(*peer, namespace.clone()))?;
-        self.puts.get(id).map(|put| &put.record)
-    }
-
-    fn add(&mut self, id: ActionId, put: PendingPut) {
-        let key = (put.grant.peer, put.grant.namespace.clone());
-        if put.new {
-            *self.new_per_peer.entry(key.0).or_default() += 1;
-            *self.new_per_namespace.entry(key.1.clone()).or_default() += 1;
-            if let Some(origin) = put.record.origin() {
-                *self.new_per_origin.entry(origin).or_default() += 1;
-            }
-            self.new_total += 1;
-        }
-        self.latest.insert(key, id);
-        self.puts.insert(id, put);
-    }
-
-    fn await_replication(&mut self, seq: u64, id: ActionId) {
-        self.logged.insert(seq, id);
-    }
-
-    fn take_logged(&mut self, seq: u64) -> Option<PendingPut> {
-        let id = self.logged.remove(&seq)?;
-        self.take(id)
-    }
-
-    fn take(&mut self, id: ActionId) -> Option<PendingPut> {
-        let put = self.puts.remove(&id)?;
-        let key = (put.grant.peer, put.grant.namespace.clone());
-        if self.latest.get(&key) == Some(&id) {
-            self.latest.remove(&key);
-        }
-        if put.new {
-            decrement(&mut self.new_per_peer, &key.0);
-            decrement(&mut self.new_per_namespace, &key.1);
-            if let Some(origin) = put.record.origin() {
-                decrement(&mut self.new_per_origin, &origin);
-            }
-            self.new_total -= 1;
-        }
-        Some(put)
-    }
-}
-
-fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
-    if let Some(n) = counts.get_mut(key) {
-        *n -= 1;
-        if *n == 0 {
-            counts.remove(key);
-        }
-    }
+    /// Nothing was held or pending for the key when it was read.
+    pub(crate) new: bool,
 }
 
 /// What [`Server::load`] did.
@@ -140,7 +59,8 @@ fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
 pub struct Loaded {
     /// Registrations restored.
     pub registrations: usize,
-    /// Registrations that had expired meanwhile; a delete for each is queued.
+    /// Registrations that had expired meanwhile; a delete for each is queued
+    /// (unless the store is shared, which expires them itself).
     pub expired: usize,
 }
 
@@ -150,54 +70,44 @@ impl Server {
         self.store.pop_front()
     }
 
-    /// What became of a put: apply and answer OK, or answer the refusal.
+    /// What became of a store action.
     pub fn handle_commit(&mut self, now: Timestamp, commit: Commit) {
         self.advance(now);
+        let id = commit.id();
+        let submitted = self.submitted.remove(&id);
+        if let Some(since) = submitted {
+            self.commit_durations.observe(self.now - since);
+        }
         match commit {
-            Commit::Stored { id, seq } => {
-                if let Some(put) = self.pending.take(id) {
-                    self.apply_and_answer(put, seq);
+            Commit::Stored { id, seq } => self.settle_put(id, seq, None),
+            Commit::Removed { id } => self.settle_delete(id),
+            Commit::Logged { id, seq } if seq <= self.log_position => {
+                // Back through the log already (applied as it came).
+                match self.writes.key_of(id).map(|key| self.writes.is_put(key, id)) {
+                    Some(true) => self.answer_put_applied(id, seq),
+                    Some(false) => self.settle_delete(id),
+                    None => {}
                 }
             }
-            Commit::Logged { id, seq } => {
-                let key =
-                    self.pending.puts.get(&id).map(|p| (p.grant.peer, p.grant.namespace.clone()));
-                let Some((peer, namespace)) = key else {
-                    return;
-                };
-                // Already back through the log, or waiting for it.
-                if self.registry.get(&peer, &namespace).is_some_and(|e| e.seq >= seq) {
-                    if let Some(put) = self.pending.take(id) {
-                        let Grant { peer, namespace, ttl, dialect } = put.grant.clone();
-                        self.readers.registered(peer, dialect.into());
-                        self.push_event(match put.new {
-                            true => Event::Registered { peer, namespace, ttl, dialect },
-                            false => Event::Refreshed { peer, namespace, ttl, dialect },
-                        });
-                        self.answer_ok(put);
-                    }
-                } else {
-                    self.pending.await_replication(seq, id);
-                }
-            }
+            Commit::Logged { id, seq } => self.writes.await_log(seq, id),
             Commit::Refused { id, status, reason } => {
-                let Some(put) = self.pending.take(id) else {
-                    return;
-                };
-                let (peer, request_id) = (put.grant.peer, put.request_id);
+                let Some(key) = self.writes.key_of(id).cloned() else { return };
+                let Some(Write::Put(put)) = self.writes.settle(id, None) else { return };
                 let message = register_response(status, Some(reason.clone()), None);
-                self.refused(peer, MessageType::Register, status, reason);
-                self.answer(peer, request_id, Ok(MessageType::Register), Some(message));
+                self.refused(put.grant.peer, MessageType::Register, status, reason);
+                self.answer(put.grant.peer, put.request, Ok(MessageType::Register), Some(message));
+                self.after_settling(&key);
             }
         }
     }
 
     /// Restores what a store kept, at start: registrations whose expiry has
-    /// passed are dropped (and deleted from the store), the others keep
-    /// their position and expiry, and new positions start above
-    /// `last_seq` (the highest the store ever gave) so that cookies issued
-    /// before the restart stay valid. Limits are not checked: these were
-    /// admitted under the limits of their time. No events are emitted.
+    /// passed are dropped (and, for a store of this point's own, deleted
+    /// from it), the others keep their position and expiry. New positions
+    /// continue from `last_seq` (the highest the store ever gave) when it
+    /// gave any, so that cookies issued before the restart stay valid and
+    /// positions stay dense. Limits are not checked: these were admitted
+    /// under the limits of their time. No events are emitted.
     pub fn load(
         &mut self,
         now: Timestamp,
@@ -205,7 +115,10 @@ impl Server {
         last_seq: u64,
     ) -> Loaded {
         self.now = self.now.max(now);
-        self.registry.raise_seq(last_seq);
+        if last_seq > 0 {
+            self.registry.continue_from(last_seq);
+        }
+        self.log_position = self.log_position.max(last_seq);
         let mut loaded = Loaded::default();
         // In position order, the registry's ordered indexes grow at their
         // right edge: several times faster than in the store's key order.
@@ -214,7 +127,7 @@ impl Server {
         for stored in registrations {
             if stored.expires <= self.now {
                 loaded.expired += 1;
-                self.store_delete(stored.peer, stored.namespace, stored.seq);
+                self.expired_in_store(stored.peer, stored.namespace, stored.seq);
                 continue;
             }
             let StoredRegistration { peer, namespace, seq, expires, record } = stored;
@@ -225,37 +138,42 @@ impl Server {
     }
 
     /// Applies a change from a shared store, in the store's order:
-    /// another point's, or one of ours coming back (then its REGISTER is
+    /// another point's, or one of ours coming back (then its request is
     /// answered). Older than what is held, it changes nothing. No events
     /// are emitted for other points' changes.
     pub fn apply_replicated(&mut self, now: Timestamp, change: Replicated) {
         self.advance(now);
         match change {
             Replicated::Put(stored) => {
+                self.log_position = self.log_position.max(stored.seq);
+                if let Some(id) = self.writes.take_logged(stored.seq) {
+                    return self.settle_put(id, stored.seq, Some(stored.expires));
+                }
+                let key = (stored.peer, stored.namespace.clone());
                 let held = self.registry.get(&stored.peer, &stored.namespace).map(|e| e.seq);
-                if held.is_some_and(|seq| seq >= stored.seq) {
-                    return;
+                if held.is_none_or(|seq| seq < stored.seq) {
+                    let StoredRegistration { peer, namespace, seq, expires, record } = stored;
+                    self.registry.insert(peer, namespace, seq, expires, record);
                 }
-                let seq = stored.seq;
-                match self.pending.take_logged(seq) {
-                    Some(put) => self.apply_and_answer(put, seq),
-                    None => {
-                        let StoredRegistration { peer, namespace, seq, expires, record } = stored;
-                        self.registry.insert(peer, namespace, seq, expires, record);
-                    }
-                }
+                self.recount(&key);
             }
-            Replicated::Delete { peer, namespace, seq } => {
+            Replicated::Delete { peer, namespace, seq, position } => {
+                self.log_position = self.log_position.max(position);
                 if self.registry.get(&peer, &namespace).is_some_and(|e| e.seq <= seq) {
                     self.registry.remove(&peer, &namespace);
+                }
+                match self.writes.take_logged(position) {
+                    Some(id) => self.settle_delete(id),
+                    None => self.recount(&(peer, namespace)),
                 }
             }
         }
     }
 
-    /// Replaces everything held with what a shared store holds (after
-    /// falling too far behind its log to catch up); puts still on their way
-    /// stay on their way.
+    /// Replaces everything held with what a shared store holds at log
+    /// position `last_seq` (after falling behind its log); writes still on
+    /// their way stay on their way, and those the log had taken by then are
+    /// settled.
     pub fn resync(
         &mut self,
         now: Timestamp,
@@ -264,36 +182,40 @@ impl Server {
     ) -> Loaded {
         let keep = self.registry.last_seq();
         self.registry = crate::registry::Registry::starting_at(keep);
-        self.load(now, registrations, last_seq)
+        let loaded = self.load(now, registrations, last_seq);
+        // Cookies issued before stay valid.
+        self.registry.raise_seq(keep);
+        for (seq, id) in self.writes.logged_up_to(last_seq) {
+            match self.writes.key_of(id).map(|key| self.writes.is_put(key, id)) {
+                Some(true) => self.answer_put_applied(id, seq),
+                Some(false) => self.settle_delete(id),
+                None => {}
+            }
+        }
+        for key in self.writes.keys() {
+            self.recount(&key);
+        }
+        loaded
     }
 
-    /// Puts waiting for their commit.
-    pub fn pending_puts(&self) -> usize {
-        self.pending.len()
+    /// Writes (puts and deletes) waiting for the store.
+    pub fn pending_writes(&self) -> usize {
+        self.writes.len()
     }
 
-    fn apply_and_answer(&mut self, put: PendingPut, seq: u64) {
-        self.apply(put.grant.clone(), seq, put.expires, put.record.clone());
-        self.answer_ok(put);
-    }
-
-    fn answer_ok(&mut self, put: PendingPut) {
-        let (peer, request_id, ttl) = (put.grant.peer, put.request_id, put.grant.ttl);
-        let message = register_response(ResponseStatus::Ok, None, Some(ttl.as_secs()));
-        self.answer(peer, request_id, Ok(MessageType::Register), Some(message));
-    }
-
-    /// Hands a checked registration to the store and holds its answer.
+    /// Hands a checked registration to the store; it is answered once the
+    /// store settles it.
     pub(super) fn hold(
         &mut self,
-        request_id: RequestId,
+        request: RequestId,
         grant: Grant,
         expires: Timestamp,
         record: StoredRecord,
-        new: bool,
     ) {
         let id = self.next_action();
         self.proposed_seq = self.proposed_seq.max(self.registry.last_seq()) + 1;
+        let key = (grant.peer, grant.namespace.clone());
+        let ttl = grant.ttl;
         let registration = StoredRegistration {
             peer: grant.peer,
             namespace: grant.namespace.clone(),
@@ -301,13 +223,122 @@ impl Server {
             expires,
             record: record.clone(),
         };
-        self.store.push_back(StoreAction::Put { id, registration });
-        self.pending.add(id, PendingPut { request_id, grant, expires, record, new });
+        self.store.push_back(StoreAction::Put { id, registration, ttl });
+        self.submitted.insert(id, self.now);
+        let ticket = self.writes.ticket();
+        self.writes.push_put(key.clone(), id, request, grant, expires, record, ticket);
+        self.recount(&key);
     }
 
-    /// Passes a removal on to the store, when durable.
-    pub(super) fn store_delete(&mut self, peer: PeerId, namespace: Namespace, seq: u64) {
-        if self.config.durable {
+    /// Queues an UNREGISTER of `key` behind the writes before it; sends it
+    /// to the store at once if none is pending.
+    pub(super) fn hold_delete(&mut self, key: Key, request: RequestId) {
+        let held = self.registry.get(&key.0, &key.1).map(|e| e.seq);
+        let ticket = self.writes.ticket();
+        if self.writes.push_delete(key.clone(), request, held, ticket) {
+            self.after_settling(&key);
+        }
+    }
+
+    /// A put is durable at `seq`: apply it (unless something newer is held)
+    /// and answer OK. `expires`: the expiry the store decided, if it did.
+    fn settle_put(&mut self, id: ActionId, seq: u64, expires: Option<Timestamp>) {
+        let Some(key) = self.writes.key_of(id).cloned() else { return };
+        let Some(Write::Put(put)) = self.writes.settle(id, Some(seq)) else { return };
+        let held = self.registry.get(&key.0, &key.1).map(|e| e.seq);
+        if held.is_none_or(|held| held < seq) {
+            self.apply(put.grant.clone(), seq, expires.unwrap_or(put.expires), put.record);
+        } else {
+            self.registered_event(&put.grant);
+        }
+        self.answer_ok(&put.grant, put.request);
+        self.after_settling(&key);
+    }
+
+    /// A put of ours came back through the log before its commit did: it is
+    /// applied already.
+    fn answer_put_applied(&mut self, id: ActionId, seq: u64) {
+        let Some(key) = self.writes.key_of(id).cloned() else { return };
+        let Some(Write::Put(put)) = self.writes.settle(id, Some(seq)) else { return };
+        self.registered_event(&put.grant);
+        self.answer_ok(&put.grant, put.request);
+        self.after_settling(&key);
+    }
+
+    /// A delete is durable: remove what it covers and answer its
+    /// UNREGISTERs.
+    fn settle_delete(&mut self, id: ActionId) {
+        let Some(key) = self.writes.key_of(id).cloned() else { return };
+        let Some(Write::Delete(delete)) = self.writes.settle(id, None) else { return };
+        self.finish_delete(&key, delete);
+        self.after_settling(&key);
+    }
+
+    fn finish_delete(&mut self, (peer, namespace): &Key, delete: super::writes::Delete) {
+        let covered = self.registry.get(peer, namespace).map(|e| e.seq);
+        if covered.is_some_and(|seq| delete.upto.is_some_and(|upto| seq <= upto)) {
+            self.registry.remove(peer, namespace);
+            self.push_event(Event::Unregistered { peer: *peer, namespace: namespace.clone() });
+        }
+        for request in delete.requests {
+            self.answer(*peer, request, Ok(MessageType::Unregister), None);
+        }
+    }
+
+    /// After a write of `key` settled: hand the delete now at the head of
+    /// its queue to the store (or settle it, if the writes before it left
+    /// nothing to remove), recount the key, and serve the DISCOVERs of its
+    /// peer that waited for it.
+    fn after_settling(&mut self, key: &Key) {
+        loop {
+            let held = self.registry.get(&key.0, &key.1).map(|e| e.seq);
+            let Some(delete) = self.writes.ready_delete(key) else { break };
+            match delete.upto.filter(|upto| held.is_some_and(|held| held <= *upto)) {
+                Some(upto) => {
+                    let id = self.next_action();
+                    let (peer, namespace) = key.clone();
+                    self.store.push_back(StoreAction::Delete { id, peer, namespace, seq: upto });
+                    self.submitted.insert(id, self.now);
+                    self.writes.submitted_delete(key, id);
+                    break;
+                }
+                None => {
+                    // Settled puts may have left two deletes in a row.
+                    if let Some(delete) = self.writes.settle_ready_delete(key) {
+                        self.finish_delete(key, delete);
+                    }
+                }
+            }
+        }
+        self.recount(key);
+        self.serve_waiting(key.0);
+    }
+
+    /// Brings `key`'s count toward the limits up to date.
+    pub(super) fn recount(&mut self, key: &Key) {
+        let held = self.registry.get(&key.0, &key.1).is_some();
+        self.writes.recount(key, held);
+    }
+
+    fn registered_event(&mut self, grant: &Grant) {
+        let Grant { peer, namespace, ttl, dialect, new } = grant.clone();
+        self.readers.registered(peer, dialect.into());
+        self.push_event(match new {
+            true => Event::Registered { peer, namespace, ttl, dialect },
+            false => Event::Refreshed { peer, namespace, ttl, dialect },
+        });
+    }
+
+    fn answer_ok(&mut self, grant: &Grant, request: RequestId) {
+        let message = register_response(ResponseStatus::Ok, None, Some(grant.ttl.as_secs()));
+        self.answer(grant.peer, request, Ok(MessageType::Register), Some(message));
+    }
+
+    /// A registration that expired, as the store must learn of it: a store
+    /// of this point's own is told to delete it (unless a newer put
+    /// replaced it); a shared store expires registrations by its own clock.
+    pub(super) fn expired_in_store(&mut self, peer: PeerId, namespace: Namespace, seq: u64) {
+        if self.config.durability == Durability::Local {
             let id = self.next_action();
             self.store.push_back(StoreAction::Delete { id, peer, namespace, seq });
         }
@@ -320,12 +351,6 @@ impl Server {
 }
 
 #[cfg(test)]
+mod order_model;
+#[cfg(test)]
 mod tests;
-
-impl Server {
-    /// Expiry, passed on to the store.
-    pub(super) fn on_expired(&mut self, peer: PeerId, namespace: Namespace, seq: u64) {
-        self.store_delete(peer, namespace.clone(), seq);
-        self.push_event(Event::Expired { peer, namespace });
-    }
-}

@@ -8,12 +8,12 @@ use libp2p_identity::PeerId;
 
 use super::durable::Grant;
 use super::{Admitted, Event, Refusal, Server, namespace_refusal};
-use crate::RequestId;
 use crate::namespace::Namespace;
 use crate::origin::Origin;
 use crate::proto::{self, ResponseStatus};
 use crate::record::{Dialect, Flavour, Record, encode_peer_info};
 use crate::registry::{Inserted, StoredRecord};
+use crate::request::RequestId;
 use crate::time::Timestamp;
 
 impl Server {
@@ -24,7 +24,7 @@ impl Server {
         peer: PeerId,
         request_id: RequestId,
         register: proto::Register,
-    ) -> Result<Admitted, Refusal> {
+    ) -> Result<Admitted<Duration>, Refusal> {
         let limits = &self.config.limits;
         let namespace =
             Namespace::new(register.ns.as_deref().unwrap_or(""), limits.max_namespace_len)
@@ -49,22 +49,38 @@ impl Server {
             self.verify_record(peer, register.signed_peer_record.unwrap_or_default())?;
         self.add_other_records(peer, &mut record, register.other_records)?;
         let record = record.with_origin(self.readers.origin(&peer));
-        // Another flavour of the same record joins the registration (or the
-        // put still on its way to the store).
-        let base = self.pending.latest_record(&peer, &namespace).cloned();
-        let base = base.or_else(|| self.registry.get(&peer, &namespace).map(|e| e.record.clone()));
-        let new = base.is_none();
+        let key = (peer, namespace);
+        let held = self.registry.get(&key.0, &key.1);
+        // A registration held or on its way already has its place.
+        let new = held.is_none() && !self.writes.has_put(&key);
         if new {
-            self.check_room(&peer, &namespace, record.origin())?;
+            self.check_room(&key.0, &key.1, record.origin())?;
         }
+        let durable = self.config.durability.is_durable();
+        if durable && self.writes.len() >= self.config.max_pending_writes {
+            return Err(Refusal::new(
+                ResponseStatus::EUnavailable,
+                format!(
+                    "{} writes are waiting for the store, the server's limit; retry later",
+                    self.config.max_pending_writes
+                ),
+            ));
+        }
+        // Another flavour of the same record joins what the registration
+        // holds once the writes on their way are settled.
+        let base = match self.writes.outcome(&key) {
+            Some(outcome) => outcome.cloned(),
+            None => held.map(|e| e.record.clone()),
+        };
         let record = match base {
             Some(older) => older.merged(record),
             None => record,
         };
         let expires = self.now + ttl;
-        let grant = Grant { peer, namespace, ttl, dialect };
-        if self.config.durable {
-            self.hold(request_id, grant, expires, record, new);
+        let (peer, namespace) = key;
+        let grant = Grant { peer, namespace, ttl, dialect, new };
+        if durable {
+            self.hold(request_id, grant, expires, record);
             return Ok(Admitted::Held);
         }
         let seq = self.registry.next_seq();
@@ -81,7 +97,7 @@ impl Server {
         origin: Option<Origin>,
     ) -> Result<(), Refusal> {
         let limits = &self.config.limits;
-        let pending = &self.pending;
+        let pending = &self.writes;
         if self.registry.peer_len(peer) + pending.new_for_peer(peer)
             >= limits.max_registrations_per_peer
         {
@@ -133,7 +149,7 @@ impl Server {
         expires: Timestamp,
         record: StoredRecord,
     ) {
-        let Grant { peer, namespace, ttl, dialect } = grant;
+        let Grant { peer, namespace, ttl, dialect, .. } = grant;
         let inserted = self.registry.insert(peer, namespace.clone(), seq, expires, record);
         self.readers.registered(peer, dialect.into());
         self.push_event(match inserted {
@@ -212,15 +228,31 @@ impl Server {
         Ok((record.dialect, stored))
     }
 
-    pub(super) fn unregister(&mut self, peer: PeerId, unregister: proto::Unregister) {
+    /// Removes `peer`'s registration in the namespace, at once, or, when
+    /// durable, once the store has removed it (behind the writes read
+    /// before it on the same registration).
+    pub(super) fn unregister(
+        &mut self,
+        peer: PeerId,
+        request_id: RequestId,
+        unregister: proto::Unregister,
+    ) -> Admitted<()> {
         let ns = unregister.ns.as_deref().unwrap_or("");
         let Ok(namespace) = Namespace::new(ns, self.config.limits.max_namespace_len) else {
             // UNREGISTER has no response; a bad namespace cannot name anything we hold.
-            return;
+            return Admitted::Now(());
         };
-        if let Some(entry) = self.registry.remove(&peer, &namespace) {
-            self.store_delete(peer, entry.namespace.clone(), entry.seq);
+        let key = (peer, namespace);
+        if self.config.durability.is_durable() {
+            if self.registry.get(&key.0, &key.1).is_none() && self.writes.outcome(&key).is_none() {
+                return Admitted::Now(()); // nothing held, nothing on its way
+            }
+            self.hold_delete(key, request_id);
+            return Admitted::Held;
+        }
+        if let Some(entry) = self.registry.remove(&key.0, &key.1) {
             self.push_event(Event::Unregistered { peer, namespace: entry.namespace });
         }
+        Admitted::Now(())
     }
 }

@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use libp2p_identity::PeerId;
-
 use super::*;
 use crate::proto::{self, read_status};
 use crate::record::Flavour;
@@ -15,7 +13,11 @@ const RUST: Dialect = Dialect::Signed(Flavour::RustLibp2p);
 const STANDARD: Dialect = Dialect::Signed(Flavour::Standard);
 
 fn durable(limits: Limits) -> Server {
-    Server::new(ServerConfig { limits, durable: true, ..ServerConfig::default() }).unwrap()
+    with(Durability::Local, limits)
+}
+
+fn with(durability: Durability, limits: Limits) -> Server {
+    Server::new(ServerConfig { limits, durability, ..ServerConfig::default() }).unwrap()
 }
 
 fn at(secs: u64) -> Timestamp {
@@ -42,8 +44,8 @@ fn register(
 fn puts(s: &mut Server) -> Vec<(ActionId, StoredRegistration)> {
     std::iter::from_fn(|| s.poll_store())
         .filter_map(|a| match a {
-            StoreAction::Put { id, registration } => Some((id, registration)),
-            StoreAction::Delete { .. } => None,
+            StoreAction::Put { id, registration, .. } => Some((id, registration)),
+            _ => None,
         })
         .collect()
 }
@@ -99,7 +101,7 @@ fn a_put_the_store_could_not_write_is_answered_unavailable_and_changes_nothing()
     assert_eq!(status(&answer), ResponseStatus::EUnavailable);
     assert!(answer.register_response.unwrap().status_text.unwrap().contains("no space left"));
     assert_eq!(s.stats().registrations, 0);
-    assert_eq!(s.pending_puts(), 0);
+    assert_eq!(s.pending_writes(), 0);
 }
 
 #[test]
@@ -126,7 +128,7 @@ fn a_second_flavour_joins_the_put_still_on_its_way() {
 }
 
 #[test]
-fn unregistering_and_expiry_reach_the_store() {
+fn an_unregister_takes_effect_and_is_answered_once_its_delete_is_stored() {
     let mut s = durable(Limits::default());
     let (a, b) = (TestPeer::new(1), TestPeer::new(2));
     for peer in [&a, &b] {
@@ -135,14 +137,174 @@ fn unregistering_and_expiry_reach_the_store() {
         commit(&mut s, at(1), id, stored.seq);
     }
     s.handle_request(at(2), a.id, RequestId(9), testing::unregister("x"));
+    assert!(s.poll_transmit().is_none(), "answered once stored");
+    let Some(StoreAction::Delete { id, peer, .. }) = s.poll_store() else { panic!("a delete") };
+    assert_eq!(peer, a.id);
+    // Until then it is still served: a point killed now comes back with it,
+    // and nobody saw it gone.
+    assert_eq!(found(&mut s, at(2), "x", None).registrations.len(), 2);
+    s.handle_commit(at(2), Commit::Removed { id });
+    let done = s.poll_transmit().unwrap();
+    assert_eq!((done.request_id, done.message), (RequestId(9), None));
+    assert_eq!(found(&mut s, at(2), "x", None).registrations.len(), 1);
+    // Expiry removes at once (it is decided by the stored time) and tells
+    // the store.
     s.handle_timeout(at(3601));
-    let deletes: Vec<PeerId> = std::iter::from_fn(|| s.poll_store())
-        .map(|action| match action {
-            StoreAction::Delete { peer, .. } => peer,
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    assert_eq!(deletes, vec![a.id, b.id]);
+    assert_eq!(s.stats().registrations, 0);
+    assert!(matches!(s.poll_store(), Some(StoreAction::Delete { peer, .. }) if peer == b.id));
+}
+
+#[test]
+fn an_unregister_read_behind_a_pending_put_waits_for_it_and_wins() {
+    for durability in [Durability::Local, Durability::Shared] {
+        let mut s = with(durability, Limits::default());
+        let a = TestPeer::new(1);
+        register(&mut s, at(1), &a, "x", RUST);
+        let [(put, stored)] = puts(&mut s).try_into().unwrap();
+        s.handle_request(at(1), a.id, RequestId(9), testing::unregister("x"));
+        assert!(s.poll_store().is_none(), "the delete waits for the put before it");
+        match durability {
+            Durability::Local => {
+                s.handle_commit(at(1), Commit::Stored { id: put, seq: stored.seq })
+            }
+            _ => {
+                s.handle_commit(at(1), Commit::Logged { id: put, seq: 40 });
+                let back = StoredRegistration { seq: 40, ..stored.clone() };
+                s.apply_replicated(at(1), Replicated::Put(back));
+            }
+        }
+        assert_eq!(status(&s.poll_transmit().unwrap().message.unwrap()), ResponseStatus::Ok);
+        let Some(StoreAction::Delete { id, seq, .. }) = s.poll_store() else { panic!("a delete") };
+        match durability {
+            Durability::Local => s.handle_commit(at(1), Commit::Removed { id }),
+            _ => {
+                s.handle_commit(at(1), Commit::Logged { id, seq: 41 });
+                let (peer, namespace) = (a.id, Namespace::new("x", 255).unwrap());
+                s.apply_replicated(
+                    at(1),
+                    Replicated::Delete { peer, namespace, seq, position: 41 },
+                );
+            }
+        }
+        assert_eq!(s.poll_transmit().unwrap().request_id, RequestId(9));
+        assert_eq!(s.stats().registrations, 0, "{durability:?}: read in that order, gone");
+        assert_eq!(s.pending_writes(), 0);
+    }
+}
+
+#[test]
+fn a_put_read_after_a_delete_survives_even_when_stored_first() {
+    let mut s = durable(Limits::default());
+    let a = TestPeer::new(1);
+    register(&mut s, at(1), &a, "x", RUST);
+    let [(id, stored)] = puts(&mut s).try_into().unwrap();
+    commit(&mut s, at(1), id, stored.seq);
+    s.handle_request(at(2), a.id, RequestId(9), testing::unregister("x"));
+    let Some(StoreAction::Delete { id: delete, seq: upto, .. }) = s.poll_store() else {
+        panic!("a delete")
+    };
+    assert_eq!(upto, stored.seq, "it removes at most what was there");
+    // The store retries the delete, and the put read after it lands first.
+    assert_eq!(register(&mut s, at(3), &a, "x", RUST), None);
+    let [(put, again)] = puts(&mut s).try_into().unwrap();
+    commit(&mut s, at(3), put, again.seq);
+    s.handle_commit(at(4), Commit::Removed { id: delete });
+    assert_eq!(s.poll_transmit().unwrap().request_id, RequestId(9));
+    assert_eq!(found(&mut s, at(4), "x", None).registrations.len(), 1, "the later put stays");
+}
+
+#[test]
+fn writes_on_their_way_keep_a_peer_within_its_limit_at_every_instant() {
+    let mut s = durable(Limits { max_registrations_per_peer: 2, ..Limits::default() });
+    let a = TestPeer::new(1);
+    for ns in ["a", "b"] {
+        register(&mut s, at(1), &a, ns, RUST);
+        let [(id, stored)] = puts(&mut s).try_into().unwrap();
+        commit(&mut s, at(1), id, stored.seq);
+    }
+    // REGISTER(a), UNREGISTER(a), REGISTER(c), all at once.
+    assert_eq!(register(&mut s, at(2), &a, "a", RUST), None);
+    s.handle_request(at(2), a.id, RequestId(9), testing::unregister("a"));
+    let refused = register(&mut s, at(2), &a, "c", RUST).expect("answered at once");
+    assert_eq!(status(&refused), ResponseStatus::ENotAuthorized, "a still counts until removed");
+    // Once the writes settle, there is room again.
+    while let Some(action) = s.poll_store() {
+        match action {
+            StoreAction::Put { id, registration, .. } => {
+                s.handle_commit(at(2), Commit::Stored { id, seq: registration.seq });
+            }
+            StoreAction::Delete { id, .. } => s.handle_commit(at(2), Commit::Removed { id }),
+        }
+        assert!(s.stats().registrations <= 2);
+    }
+    assert_eq!(s.stats().registrations, 1);
+    while s.poll_transmit().is_some() {}
+    assert_eq!(register(&mut s, at(3), &a, "c", RUST), None);
+}
+
+#[test]
+fn a_discover_waits_for_the_writes_its_peer_made_before_it() {
+    let mut s = durable(Limits::default());
+    let a = TestPeer::new(1);
+    register(&mut s, at(1), &a, "x", RUST);
+    let [(id, stored)] = puts(&mut s).try_into().unwrap();
+    s.handle_request(at(1), a.id, RequestId(8), testing::discover(Some("x"), None, None));
+    assert!(s.poll_transmit().is_none(), "waits for the put before it");
+    // Another peer's DISCOVER does not wait.
+    assert!(found(&mut s, at(1), "x", None).registrations.is_empty());
+    s.handle_commit(at(1), Commit::Stored { id, seq: stored.seq });
+    let answers: Vec<_> = std::iter::from_fn(|| s.poll_transmit()).collect();
+    assert_eq!(
+        answers.iter().map(|t| t.request_id).collect::<Vec<_>>(),
+        [RequestId(7), RequestId(8)]
+    );
+    let page = answers[1].message.clone().unwrap().discover_response.unwrap();
+    assert_eq!(page.registrations.len(), 1, "it sees its own REGISTER");
+}
+
+#[test]
+fn registers_beyond_the_pending_writes_bound_are_refused_at_once() {
+    let config = ServerConfig {
+        durability: Durability::Local,
+        max_pending_writes: 2,
+        ..ServerConfig::default()
+    };
+    let mut s = Server::new(config).unwrap();
+    let a = TestPeer::new(1);
+    assert_eq!(register(&mut s, at(1), &a, "x", RUST), None);
+    assert_eq!(register(&mut s, at(1), &a, "y", RUST), None);
+    let refused = register(&mut s, at(1), &a, "z", RUST).expect("answered at once");
+    assert_eq!(status(&refused), ResponseStatus::EUnavailable);
+    assert!(
+        refused.register_response.unwrap().status_text.unwrap().contains("waiting for the store")
+    );
+}
+
+#[test]
+fn a_shared_store_is_never_sent_expiries() {
+    let mut s = with(Durability::Shared, Limits::default());
+    let a = TestPeer::new(1);
+    register(&mut s, at(1), &a, "x", RUST);
+    let [(id, stored)] = puts(&mut s).try_into().unwrap();
+    s.handle_commit(at(1), Commit::Logged { id, seq: 9 });
+    s.apply_replicated(at(1), Replicated::Put(StoredRegistration { seq: 9, ..stored }));
+    s.handle_timeout(at(3601));
+    assert_eq!(s.stats().registrations, 0, "not served past its expiry");
+    assert!(s.poll_store().is_none(), "the shared store expires it by its own clock");
+}
+
+#[test]
+fn a_put_takes_the_expiry_its_shared_store_decided() {
+    let mut s = with(Durability::Shared, Limits::default());
+    let a = TestPeer::new(1);
+    register(&mut s, at(1), &a, "x", RUST);
+    let [(id, stored)] = puts(&mut s).try_into().unwrap();
+    assert_eq!(stored.expires, at(3601), "the point's guess");
+    s.handle_commit(at(1), Commit::Logged { id, seq: 9 });
+    let decided = StoredRegistration { seq: 9, expires: at(3605), ..stored };
+    s.apply_replicated(at(1), Replicated::Put(decided));
+    let x = Namespace::new("x", 255).unwrap();
+    assert_eq!(s.registration_ttl(&a.id, &x), Some(Duration::from_secs(3604)));
 }
 
 #[test]
@@ -227,13 +389,14 @@ fn another_points_changes_apply_in_order_and_stale_ones_change_nothing() {
     // An older put of the same key, and a delete of an older position: stale.
     s.apply_replicated(at(1), Replicated::Put(StoredRegistration { seq: 5, ..stored.clone() }));
     let (peer, namespace) = (a.id, Namespace::new("x", 255).unwrap());
-    s.apply_replicated(at(1), Replicated::Delete { peer, namespace: namespace.clone(), seq: 9 });
+    let stale = Replicated::Delete { peer, namespace: namespace.clone(), seq: 9, position: 12 };
+    s.apply_replicated(at(1), stale);
     assert_eq!(s.stats().registrations, 1);
-    s.apply_replicated(at(1), Replicated::Delete { peer, namespace, seq: 10 });
+    s.apply_replicated(at(1), Replicated::Delete { peer, namespace, seq: 10, position: 13 });
     assert_eq!(s.stats().registrations, 0);
     assert!(s.poll_store().is_none(), "nothing goes back to the store");
     // A resync replaces what is held.
-    s.apply_replicated(at(1), Replicated::Put(StoredRegistration { seq: 11, ..stored.clone() }));
-    let loaded = s.resync(at(2), Vec::new(), 11);
+    s.apply_replicated(at(1), Replicated::Put(StoredRegistration { seq: 14, ..stored.clone() }));
+    let loaded = s.resync(at(2), Vec::new(), 14);
     assert_eq!((loaded.registrations, s.stats().registrations), (0, 0));
 }

@@ -1,7 +1,7 @@
 //! A latency histogram that any thread can add to without a lock: fixed
 //! buckets from 100 µs to 10 s, counted with relaxed atomics. Connection
-//! handlers record request durations into one; stores record commit
-//! durations; a metrics exporter reads a [`Snapshot`] whenever it is scraped.
+//! handlers record request durations into one; the server core records
+//! commit durations; a metrics exporter reads a [`Snapshot`] whenever it is scraped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
