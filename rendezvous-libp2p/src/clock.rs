@@ -1,48 +1,95 @@
-//! The adapters' clock and timer: the only place time is read.
+//! The adapters' clock and timer: the only place in this crate that reads
+//! the time (a lint bans clock reads elsewhere).
 //!
 //! The core's [`Timestamp`]s here are time since the Unix epoch, read once
 //! from the system clock at start and carried forward by the monotonic
 //! clock: they never run backwards within a process, and an expiry stored
 //! as a `Timestamp` still means the same wall-clock moment after a restart.
+//! A shared registry has a clock of its own (Redis's `TIME`); a point that
+//! shares one follows it ([`Clock::follow`]), so that every point decides
+//! expiry by the same time whatever its own wall clock says.
+//!
+//! A [`ManualClock`] stands still until told to move, for tests that drive
+//! a behaviour through simulated hours without waiting.
 
-use std::task::{Context, Poll};
+#![allow(clippy::disallowed_methods)] // this module is where time is read
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use futures_timer::Delay;
 use rendezvous_core::Timestamp;
 
+/// The monotonic time now, for I/O timeouts and durations (not for the
+/// core's decisions, which take a [`Timestamp`]).
+pub(crate) fn monotonic() -> Instant {
+    Instant::now()
+}
+
+/// This machine's wall clock, as Unix time.
+pub fn system_unix_time() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
 /// Converts between [`Instant`]s and the core's [`Timestamp`]s.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Clock {
-    origin: Instant,
-    /// The Unix time at `origin`.
-    unix_at_origin: Duration,
+    source: Source,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    System {
+        origin: Instant,
+        /// The Unix time at `origin`, in nanoseconds; moved by
+        /// [`Clock::follow`].
+        unix_at_origin: Arc<AtomicU64>,
+    },
+    Manual(ManualClock),
 }
 
 impl Clock {
     /// A clock reading the system's time now.
     pub fn new() -> Self {
-        let unix_at_origin = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        Clock { origin: Instant::now(), unix_at_origin }
+        let nanos = u64::try_from(system_unix_time().as_nanos()).unwrap_or(u64::MAX);
+        Clock {
+            source: Source::System {
+                origin: Instant::now(),
+                unix_at_origin: Arc::new(AtomicU64::new(nanos)),
+            },
+        }
+    }
+
+    /// A clock that reads `manual`'s time.
+    pub fn manual(manual: &ManualClock) -> Self {
+        Clock { source: Source::Manual(manual.clone()) }
     }
 
     /// The current time.
     pub fn now(&self) -> Timestamp {
-        self.at(Instant::now())
+        match &self.source {
+            Source::System { origin, unix_at_origin } => {
+                let base = Duration::from_nanos(unix_at_origin.load(Ordering::Relaxed));
+                Timestamp::from_duration(base + origin.elapsed())
+            }
+            Source::Manual(manual) => manual.now(),
+        }
     }
 
-    /// `instant` as a timestamp (the origin, for instants before it).
-    pub fn at(&self, instant: Instant) -> Timestamp {
-        Timestamp::from_duration(
-            self.unix_at_origin + instant.saturating_duration_since(self.origin),
-        )
-    }
-
-    /// `timestamp` as an instant: when a deadline is due on this machine.
-    pub fn instant(&self, timestamp: Timestamp) -> Instant {
-        let since_origin = timestamp.saturating_duration_since(self.at(self.origin));
-        self.origin + since_origin
+    /// Sets this clock (and every clone of it) so that it reads `reference`
+    /// at `at`: from now on it tells the time of that reference, carried by
+    /// the monotonic clock. Returns by how much it moved (positive:
+    /// forward). A manual clock does not move.
+    pub fn follow(&self, reference: Duration, at: Instant) -> i128 {
+        let Source::System { origin, unix_at_origin } = &self.source else { return 0 };
+        let elapsed = at.saturating_duration_since(*origin);
+        let base = reference.saturating_sub(elapsed);
+        let nanos = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX);
+        let before = unix_at_origin.swap(nanos, Ordering::Relaxed);
+        i128::from(nanos) - i128::from(before)
     }
 
     /// The Unix time in microseconds now: a sequence start that a restarted
@@ -58,10 +105,52 @@ impl Default for Clock {
     }
 }
 
-/// One timer, kept armed at the core's next deadline.
+/// Time that moves only when told, shared by every clone; timers armed on
+/// it fire when it passes their deadline.
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock(Arc<ManualState>);
+
+#[derive(Debug, Default)]
+struct ManualState {
+    nanos: AtomicI64,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl ManualClock {
+    /// A clock standing at `start`.
+    pub fn at(start: Timestamp) -> Self {
+        let clock = ManualClock::default();
+        let nanos = i64::try_from(start.as_duration().as_nanos()).unwrap_or(i64::MAX);
+        clock.0.nanos.store(nanos, Ordering::Relaxed);
+        clock
+    }
+
+    /// Its time.
+    pub fn now(&self) -> Timestamp {
+        let nanos = self.0.nanos.load(Ordering::Relaxed).max(0);
+        Timestamp::from_duration(Duration::from_nanos(nanos.unsigned_abs()))
+    }
+
+    /// Moves it forward by `by`, and wakes every timer waiting on it.
+    pub fn advance(&self, by: Duration) {
+        let by = i64::try_from(by.as_nanos()).unwrap_or(i64::MAX);
+        self.0.nanos.fetch_add(by, Ordering::Relaxed);
+        let wakers = std::mem::take(&mut *self.0.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    fn wake_at_next_move(&self, waker: &Waker) {
+        let mut wakers = self.0.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+}
+
+/// One timer, kept armed at or before the earliest deadline it was given.
 pub(crate) struct Timer {
     clock: Clock,
-    armed: Option<(Timestamp, Delay)>,
+    armed: Option<(Timestamp, Option<Delay>)>,
 }
 
 impl Timer {
@@ -73,30 +162,42 @@ impl Timer {
         self.clock.now()
     }
 
-    /// Arms the timer for `deadline` (or disarms it).
+    /// Arms the timer for `deadline`. A timer armed for an earlier time
+    /// stays as it is: firing early costs a look at what is due, while
+    /// re-arming on every later deadline would cost a timer each time.
     pub(crate) fn set(&mut self, deadline: Option<Timestamp>) {
-        match (deadline, &self.armed) {
-            (Some(at), Some((armed, _))) if *armed == at => {}
-            (Some(at), _) => {
-                let wait = at.saturating_duration_since(self.now());
-                self.armed = Some((at, Delay::new(wait)));
-            }
-            (None, _) => self.armed = None,
+        let Some(at) = deadline else { return };
+        if self.armed.as_ref().is_some_and(|(armed, _)| *armed <= at) {
+            return;
         }
+        let delay = match &self.clock.source {
+            Source::System { .. } => Some(Delay::new(at.saturating_duration_since(self.now()))),
+            Source::Manual(_) => None,
+        };
+        self.armed = Some((at, delay));
     }
 
     /// Ready with the current time once the armed deadline has passed.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Timestamp> {
-        let Some((_, delay)) = &mut self.armed else {
+        let Some((at, delay)) = &mut self.armed else {
             return Poll::Pending;
         };
-        match delay.poll_unpin(cx) {
-            Poll::Ready(()) => {
-                self.armed = None;
-                Poll::Ready(self.now())
+        let due = match (delay, &self.clock.source) {
+            (Some(delay), _) => delay.poll_unpin(cx).is_ready(),
+            (None, Source::Manual(manual)) => {
+                let due = manual.now() >= *at;
+                if !due {
+                    manual.wake_at_next_move(cx.waker());
+                }
+                due
             }
-            Poll::Pending => Poll::Pending,
+            (None, Source::System { .. }) => true,
+        };
+        if !due {
+            return Poll::Pending;
         }
+        self.armed = None;
+        Poll::Ready(self.now())
     }
 }
 
@@ -105,13 +206,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timestamps_are_unix_time_and_convert_back_to_instants() {
+    fn timestamps_are_unix_time() {
         let clock = Clock::new();
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let unix = system_unix_time();
         let now = clock.now().as_duration();
         assert!(now.abs_diff(unix) < Duration::from_secs(5), "{now:?} vs {unix:?}");
-        let later = Instant::now() + Duration::from_secs(90);
-        let back = clock.instant(clock.at(later));
-        assert!(back.max(later) - back.min(later) < Duration::from_micros(1));
+    }
+
+    #[test]
+    fn a_followed_clock_tells_its_references_time_in_every_clone() {
+        let clock = Clock::new();
+        let copy = clock.clone();
+        let ahead = system_unix_time() + Duration::from_secs(3 * 3600);
+        let moved = clock.follow(ahead, Instant::now());
+        assert!((moved - 3 * 3600 * 1_000_000_000).abs() < 1_000_000_000, "{moved}");
+        let diff = copy.now().as_duration().abs_diff(ahead);
+        assert!(diff < Duration::from_secs(1), "{diff:?}");
+    }
+
+    #[test]
+    fn a_manual_timer_fires_when_its_clock_passes_the_deadline() {
+        let manual = ManualClock::at(Timestamp::from_secs(100));
+        let mut timer = Timer::new(Clock::manual(&manual));
+        let cx = &mut Context::from_waker(futures::task::noop_waker_ref());
+        timer.set(Some(Timestamp::from_secs(160)));
+        timer.set(Some(Timestamp::from_secs(200))); // later: the earlier one stays
+        assert!(timer.poll(cx).is_pending());
+        manual.advance(Duration::from_secs(59));
+        assert!(timer.poll(cx).is_pending());
+        manual.advance(Duration::from_secs(1));
+        assert_eq!(timer.poll(cx), Poll::Ready(Timestamp::from_secs(160)));
+        assert!(timer.poll(cx).is_pending(), "disarmed once fired");
     }
 }

@@ -30,12 +30,12 @@
 pub mod client;
 mod clock;
 pub mod framed;
-pub mod histogram;
+pub use rendezvous_core::histogram;
 pub mod server;
 pub mod store;
 mod timed;
 
-pub use clock::Clock;
+pub use clock::{Clock, ManualClock, system_unix_time};
 
 use libp2p_core::Multiaddr;
 use libp2p_core::multiaddr::Protocol;

@@ -5,8 +5,12 @@
 //! feature.
 //!
 //! An engine takes actions in order, never blocks the caller, and reports
-//! the fate of every put. It may commit many actions together (group
-//! commit): durability then costs latency, not throughput.
+//! the fate of every action: a put stored or refused, a delete removed (it
+//! retries a delete until it commits, and never lets an action submitted
+//! after a delete commit before it). It may commit many actions together
+//! (group commit): durability then costs latency, not throughput. The core
+//! bounds how many writes wait for it
+//! ([`ServerConfig::max_pending_writes`](rendezvous_core::ServerConfig::max_pending_writes)).
 
 use std::task::{Context, Poll};
 
@@ -20,9 +24,28 @@ pub trait Store: Send + 'static {
     /// thread or task.
     fn submit(&mut self, action: StoreAction);
 
-    /// The fate of the next put the engine has finished with, when there is
-    /// one; registers `cx` to be woken otherwise.
+    /// The fate of the next action the engine has finished with, when there
+    /// is one; registers `cx` to be woken otherwise.
     fn poll_commit(&mut self, cx: &mut Context<'_>) -> Poll<Commit>;
+
+    /// Whether other points share the store: then it orders every write in
+    /// one log, expires registrations by its own clock, and reports
+    /// [`Change`]s.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Why the store cannot take writes now (unreachable, disk full, being
+    /// reopened), in one line; `None` when it can.
+    fn trouble(&self) -> Option<String> {
+        None
+    }
+
+    /// This machine's wall clock minus the shared store's, in seconds, once
+    /// known (a shared store only).
+    fn clock_offset(&self) -> Option<f64> {
+        None
+    }
 
     /// The next change another writer made, for a store shared by several
     /// points (in the store's order). A store of one point never has any.

@@ -83,7 +83,7 @@ impl<O: 'static, D: Unpin> TimedSet<O, D> {
         if self.futures.len() >= self.capacity {
             return Err((future, data));
         }
-        let deadline = Instant::now() + self.timeout;
+        let deadline = crate::clock::monotonic() + self.timeout;
         // Deadlines only grow: a timer already armed fires no later than
         // this one is due.
         if self.timer.is_none() {
@@ -110,7 +110,7 @@ impl<O: 'static, D: Unpin> TimedSet<O, D> {
         if let Some(timer) = &mut self.timer
             && timer.poll_unpin(cx).is_ready()
         {
-            self.expire(Instant::now());
+            self.expire(crate::clock::monotonic());
             if let Some(timer) = &mut self.timer {
                 let _ = timer.poll_unpin(cx); // registers for the next deadline
             }
@@ -181,7 +181,7 @@ mod tests {
         assert!(poll(&mut set).is_pending());
         // Both were pushed within the same instant or so; move the second
         // one's deadline past the expiry to stand for a later push.
-        let pushed = Instant::now();
+        let pushed = crate::clock::monotonic();
         for entry in set.futures.iter_mut() {
             entry.deadline = if entry.data == Some("stalled") {
                 pushed

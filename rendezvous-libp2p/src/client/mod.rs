@@ -37,7 +37,7 @@ use rendezvous_core::{
     Failure, Namespace, RequestId,
 };
 
-use crate::clock::{Clock, Timer};
+use crate::clock::{self, Clock, Timer};
 pub use handler::Handler;
 use handler::{Command, Outcome, Request};
 
@@ -60,7 +60,7 @@ impl Default for Config {
         let clock = Clock::new();
         let micros = clock.unix_micros();
         let core = ClientConfig { record_seq: micros / 1000, ..ClientConfig::default() };
-        let nanos = std::time::Instant::now().elapsed().as_nanos() as u64;
+        let nanos = clock::monotonic().elapsed().as_nanos() as u64;
         Config { core, seed: micros ^ nanos.rotate_left(32) ^ u64::from(std::process::id()) }
     }
 }
