@@ -5,7 +5,7 @@
 use std::fmt::Display;
 use std::path::PathBuf;
 
-use rendezvous_core::{Limits, Server, ServerConfig};
+use rendezvous_core::{Durability, Limits, Server, ServerConfig};
 
 /// The binary `name` beside the running one (`target/release/<name>`).
 pub fn sibling(name: &str) -> Result<PathBuf, String> {
@@ -49,14 +49,14 @@ pub fn cpu_seconds(pid: impl Display) -> Option<f64> {
 }
 
 /// A server core that holds `n` registrations in one namespace, from one
-/// peer, without a limit in the way; `durable` as in [`ServerConfig`].
-pub fn roomy_server(n: usize, durable: bool) -> Server {
+/// peer, without a limit in the way; `durability` as in [`ServerConfig`].
+pub fn roomy_server(n: usize, durability: Durability) -> Server {
     let limits = Limits {
         max_registrations: n + 1,
         max_registrations_per_namespace: n + 1,
         max_registrations_per_peer: n + 1,
         ..Limits::default()
     };
-    Server::new(ServerConfig { limits, durable, ..ServerConfig::default() })
+    Server::new(ServerConfig { limits, durability, ..ServerConfig::default() })
         .expect("limits of n + 1 everywhere are consistent")
 }

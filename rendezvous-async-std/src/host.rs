@@ -152,7 +152,7 @@ impl ServerBehaviour {
         keypair: &Keypair,
         config: server::Config,
         limits: ConnectionLimits,
-    ) -> Result<Self, rendezvous_libp2p::core::LimitsError> {
+    ) -> Result<Self, rendezvous_libp2p::core::ConfigError> {
         Ok(Self::with(keypair, server::Behaviour::new(config)?, limits))
     }
 

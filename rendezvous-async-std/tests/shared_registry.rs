@@ -215,18 +215,19 @@ fn a_point_reaches_redis_over_tls() {
 #[test]
 fn a_point_whose_place_in_the_log_was_trimmed_reloads_everything() {
     use futures::future::poll_fn;
-    use rendezvous_async_std::store::redis::RedisStore;
+    use rendezvous_async_std::store::redis::{RedisOptions, RedisStore};
     use rendezvous_libp2p::core::store::Commit;
-    use rendezvous_libp2p::core::{Limits, RequestId, Server, ServerConfig, Timestamp};
+    use rendezvous_libp2p::core::{Durability, Limits, RequestId, Server, ServerConfig, Timestamp};
     use rendezvous_libp2p::store::{Change, Store};
 
     let redis = RedisServer::start("resync");
     async_std::task::block_on(async {
         let limits = Limits::default();
-        let (mut follower, _) = RedisStore::connect(&redis.url(), &limits).await.unwrap();
-        let (mut writer, _) = RedisStore::connect(&redis.url(), &limits).await.unwrap();
+        let options = RedisOptions::default();
+        let (mut follower, _) = RedisStore::connect(&redis.url(), &limits, &options).await.unwrap();
+        let (mut writer, _) = RedisStore::connect(&redis.url(), &limits, &options).await.unwrap();
         // A durable server core makes the put, as a point would.
-        let config = ServerConfig { durable: true, ..ServerConfig::default() };
+        let config = ServerConfig { durability: Durability::Shared, ..ServerConfig::default() };
         let mut core = Server::new(config).unwrap();
         let peer = TestPeer::new(60);
         let record = peer.record(Dialect::Signed(Flavour::RustLibp2p));

@@ -11,9 +11,10 @@ use futures::{AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use rendezvous_libp2p::core::proto::{ResponseStatus, read_status};
 use rendezvous_libp2p::core::testing::{self, TestPeer};
-use rendezvous_libp2p::core::{Dialect, Flavour, Limits, codec};
+use rendezvous_libp2p::core::{Dialect, Flavour, Limits, Timestamp, codec};
 use rendezvous_libp2p::server::{self, RateLimit};
-use rendezvous_tests::net::{LIMIT, listen, raw_connection_as, read_frame, swarm};
+use rendezvous_libp2p::{Clock, ManualClock};
+use rendezvous_tests::net::{LIMIT, listen, raw_connection_as, read_frame, spawn, swarm};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use common::{our_server, register_status};
@@ -22,11 +23,9 @@ const RUST: Dialect = Dialect::Signed(Flavour::RustLibp2p);
 
 #[tokio::test]
 async fn a_peer_over_its_rate_is_answered_unavailable_and_its_unregisters_still_apply() {
-    let config = server::Config {
-        // A bucket that holds 5 and refills too slowly to matter here.
-        rate_limit: Some(RateLimit { per_second: 0.001, burst: 5.0 }),
-        ..server::Config::default()
-    };
+    let mut config = server::Config::default();
+    // A bucket that holds 5 and refills too slowly to matter here.
+    config.core.rate_limit = Some(RateLimit::new(0.001, 5.0).unwrap());
     let (server_id, addr, _events) = our_server(config).await;
     let me = TestPeer::new(1);
     let mut raw = raw_connection_as(me.keypair.clone(), server_id, &addr).await;
@@ -87,28 +86,31 @@ async fn identities_from_one_address_share_its_quota() {
 
 #[tokio::test]
 async fn a_connection_without_rendezvous_work_is_closed_whatever_keeps_it_alive() {
-    let config = server::Config {
-        idle_timeout: Some(Duration::from_millis(300)),
-        ..server::Config::default()
-    };
-    let (server_id, addr, _events) = our_server(config).await;
+    // The point's clock stands still until the test moves it: no waiting.
+    let manual = ManualClock::at(Timestamp::from_secs(1_800_000_000));
+    let clock = Clock::manual(&manual);
+    let mut s = swarm(|_| server::Behaviour::with_clock(server::Config::default(), clock).unwrap());
+    let addr = listen(&mut s).await;
+    let server_id = *s.local_peer_id();
+    let _events = spawn(s);
     let me = TestPeer::new(3);
-    // The swarms on both sides would keep the connection 30 s.
+    // The swarms on both sides (identify, ping) would keep the connection.
     let mut raw = raw_connection_as(me.keypair.clone(), server_id, &addr).await;
-    // Requests keep it open past several timeouts...
+    // Requests keep it open over many timeouts' worth of time...
     for i in 0..8 {
         let request = testing::discover(Some("x"), None, None);
         raw.request(server_id, &request).await.unwrap_or_else(|e| panic!("request {i}: {e}"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        manual.advance(Duration::from_secs(50));
     }
-    // ...and without them it closes.
+    // ...and without them it closes once the point's clock passes 60 s.
+    manual.advance(Duration::from_secs(11));
     let closed = async {
         loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
             let protocol = libp2p::StreamProtocol::new("/rendezvous/1.0.0");
             if raw.control.open_stream(server_id, protocol).await.is_err() {
                 return;
             }
+            tokio::task::yield_now().await;
         }
     };
     tokio::time::timeout(LIMIT, closed).await.expect("the idle connection closed");
@@ -130,7 +132,7 @@ async fn draining_answers_what_was_read_and_refuses_new_substreams() {
                     }
                 }
                 Some(()) = drains.recv() => {
-                    s.behaviour_mut().drain();
+                    s.behaviour_mut().shut_down();
                     let _ = in_flight_tx.send(s.behaviour().in_flight());
                 }
             }

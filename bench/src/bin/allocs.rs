@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use rendezvous_bench::roomy_server;
 use rendezvous_core::testing::{self, TestPeer};
-use rendezvous_core::{Dialect, Flavour, RequestId, Server, Timestamp, codec};
+use rendezvous_core::{Dialect, Durability, Flavour, RequestId, Server, Timestamp, codec};
 
 #[global_allocator]
 static ALLOCATOR: dhat::Alloc = dhat::Alloc;
@@ -44,7 +44,7 @@ fn body(message: &rendezvous_core::proto::Message) -> Bytes {
 
 fn main() {
     let _profiler = dhat::Profiler::builder().testing().build();
-    let mut server = roomy_server(2_000_000, false);
+    let mut server = roomy_server(2_000_000, Durability::Volatile);
     let peer = TestPeer::new(1);
     let record = peer.record(Dialect::Signed(Flavour::RustLibp2p));
     let n = 10_000;

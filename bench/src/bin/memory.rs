@@ -10,14 +10,14 @@ use libp2p_identity::PeerId;
 use rendezvous_bench::{roomy_server, status_kib};
 use rendezvous_core::record::encode_peer_info;
 use rendezvous_core::testing::{self, TestPeer};
-use rendezvous_core::{Dialect, Flavour, RequestId, Server, Timestamp};
+use rendezvous_core::{Dialect, Durability, Flavour, RequestId, Server, Timestamp};
 
 fn rss_kib() -> u64 {
     status_kib("self", "VmRSS:").unwrap_or(0)
 }
 
 fn server(n: usize) -> Server {
-    roomy_server(n, false)
+    roomy_server(n, Durability::Volatile)
 }
 
 fn register(server: &mut Server, peer: PeerId, ns: &str, record: bytes::Bytes) {

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use rendezvous_async_std::store::redb::{FILE, RedbStore};
 use rendezvous_bench::roomy_server;
 use rendezvous_core::testing::{self, TestPeer};
-use rendezvous_core::{Dialect, Flavour, RequestId, Server, Timestamp};
+use rendezvous_core::{Dialect, Durability, Flavour, RequestId, Server, Timestamp};
 use rendezvous_libp2p::store::{Snapshot, Store};
 
 const PEERS: usize = 1000;
 
 fn server(n: usize) -> Server {
-    roomy_server(n, true)
+    roomy_server(n, Durability::Local)
 }
 
 /// Hands the server's actions to the store and its commits back, until
@@ -28,7 +28,7 @@ fn settle(server: &mut Server, store: &mut RedbStore, now: Timestamp) {
     while let Some(action) = server.poll_store() {
         store.submit(action);
     }
-    while server.pending_puts() > 0 {
+    while server.pending_writes() > 0 {
         let commit =
             futures::executor::block_on(futures::future::poll_fn(|cx| store.poll_commit(cx)));
         server.handle_commit(now, commit);

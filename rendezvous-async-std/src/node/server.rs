@@ -24,7 +24,7 @@ use crate::store::redb::{self, RedbStore};
 #[cfg(feature = "redis")]
 use crate::store::redis::RedisStore;
 use crate::websocket::Tls;
-use rendezvous_libp2p::core::LimitsError;
+use rendezvous_libp2p::core::ConfigError;
 
 const LOG: &str = "rendezvous::server";
 
@@ -105,7 +105,7 @@ impl ServerNode {
     /// address, or with the reason one cannot.
     pub async fn start(options: ServerOptions) -> Result<ServerNode, NodeError> {
         options.rendezvous.core.limits.validate().map_err(|e| NodeError::Config(e.to_string()))?;
-        let config = |e: LimitsError| NodeError::Config(e.to_string());
+        let config = |e: ConfigError| NodeError::Config(e.to_string());
         let rendezvous = match &options.storage {
             Storage::InMemory => {
                 let keypair = options.identity.keypair(None)?;
@@ -132,12 +132,18 @@ impl ServerNode {
             Storage::Redis(url) => {
                 let keypair = options.identity.keypair(None)?;
                 let limits = &options.rendezvous.core.limits;
-                let (store, snapshot) = RedisStore::connect(url, limits)
+                let redis = crate::store::redis::RedisOptions::default();
+                let (store, snapshot) = RedisStore::connect(url, limits, &redis)
                     .await
                     .map_err(|e| NodeError::Store(e.to_string()))?;
-                let (behaviour, loaded) =
-                    server::Behaviour::with_store(options.rendezvous, store, snapshot)
-                        .map_err(config)?;
+                let clock = store.clock();
+                let (behaviour, loaded) = server::Behaviour::with_store_and_clock(
+                    options.rendezvous,
+                    store,
+                    snapshot,
+                    clock,
+                )
+                .map_err(config)?;
                 info!(
                     target: LOG,
                     "Sharing the registry in {}: {} registrations loaded ({} had expired)",
@@ -284,7 +290,7 @@ impl ServerNode {
             r.gauge(
                 "store_pending_puts",
                 "Registrations waiting for the store",
-                rendezvous.pending_puts(),
+                rendezvous.pending_writes(),
             );
         }
         r
@@ -346,14 +352,14 @@ impl ServerNode {
         for id in std::mem::take(&mut self.listeners) {
             self.swarm.remove_listener(id);
         }
-        self.swarm.behaviour_mut().rendezvous.drain();
+        self.swarm.behaviour_mut().rendezvous.shut_down();
         let mut deadline = FutureExt::fuse(async_io::Timer::after(limit));
         let mut abort = std::pin::pin!(abort.fuse());
         loop {
             let rendezvous = self.rendezvous();
             let left = Drained {
                 unanswered: rendezvous.in_flight(),
-                uncommitted: rendezvous.pending_puts(),
+                uncommitted: rendezvous.pending_writes(),
             };
             if left == (Drained { unanswered: 0, uncommitted: 0 }) {
                 return left;
@@ -383,23 +389,14 @@ impl ServerNode {
         }
         let (core, streams) = (rendezvous.stats(), rendezvous.stream_stats());
         let evicted = self.handshakes.stats().evicted;
-        let troubles = core.dropped_events
-            + core.busy_refusals
-            + streams.timed_out
-            + streams.over_limit
-            + streams.malformed
-            + streams.io
-            + evicted;
+        let troubles = core.dropped_events + core.busy_refusals + streams.troubles() + evicted;
         if troubles > 0 {
             info!(
                 target: LOG,
-                "Dropped events: {}, requests refused as busy: {}, substreams rejected: {} timed out, {} over the limit, {} malformed, {} I/O errors; handshakes evicted: {evicted}",
+                "Dropped events: {}, requests refused as busy: {}, substreams rejected: {:?}; handshakes evicted: {evicted}",
                 core.dropped_events,
                 core.busy_refusals,
-                streams.timed_out,
-                streams.over_limit,
-                streams.malformed,
-                streams.io
+                streams.by_reason()
             );
         }
     }

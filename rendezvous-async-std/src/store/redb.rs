@@ -10,9 +10,17 @@
 //! expired and replaced registrations is reused by new ones; a start that
 //! finds more free space than data compacts the file, so its size follows
 //! the live registrations.
+//!
+//! A batch that fails (a full disk) refuses its puts and keeps its deletes:
+//! they go again, first, with the next batch or after the reopen backoff,
+//! so no delete is lost and none is passed by a write submitted after it.
+//! The actions waiting here are bounded by the core
+//! ([`ServerConfig::max_pending_writes`](rendezvous_libp2p::core::ServerConfig::max_pending_writes),
+//! plus a delete per registration at most).
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -43,6 +51,8 @@ pub struct RedbStore {
     actions: Option<Sender<StoreAction>>,
     commits: UnboundedReceiver<Commit>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Why the last write failed, until one succeeds.
+    trouble: Arc<Mutex<Option<String>>>,
 }
 
 impl RedbStore {
@@ -59,11 +69,20 @@ impl RedbStore {
         let snapshot = read(&db, &path)?;
         let (actions, queued) = std::sync::mpsc::channel();
         let (committed, commits) = unbounded();
+        let trouble = Arc::new(Mutex::new(None));
+        let writer = Writer {
+            db: Some(db),
+            path,
+            committed,
+            down_since: None,
+            retrying: Vec::new(),
+            trouble: trouble.clone(),
+        };
         let writer = std::thread::Builder::new()
             .name("rendezvous-store".into())
-            .spawn(move || Writer { db: Some(db), path, committed, down_since: None }.run(queued))
+            .spawn(move || writer.run(queued))
             .map_err(|e| StoreError(format!("cannot start the store's writer: {e}")))?;
-        let store = RedbStore { actions: Some(actions), commits, writer: Some(writer) };
+        let store = RedbStore { actions: Some(actions), commits, writer: Some(writer), trouble };
         Ok((store, snapshot))
     }
 }
@@ -90,6 +109,10 @@ impl Store for RedbStore {
             Poll::Ready(Some(commit)) => Poll::Ready(commit),
             Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
+    }
+
+    fn trouble(&self) -> Option<String> {
+        self.trouble.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -162,36 +185,94 @@ struct Writer {
     path: PathBuf,
     committed: UnboundedSender<Commit>,
     down_since: Option<Instant>,
+    /// Deletes that failed, to go again before anything submitted after
+    /// them: a delete is never dropped, and never passed by a later write.
+    retrying: Vec<StoreAction>,
+    trouble: Arc<Mutex<Option<String>>>,
 }
 
 impl Writer {
     fn run(mut self, queued: Receiver<StoreAction>) {
-        while let Ok(first) = queued.recv() {
-            let mut batch = vec![first];
+        loop {
+            // With deletes to retry, wait at most the backoff for company.
+            let first = if self.retrying.is_empty() {
+                queued.recv().ok()
+            } else {
+                match queued.recv_timeout(REOPEN_BACKOFF) {
+                    Ok(action) => Some(action),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let closed = first.is_none() && self.retrying.is_empty();
+            if closed {
+                return;
+            }
+            let mut batch = std::mem::take(&mut self.retrying);
+            batch.extend(first);
             while batch.len() < MAX_BATCH {
                 match queued.try_recv() {
                     Ok(action) => batch.push(action),
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            let result = match self.database() {
-                Some(db) => write(db, &batch).map_err(|e| e.to_string()),
-                None => Err("the store is being reopened after a failed write".to_owned()),
-            };
-            match result {
-                Ok(()) => self.report(&batch, None),
-                Err(error) => {
+            self.write(batch);
+        }
+        // The point is closing with deletes the disk would not take: one
+        // last attempt.
+        let batch = std::mem::take(&mut self.retrying);
+        if !batch.is_empty() {
+            self.write(batch);
+        }
+    }
+
+    /// Writes a batch in one transaction and reports every action: puts
+    /// stored or refused, deletes removed or kept to retry.
+    fn write(&mut self, batch: Vec<StoreAction>) {
+        let result = match self.database() {
+            Some(db) => write(db, &batch).map_err(|e| e.to_string()),
+            None => Err("the store is being reopened after a failed write".to_owned()),
+        };
+        let failure = match result {
+            Ok(()) => {
+                self.set_trouble(None);
+                None
+            }
+            Err(error) => {
+                if self.db.is_some() {
                     tracing::warn!(target: "rendezvous::server", "{}: write failed: {error}", self.path.display());
                     // redb refuses writes after an I/O error until reopened.
                     self.db = None;
-                    self.down_since.get_or_insert_with(Instant::now);
-                    self.report(
-                        &batch,
-                        Some(format!("the store could not write the registration: {error}")),
-                    );
+                    self.down_since = Some(Instant::now());
                 }
+                let reason = format!("the store could not write the registration: {error}");
+                self.set_trouble(Some(format!("{}: {error}", self.path.display())));
+                Some(reason)
             }
+        };
+        for action in batch {
+            let commit = match (action, &failure) {
+                (StoreAction::Put { id, registration, .. }, None) => {
+                    Commit::Stored { id, seq: registration.seq }
+                }
+                (StoreAction::Put { id, .. }, Some(reason)) => Commit::Refused {
+                    id,
+                    status: ResponseStatus::EUnavailable,
+                    reason: reason.clone(),
+                },
+                (StoreAction::Delete { id, .. }, None) => Commit::Removed { id },
+                (delete, Some(_)) => {
+                    self.retrying.push(delete);
+                    continue;
+                }
+                (_, None) => continue,
+            };
+            let _ = self.committed.unbounded_send(commit);
         }
+    }
+
+    fn set_trouble(&self, trouble: Option<String>) {
+        *self.trouble.lock().unwrap_or_else(|e| e.into_inner()) = trouble;
     }
 
     /// The database, reopened if a write failed and the backoff has passed.
@@ -210,21 +291,6 @@ impl Writer {
             }
         }
         self.db.as_ref()
-    }
-
-    fn report(&self, batch: &[StoreAction], failure: Option<String>) {
-        for action in batch {
-            let StoreAction::Put { id, registration } = action else { continue };
-            let commit = match &failure {
-                None => Commit::Stored { id: *id, seq: registration.seq },
-                Some(reason) => Commit::Refused {
-                    id: *id,
-                    status: ResponseStatus::EUnavailable,
-                    reason: reason.clone(),
-                },
-            };
-            let _ = self.committed.unbounded_send(commit);
-        }
     }
 }
 

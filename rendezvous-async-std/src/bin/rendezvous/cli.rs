@@ -317,8 +317,10 @@ impl Args {
         }
         let rendezvous = &mut options.rendezvous;
         rendezvous.idle_timeout = Some(Duration::from_secs(self.idle_timeout));
-        rendezvous.rate_limit =
-            (self.rate_limit > 0.0).then(|| RateLimit::per_second(self.rate_limit));
+        rendezvous.core.rate_limit = (self.rate_limit > 0.0)
+            .then(|| RateLimit::per_second(self.rate_limit))
+            .transpose()
+            .map_err(|e| format!("--rate-limit: {e}"))?;
         let limits = &mut options.rendezvous.core.limits;
         let (min, max) = (Duration::from_secs(self.min_ttl), Duration::from_secs(self.max_ttl));
         limits.min_ttl = min;
