@@ -14,12 +14,13 @@ use libp2p_identity::PeerId;
 
 use crate::RequestId;
 use crate::codec::{self, CodecError};
-use crate::limits::{Limits, LimitsError, ServerConfig};
+use crate::limits::{DiscoverStart, Limits, LimitsError, ServerConfig};
 use crate::namespace::{Namespace, NamespaceError};
 use crate::origin::Origin;
 use crate::proto::{self, MessageType, ResponseStatus};
 use crate::record::{Dialect, Reader};
 use crate::registry::Registry;
+use crate::rng::Rng;
 use crate::store::StoreAction;
 use crate::time::Timestamp;
 pub use durable::Loaded;
@@ -64,6 +65,8 @@ pub use requests::{RequestCounts, RequestKind};
 pub struct Server {
     config: ServerConfig,
     registry: Registry,
+    /// Draws where a DISCOVER without a cookie starts.
+    rng: Rng,
     /// What each peer reads, as the adapter said and its REGISTERs showed.
     readers: Readers,
     transmits: VecDeque<Transmit>,
@@ -222,6 +225,10 @@ impl Server {
         config.limits.validate()?;
         Ok(Server {
             registry: Registry::starting_at(config.initial_sequence),
+            rng: Rng::new(match config.discover_start {
+                DiscoverStart::Random { seed } => seed,
+                DiscoverStart::Oldest => 0,
+            }),
             readers: Readers::new(config.max_remembered_readers),
             config,
             transmits: VecDeque::new(),
