@@ -38,8 +38,12 @@ struct Setup {
 
 impl Setup {
     fn new(config: ClientConfig) -> Self {
+        Self::with_server(config, ServerConfig::default())
+    }
+
+    fn with_server(config: ClientConfig, server_config: ServerConfig) -> Self {
         let mut w = World::new();
-        let server = w.add_server(100, ServerConfig::default());
+        let server = w.add_server(100, server_config);
         let me = w.add_client(&TestPeer::new(1), config);
         Setup { w, server, me }
     }
