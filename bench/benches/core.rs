@@ -144,6 +144,40 @@ fn discover(c: &mut Criterion) {
     }
     group.finish();
 
+    // Without a cookie a walk starts at a random place: the first page, and
+    // the second, which goes on down from there with a first-phase cookie.
+    let mut group = c.benchmark_group("discover from a random start, page of 100");
+    for n in [10_000u64, 1_000_000] {
+        let (mut s, peers) = filled(n);
+        let reader = peers[0].0;
+        s.set_reader_dialect(reader, Reader::Legacy);
+        let ask = move |s: &mut Server, cookie| {
+            s.handle_request(
+                Timestamp::ZERO,
+                reader,
+                RequestId(0),
+                testing::discover(Some("big"), Some(100), cookie),
+            );
+            let transmit = s.poll_transmit().expect("answered");
+            drain(s);
+            transmit
+        };
+        group.bench_with_input(BenchmarkId::new("first page", n), &n, |b, _| {
+            b.iter(|| black_box(ask(&mut s, None).to_frame()));
+        });
+        let cookies: Vec<_> = (0..1000)
+            .map(|_| ask(&mut s, None).message.and_then(|m| m.discover_response?.cookie))
+            .collect();
+        group.bench_with_input(BenchmarkId::new("second page", n), &n, |b, _| {
+            let mut i = 0;
+            b.iter(|| {
+                i += 1;
+                black_box(ask(&mut s, cookies[i % cookies.len()].clone()).to_frame())
+            });
+        });
+    }
+    group.finish();
+
     let mut group = c.benchmark_group("page through");
     let (mut s, peers) = filled(100_000);
     s.set_reader_dialect(peers[0].0, Reader::Legacy);

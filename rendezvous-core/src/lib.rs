@@ -11,7 +11,8 @@
 //!   discovers with cookies, watches namespaces and reports the peers that
 //!   come and go.
 //! - [`Server`]: the rendezvous point. Registrations keyed by (peer,
-//!   namespace), TTL expiry, stateless cookies, every limit in [`Limits`].
+//!   namespace), TTL expiry, stateless cookies, discovery that starts each
+//!   walk at a random place ([`DiscoverStart`]), every limit in [`Limits`].
 //! - [`codec`]: the unsigned-varint-prefixed protobuf framing, with a hard
 //!   frame limit checked before allocation.
 //! - [`record`]: the two dialects of `Register.signedPeerRecord` (signed
@@ -71,7 +72,8 @@
 //! rust envelope, the standard one, or `PeerInfo` (a rust-libp2p client
 //! fails a whole page on one entry it cannot parse). Cookies are 8 bytes of
 //! big-endian position followed by the namespace, the layout rust-libp2p's
-//! client insists on.
+//! client insists on; a walk that starts at a random place keeps its start
+//! and cursor in those 8 bytes ([`cookie`] says how).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -102,7 +104,7 @@ pub use client::{
     Client, ClientConfig, ClientConfigError, ClientEvent, ClientTransmit, CommandError, Discovery,
     Failure, LostReason, REFRESH_PERCENT, RecordFlavour, RequestError,
 };
-pub use limits::{ConfigError, Limits, LimitsError, ServerConfig};
+pub use limits::{ConfigError, DiscoverStart, Limits, LimitsError, ServerConfig};
 pub use namespace::{Namespace, NamespaceError};
 pub use origin::Origin;
 pub use rate::{RateLimit, RateLimitError};

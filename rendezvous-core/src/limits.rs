@@ -210,6 +210,42 @@ pub struct ServerConfig {
     /// everything registered since, so their holders see the new registry
     /// rather than an error.
     pub initial_sequence: u64,
+    /// Where a DISCOVER without a cookie starts. Defaults to
+    /// [`DiscoverStart::Random`] with seed 0; adapters should pass a seed
+    /// of their own, such as the clock, so that runs differ.
+    pub discover_start: DiscoverStart,
+}
+
+/// Where a DISCOVER without a cookie starts its walk through a namespace (or
+/// through all of them). Either way, following the cookies from that first
+/// page serves every registration live when the walk began exactly once,
+/// then only those registered after (see [`cookie`](crate::cookie)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiscoverStart {
+    /// At a random position, drawn per DISCOVER from a generator seeded
+    /// with `seed`, walking down to the oldest registration and then up
+    /// from the start. Clients that ask for a few peers (a first page of 5
+    /// to join a swarm) are then spread over the namespace rather than all
+    /// handed its oldest registrations: no peer is everyone's first contact,
+    /// and a squatter of the oldest places cannot reach every newcomer. The
+    /// price: pages in a different order each time, and cookies that rely
+    /// on positions being counted densely (see [`cookie`](crate::cookie)).
+    Random {
+        /// Seeds the generator; the same seed and requests give the same walks.
+        seed: u64,
+    },
+    /// At the oldest registration, in registration order, as this server
+    /// did before. For pages that are the same for every asker
+    /// (reproducible tests and transcripts, the longest-lived peers first),
+    /// and cookies that are plain positions only, whatever the gaps between
+    /// positions (a registry shared with points that number them sparsely).
+    Oldest,
+}
+
+impl Default for DiscoverStart {
+    fn default() -> Self {
+        DiscoverStart::Random { seed: 0 }
+    }
 }
 
 /// Why a [`ServerConfig`] cannot work.
@@ -252,6 +288,7 @@ impl Default for ServerConfig {
             max_pending_writes: 4096,
             rate_limit: None,
             initial_sequence: 0,
+            discover_start: DiscoverStart::default(),
         }
     }
 }

@@ -7,12 +7,14 @@
 //! Costs do not grow with the registry: entries live in a slab; ordered
 //! indexes map a sequence number to a slot, per namespace and globally, once
 //! for every reader dialect (legacy readers see everything, signed readers
-//! only their flavour), so a page is one range walk of O(log n + page). The
+//! only their flavour), so a page is at most two range walks (down from a
+//! walk's start, then up from it) of O(log n + page). The
 //! expiry index is ordered by deadline. Hash maps are only looked up, never
 //! iterated, so no output depends on hash order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound::{Excluded, Unbounded};
+use std::ops::Range;
 
 use bytes::Bytes;
 use libp2p_identity::PeerId;
@@ -392,21 +394,41 @@ impl Registry {
         (peer, entry)
     }
 
-    /// Entries after `position` in `namespace` (or all), readable by `reader`,
-    /// in sequence order.
-    pub(crate) fn page<'a>(
+    /// The index `reader` walks in `namespace` (or all).
+    fn view(&self, reader: Reader, namespace: Option<&Namespace>) -> Option<&BTreeMap<u64, usize>> {
+        let index = match namespace {
+            Some(ns) => &self.namespaces.get(ns)?.index,
+            None => &self.all,
+        };
+        Some(&index.0[view(reader)])
+    }
+
+    /// The lowest and the highest sequence number `reader` can read in
+    /// `namespace` (or all), if it can read any: O(log n).
+    pub(crate) fn bounds(
+        &self,
+        reader: Reader,
+        namespace: Option<&Namespace>,
+    ) -> Option<(u64, u64)> {
+        let view = self.view(reader, namespace)?;
+        Some((*view.first_key_value()?.0, *view.last_key_value()?.0))
+    }
+
+    /// Entries in `namespace` (or all), readable by `reader`: first those
+    /// whose sequence number is in `down`, highest first, then those after
+    /// `after`, in sequence order. Two range walks: O(log n) to start, O(1)
+    /// per entry.
+    pub(crate) fn walk<'a>(
         &'a self,
         reader: Reader,
         namespace: Option<&Namespace>,
-        position: u64,
+        down: Range<u64>,
+        after: u64,
     ) -> impl Iterator<Item = &'a Entry> + 'a {
-        let index = match namespace {
-            Some(ns) => self.namespaces.get(ns).map(|n| &n.index),
-            None => Some(&self.all),
-        };
-        index
-            .into_iter()
-            .flat_map(move |index| index.0[view(reader)].range((Excluded(position), Unbounded)))
-            .map(move |(_, &slot)| &self.entries[slot])
+        let view = self.view(reader, namespace);
+        let down = down.start.min(down.end)..down.end;
+        let down = view.into_iter().flat_map(move |view| view.range(down.clone()).rev());
+        let up = view.into_iter().flat_map(move |view| view.range((Excluded(after), Unbounded)));
+        down.chain(up).map(move |(_, &slot)| &self.entries[slot])
     }
 }

@@ -1,7 +1,8 @@
 //! The core's only randomness: a small PRNG seeded by the caller, so every run
-//! is reproducible. Used for retry jitter, never for anything secret.
+//! is reproducible. Used for the client's retry jitter and for where the
+//! server starts a discovery walk, never for anything secret.
 
-/// SplitMix64: tiny, fast, and good enough to spread retries apart.
+/// SplitMix64: tiny, fast, and good enough to spread retries and walks apart.
 #[derive(Clone, Debug)]
 pub(crate) struct Rng(u64);
 
@@ -18,7 +19,8 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    /// A number in `0..=max`, near enough to uniform for jitter.
+    /// A number in `0..=max`, near enough to uniform for jitter and walk
+    /// starts (the modulo's bias is below `max / 2^64`).
     pub(crate) fn below_or_eq(&mut self, max: u64) -> u64 {
         if max == u64::MAX { self.next_u64() } else { self.next_u64() % (max + 1) }
     }

@@ -15,7 +15,7 @@ use libp2p_identity::PeerId;
 
 use crate::codec::{self, CodecError};
 use crate::histogram::{self, Histogram};
-use crate::limits::{ConfigError, Limits, ServerConfig};
+use crate::limits::{ConfigError, DiscoverStart, Limits, ServerConfig};
 use crate::namespace::{Namespace, NamespaceError};
 use crate::origin::Origin;
 use crate::proto::{self, MessageType, ResponseStatus};
@@ -23,6 +23,7 @@ use crate::rate::Buckets;
 use crate::record::{Dialect, Reader};
 use crate::registry::Registry;
 use crate::request::RequestId;
+use crate::rng::Rng;
 use crate::store::{ActionId, StoreAction};
 use crate::time::Timestamp;
 use discover::Waiting;
@@ -79,6 +80,8 @@ use writes::Writes;
 pub struct Server {
     config: ServerConfig,
     registry: Registry,
+    /// Draws where a DISCOVER without a cookie starts.
+    rng: Rng,
     /// What each peer reads, as the adapter said and its REGISTERs showed.
     readers: Readers,
     transmits: VecDeque<Transmit>,
@@ -260,6 +263,10 @@ impl Server {
             rate: config.rate_limit.map(Buckets::new),
             rate_reason,
             registry: Registry::starting_at(config.initial_sequence),
+            rng: Rng::new(match config.discover_start {
+                DiscoverStart::Random { seed } => seed,
+                DiscoverStart::Oldest => 0,
+            }),
             readers: Readers::new(config.max_remembered_readers),
             config,
             transmits: VecDeque::new(),

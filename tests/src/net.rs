@@ -15,6 +15,10 @@ use rendezvous_core::codec::{self, FrameDecoder};
 use rendezvous_core::proto;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
+/// rust-libp2p as these helpers build it, rendezvous client and server
+/// included, for tests in crates that do not depend on it themselves.
+pub use libp2p;
+
 /// Bound on every wait: a test fails rather than hangs.
 pub const LIMIT: Duration = Duration::from_secs(20);
 

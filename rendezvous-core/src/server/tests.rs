@@ -253,7 +253,10 @@ fn paging_with_cookies_returns_every_registration_once_then_only_what_is_new() {
         seen.extend(page.registrations.iter().map(record_peer));
         cookie = page.cookie;
     }
-    assert_eq!(seen, peers.iter().map(|p| p.id).collect::<Vec<_>>());
+    seen.sort();
+    let mut all: Vec<_> = peers.iter().map(|p| p.id).collect();
+    all.sort();
+    assert_eq!(seen, all, "each once, wherever the walk started");
     let empty = h.discover(&reader, Some("x"), Some(10), cookie.clone());
     assert!(empty.registrations.is_empty());
     assert_eq!(empty.cookie, cookie, "an empty page keeps the position");
@@ -271,9 +274,12 @@ fn discovering_all_namespaces_returns_each_registration_with_its_namespace() {
     h.register_ok(&b, "y", RUST);
     h.register_ok(&a, "y", RUST);
     let page = h.discover(&a.id, None, None, None);
-    let got: Vec<_> =
+    let mut got: Vec<_> =
         page.registrations.iter().map(|r| (r.ns.clone().unwrap(), record_peer(r))).collect();
-    assert_eq!(got, vec![("x".into(), a.id), ("y".into(), b.id), ("y".into(), a.id)]);
+    got.sort();
+    let mut expected = vec![("x".into(), a.id), ("y".into(), b.id), ("y".into(), a.id)];
+    expected.sort();
+    assert_eq!(got, expected);
     assert_eq!(page.cookie.as_ref().map(|c| c.len()), Some(8), "all-namespaces cookie has no name");
 }
 
@@ -481,9 +487,11 @@ fn each_reader_gets_only_what_it_can_parse() {
     assert_eq!(h.discover_peers(&r.id, Some("x")), vec![r.id]);
     assert_eq!(h.discover_peers(&s.id, Some("x")), vec![s.id]);
     let legacy_page = h.discover(&l.id, Some("x"), None, None);
-    let expected: Vec<_> = [&r, &s, &l].iter().map(|p| Some(p.record(LEGACY))).collect();
-    let got: Vec<_> =
+    let mut expected: Vec<_> = [&r, &s, &l].iter().map(|p| Some(p.record(LEGACY))).collect();
+    let mut got: Vec<_> =
         legacy_page.registrations.iter().map(|x| x.signed_peer_record.clone()).collect();
+    expected.sort();
+    got.sort();
     assert_eq!(got, expected, "a legacy reader gets every registration as PeerInfo");
     // A peer that never registered reads rust-libp2p's flavour unless told otherwise.
     let stranger = TestPeer::new(4);
@@ -612,8 +620,11 @@ fn a_reader_of_any_dialect_gets_every_registration_as_registered() {
     // Its own signed REGISTER does not narrow what the adapter said it reads.
     h.register_ok(&reader, "y", RUST);
     let page = h.discover(&reader.id, Some("x"), None, None);
-    let got: Vec<_> = page.registrations.iter().map(|x| x.signed_peer_record.clone()).collect();
-    assert_eq!(got, vec![Some(r.record(RUST)), Some(l.record(LEGACY))]);
+    let mut got: Vec<_> = page.registrations.iter().map(|x| x.signed_peer_record.clone()).collect();
+    got.sort();
+    let mut expected = vec![Some(r.record(RUST)), Some(l.record(LEGACY))];
+    expected.sort();
+    assert_eq!(got, expected);
 }
 
 fn served_records(page: &DiscoverResponse) -> Vec<Bytes> {

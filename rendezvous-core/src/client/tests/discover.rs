@@ -53,7 +53,7 @@ fn a_second_discover_asks_only_for_what_is_new() {
     s.other_registers(&other, "chat", RUST, None);
     s.events();
     s.discover(Some("chat"), None, false);
-    assert_eq!(s.found(), vec![s.me, other.id]);
+    assert_eq!(s.found(), sorted(vec![s.me, other.id]));
     s.discover(Some("chat"), None, false);
     assert_eq!(s.found(), Vec::<PeerId>::new());
     // A rust-flavour reader does not get legacy registrations: still nothing.
@@ -173,7 +173,7 @@ fn entries_without_a_namespace_belong_to_the_namespace_asked_for() {
     let events = s.events();
     match events.last() {
         Some(ClientEvent::Discovered { registrations, skipped: 0, .. }) => {
-            assert_eq!(registrations.iter().map(|d| d.peer).collect::<Vec<_>>(), peers);
+            assert_eq!(sorted(registrations.iter().map(|d| d.peer).collect()), sorted(peers));
             assert!(registrations.iter().all(|d| d.namespace == ns("chat")));
         }
         other => panic!("{other:?}"),
@@ -266,4 +266,53 @@ fn a_watch_reports_each_peer_that_arrives_and_each_that_leaves() {
     s.client().unwatch(server, ns("chat"));
     let me = s.me;
     assert!(s.client().discovered(Some(&ns("chat"))).any(|d| d.peer == me));
+}
+
+#[test]
+fn a_watch_whose_walks_start_anywhere_reports_each_arrival_and_departure_once() {
+    // Pages of three: every walk spans pages, and each full walk starts at
+    // a random place in the namespace.
+    let limits =
+        crate::Limits { default_discover_limit: 3, max_discover_limit: 3, ..Default::default() };
+    let config = ClientConfig {
+        discover_interval: secs(60),
+        full_discover_every: 2,
+        ..ClientConfig::default()
+    };
+    let mut s = Setup::with_server(config, ServerConfig { limits, ..ServerConfig::default() });
+    let crowd = crowd(&mut s, "chat", 30..50);
+    let (now, server) = (s.w.now, s.server);
+    s.client().watch(now, server, ns("chat")).unwrap();
+    let mut found = Vec::new();
+    let mut lost = Vec::new();
+    let round = |s: &mut Setup, found: &mut Vec<PeerId>, lost: &mut Vec<PeerId>| {
+        s.w.advance(secs(60));
+        for event in s.events() {
+            match event {
+                ClientEvent::PeerFound { discovery, .. } => found.push(discovery.peer),
+                ClientEvent::PeerLost { peer, reason: LostReason::Unregistered, .. } => {
+                    lost.push(peer)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    round(&mut s, &mut found, &mut lost);
+    assert_eq!(sorted(std::mem::take(&mut found)), sorted(crowd.clone()));
+    // Two leave and two arrive; the second round walks everything again.
+    for peer in [3, 11] {
+        s.other_unregisters(&TestPeer::new(30 + peer), "chat");
+    }
+    let (a, b) = (TestPeer::new(60), TestPeer::new(61));
+    s.other_registers(&a, "chat", RUST, None);
+    s.other_registers(&b, "chat", RUST, None);
+    round(&mut s, &mut found, &mut lost);
+    assert_eq!(sorted(std::mem::take(&mut found)), sorted(vec![a.id, b.id]));
+    assert_eq!(sorted(std::mem::take(&mut lost)), sorted(vec![crowd[3], crowd[11]]));
+    // A refresh and an arrival; the third round walks on from its cookie.
+    let c = TestPeer::new(62);
+    s.other_registers(&c, "chat", RUST, None);
+    s.other_registers(&TestPeer::new(35), "chat", RUST, None);
+    round(&mut s, &mut found, &mut lost);
+    assert_eq!((found, lost), (vec![c.id], vec![]));
 }

@@ -17,6 +17,11 @@ fn ns(name: &str) -> Namespace {
     Namespace::new(name, 255).unwrap()
 }
 
+fn sorted(mut peers: Vec<PeerId>) -> Vec<PeerId> {
+    peers.sort();
+    peers
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -33,8 +38,12 @@ struct Setup {
 
 impl Setup {
     fn new(config: ClientConfig) -> Self {
+        Self::with_server(config, ServerConfig::default())
+    }
+
+    fn with_server(config: ClientConfig, server_config: ServerConfig) -> Self {
         let mut w = World::new();
-        let server = w.add_server(100, ServerConfig::default());
+        let server = w.add_server(100, server_config);
         let me = w.add_client(&TestPeer::new(1), config);
         Setup { w, server, me }
     }
@@ -62,16 +71,19 @@ impl Setup {
         id.unwrap()
     }
 
-    /// The peers the last completed discover returned.
+    /// The peers the last completed discover returned, sorted: the server
+    /// starts each walk at a random place.
     fn found(&mut self) -> Vec<PeerId> {
         let events = self.events();
         let found = events.iter().rev().find_map(|e| match e {
             ClientEvent::Discovered { registrations, .. } => {
-                Some(registrations.iter().map(|d| d.peer).collect())
+                Some(registrations.iter().map(|d| d.peer).collect::<Vec<_>>())
             }
             _ => None,
         });
-        found.unwrap_or_else(|| panic!("no Discovered event in {events:?}"))
+        let mut found = found.unwrap_or_else(|| panic!("no Discovered event in {events:?}"));
+        found.sort();
+        found
     }
 
     fn events(&mut self) -> Vec<ClientEvent> {
