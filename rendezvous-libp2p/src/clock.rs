@@ -29,6 +29,14 @@ pub(crate) fn monotonic() -> Instant {
     Instant::now()
 }
 
+/// A seed that differs from run to run and between processes started
+/// together: the wall clock, the monotonic clock and the process id mixed.
+pub(crate) fn seed() -> u64 {
+    let wall = u64::try_from(system_unix_time().as_nanos()).unwrap_or(u64::MAX);
+    let nanos = Instant::now().elapsed().as_nanos() as u64;
+    wall ^ nanos.rotate_left(32) ^ u64::from(std::process::id()).rotate_left(17)
+}
+
 /// This machine's wall clock, as Unix time.
 pub fn system_unix_time() -> Duration {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()

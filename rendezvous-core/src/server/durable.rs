@@ -106,7 +106,8 @@ impl Server {
     /// from it), the others keep their position and expiry. New positions
     /// continue from `last_seq` (the highest the store ever gave) when it
     /// gave any, so that cookies issued before the restart stay valid and
-    /// positions stay dense. Limits are not checked: these were admitted
+    /// positions stay dense (a shared store's positions are the only ones a
+    /// point uses). Limits are not checked: these were admitted
     /// under the limits of their time. No events are emitted.
     pub fn load(
         &mut self,
@@ -115,7 +116,9 @@ impl Server {
         last_seq: u64,
     ) -> Loaded {
         self.now = self.now.max(now);
-        if last_seq > 0 {
+        // A shared store gives every position; a store of this point's own
+        // that never gave any leaves the configured start.
+        if last_seq > 0 || self.config.durability == Durability::Shared {
             self.registry.continue_from(last_seq);
         }
         self.log_position = self.log_position.max(last_seq);

@@ -60,8 +60,7 @@ impl Default for Config {
         let clock = Clock::new();
         let micros = clock.unix_micros();
         let core = ClientConfig { record_seq: micros / 1000, ..ClientConfig::default() };
-        let nanos = clock::monotonic().elapsed().as_nanos() as u64;
-        Config { core, seed: micros ^ nanos.rotate_left(32) ^ u64::from(std::process::id()) }
+        Config { core, seed: clock::seed() }
     }
 }
 

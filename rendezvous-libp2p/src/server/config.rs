@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rendezvous_core::admission::AdmissionLimits;
-use rendezvous_core::{ConfigError, ServerConfig};
+use rendezvous_core::{ConfigError, DiscoverStart, ServerConfig};
 
 use crate::clock::Clock;
 
@@ -34,7 +34,9 @@ pub struct Config {
     /// them). Defaults to [`ServerConfig::default`] with
     /// [`initial_sequence`](ServerConfig::initial_sequence) set to the Unix
     /// time in microseconds, so that cookies from an earlier run of a point
-    /// without a store read as "before everything now".
+    /// without a store read as "before everything now", and random
+    /// discovery starts seeded from the clock and the process, so that runs
+    /// differ.
     pub core: ServerConfig,
     /// Most rendezvous substreams open at once on one connection. Defaults
     /// to 256 (rust-libp2p clients keep up to 100 in flight, js-libp2p 64).
@@ -72,8 +74,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        let micros = Clock::new().unix_micros();
         let core = ServerConfig {
-            initial_sequence: Clock::new().unix_micros(),
+            initial_sequence: micros,
+            discover_start: DiscoverStart::Random { seed: crate::clock::seed() },
             ..ServerConfig::default()
         };
         Config {

@@ -400,3 +400,24 @@ fn another_points_changes_apply_in_order_and_stale_ones_change_nothing() {
     let loaded = s.resync(at(2), Vec::new(), 14);
     assert_eq!((loaded.registrations, s.stats().registrations), (0, 0));
 }
+
+#[test]
+fn a_shared_point_uses_only_the_stores_positions() {
+    let config = ServerConfig {
+        durability: Durability::Shared,
+        initial_sequence: 1_800_000_000_000_000,
+        ..ServerConfig::default()
+    };
+    let mut s = Server::new(config).unwrap();
+    let loaded = s.load(at(1), Vec::new(), 0);
+    assert_eq!(loaded, Loaded::default());
+    let a = TestPeer::new(1);
+    register(&mut s, at(1), &a, "x", RUST);
+    let [(id, stored)] = puts(&mut s).try_into().unwrap();
+    s.handle_commit(at(1), Commit::Logged { id, seq: 1 });
+    s.apply_replicated(at(1), Replicated::Put(StoredRegistration { seq: 1, ..stored }));
+    assert_eq!(status(&s.poll_transmit().unwrap().message.unwrap()), ResponseStatus::Ok);
+    // Positions are the store's alone: a walk's cookie, whose start is
+    // rebuilt from the last position, means the same at every point.
+    assert_eq!(s.registry.last_seq(), 1);
+}
