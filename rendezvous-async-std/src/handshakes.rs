@@ -31,18 +31,18 @@ use rendezvous_libp2p::origin_of;
 
 /// How many handshakes may be under way at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
+pub struct HandshakeLimits {
     /// In all.
     pub max: usize,
     /// From one IP address.
     pub max_per_ip: usize,
 }
 
-impl Default for Limits {
+impl Default for HandshakeLimits {
     /// 512 in all, 128 per address: a handshake takes milliseconds, so even
     /// a busy point rarely has more than a few dozen under way.
     fn default() -> Self {
-        Limits { max: 512, max_per_ip: 128 }
+        HandshakeLimits { max: 512, max_per_ip: 128 }
     }
 }
 
@@ -57,7 +57,7 @@ pub struct Stats {
 
 #[derive(Debug)]
 struct State {
-    limits: Limits,
+    limits: HandshakeLimits,
     next: u64,
     /// Handshakes under way, oldest first.
     order: BTreeMap<u64, Slot>,
@@ -151,7 +151,7 @@ pub struct Bounded<T> {
 
 impl<T> Bounded<T> {
     /// Wraps `inner`, whose listener upgrade must be the whole handshake.
-    pub fn new(inner: T, limits: Limits) -> (Self, Handshakes) {
+    pub fn new(inner: T, limits: HandshakeLimits) -> (Self, Handshakes) {
         let state = Arc::new(Mutex::new(State {
             limits,
             next: 0,
@@ -255,7 +255,7 @@ mod tests {
 
     fn state(max: usize, max_per_ip: usize) -> State {
         State {
-            limits: Limits { max, max_per_ip },
+            limits: HandshakeLimits { max, max_per_ip },
             next: 0,
             order: BTreeMap::new(),
             per_ip: HashMap::new(),

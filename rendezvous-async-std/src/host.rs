@@ -19,7 +19,8 @@ use libp2p_identity::{Keypair, PeerId};
 use libp2p_swarm::{Config, Executor, NetworkBehaviour, Swarm};
 use rendezvous_libp2p::{client, server};
 
-use crate::handshakes::{self, Bounded, Handshakes};
+use crate::handshakes::{Bounded, HandshakeLimits, Handshakes};
+use crate::node::Identified;
 use crate::per_ip;
 use crate::transport::TcpTransport;
 use crate::websocket;
@@ -39,7 +40,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The rendezvous point's behaviours. The limits come first: a connection
 /// they deny is never seen by the others.
 #[derive(NetworkBehaviour)]
-#[behaviour(prelude = "libp2p_swarm::derive_prelude", to_swarm = "ServerEvent")]
+#[behaviour(prelude = "libp2p_swarm::derive_prelude", to_swarm = "ServerHostEvent")]
 pub struct ServerBehaviour {
     /// Bounds connections in all and per peer.
     pub limits: libp2p_connection_limits::Behaviour,
@@ -56,7 +57,7 @@ pub struct ServerBehaviour {
 
 /// The rendezvous client's behaviours.
 #[derive(NetworkBehaviour)]
-#[behaviour(prelude = "libp2p_swarm::derive_prelude", to_swarm = "ClientEvent")]
+#[behaviour(prelude = "libp2p_swarm::derive_prelude", to_swarm = "ClientHostEvent")]
 pub struct ClientBehaviour {
     /// The rendezvous protocol.
     pub rendezvous: client::Behaviour,
@@ -68,7 +69,7 @@ pub struct ClientBehaviour {
 
 /// What a [`ServerBehaviour`] reports.
 #[derive(Debug)]
-pub enum ServerEvent {
+pub enum ServerHostEvent {
     /// From the rendezvous behaviour.
     Rendezvous(server::Event),
     /// From identify.
@@ -79,7 +80,7 @@ pub enum ServerEvent {
 
 /// What a [`ClientBehaviour`] reports.
 #[derive(Debug)]
-pub enum ClientEvent {
+pub enum ClientHostEvent {
     /// From the rendezvous behaviour (boxed: it is much larger than the rest).
     Rendezvous(Box<client::Event>),
     /// From identify.
@@ -98,10 +99,10 @@ macro_rules! from_events {
     };
 }
 
-from_events!(ServerEvent: Rendezvous(server::Event), Identify(libp2p_identify::Event) => Box::new, Ping(libp2p_ping::Event));
-from_events!(ClientEvent: Rendezvous(client::Event) => Box::new, Identify(libp2p_identify::Event) => Box::new, Ping(libp2p_ping::Event));
+from_events!(ServerHostEvent: Rendezvous(server::Event), Identify(libp2p_identify::Event) => Box::new, Ping(libp2p_ping::Event));
+from_events!(ClientHostEvent: Rendezvous(client::Event) => Box::new, Identify(libp2p_identify::Event) => Box::new, Ping(libp2p_ping::Event));
 
-impl From<std::convert::Infallible> for ServerEvent {
+impl From<std::convert::Infallible> for ServerHostEvent {
     fn from(never: std::convert::Infallible) -> Self {
         match never {}
     }
@@ -127,9 +128,11 @@ pub struct ConnectionLimits {
     /// Established, from one IP address (peer ids are free; addresses are
     /// not).
     pub max_per_ip: u32,
-    /// Handshakes under way, in all and per IP address; the oldest is
-    /// evicted to make room.
-    pub handshakes: handshakes::Limits,
+    /// Handshakes under way at once; the oldest is evicted to make room.
+    pub max_handshakes: usize,
+    /// Handshakes under way at once from one IP address (at most
+    /// [`max_handshakes`](Self::max_handshakes)).
+    pub max_handshakes_per_ip: usize,
     /// Longest a handshake (security and muxer negotiation) may take.
     pub handshake_timeout: Duration,
 }
@@ -140,9 +143,70 @@ impl Default for ConnectionLimits {
             max_established: 4096,
             max_per_peer: 4,
             max_per_ip: 256,
-            handshakes: handshakes::Limits::default(),
+            max_handshakes: HandshakeLimits::default().max,
+            max_handshakes_per_ip: HandshakeLimits::default().max_per_ip,
             handshake_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl ConnectionLimits {
+    /// The handshake bounds in force: the per-address one never above the
+    /// total.
+    pub fn handshakes(&self) -> HandshakeLimits {
+        HandshakeLimits {
+            max: self.max_handshakes,
+            max_per_ip: self.max_handshakes_per_ip.min(self.max_handshakes),
+        }
+    }
+
+    /// Why these limits cannot work, if they cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_established == 0 || self.max_per_peer == 0 || self.max_per_ip == 0 {
+            return Err("connection limits must be at least 1".into());
+        }
+        if self.max_handshakes == 0 || self.max_handshakes_per_ip == 0 {
+            return Err("handshake limits must be at least 1".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err("the handshake timeout must be at least 1 s".into());
+        }
+        Ok(())
+    }
+}
+
+impl Identified for ServerBehaviour {
+    fn identified(event: &ServerHostEvent) -> Option<(PeerId, &str)> {
+        match event {
+            ServerHostEvent::Identify(identify) => received(identify),
+            _ => None,
+        }
+    }
+
+    fn set_agent_version(&mut self, peer: PeerId, agent_version: &str) {
+        self.rendezvous.set_agent_version(peer, agent_version);
+    }
+}
+
+impl Identified for ClientBehaviour {
+    fn identified(event: &ClientHostEvent) -> Option<(PeerId, &str)> {
+        match event {
+            ClientHostEvent::Identify(identify) => received(identify),
+            _ => None,
+        }
+    }
+
+    fn set_agent_version(&mut self, peer: PeerId, agent_version: &str) {
+        self.rendezvous.set_agent_version(peer, agent_version);
+    }
+}
+
+fn received(event: &libp2p_identify::Event) -> Option<(PeerId, &str)> {
+    match event {
+        libp2p_identify::Event::Received { peer_id, info, .. } => {
+            Some((*peer_id, info.agent_version.as_str()))
+        }
+        _ => None,
     }
 }
 
@@ -230,7 +294,7 @@ pub fn server_transport(
     tls: Option<&websocket::Tls>,
 ) -> Result<(Boxed<(PeerId, StreamMuxerBox)>, Handshakes), libp2p_noise::Error> {
     let transport = upgraded(keypair, limits.handshake_timeout, tls)?;
-    let (bounded, handshakes) = Bounded::new(transport, limits.handshakes);
+    let (bounded, handshakes) = Bounded::new(transport, limits.handshakes());
     Ok((bounded.boxed(), handshakes))
 }
 

@@ -9,6 +9,7 @@
 //!   limits around the `rendezvous-libp2p` behaviours, on any executor.
 //! - [`node`]: a ready rendezvous point ([`node::ServerNode`]) and client
 //!   ([`node::ClientNode`]): what the `rendezvous` binary does, in one call.
+//! - [`http`]: metrics, health and the namespaces a point holds, over HTTP.
 //! - [`store`]: store engines for a durable point (an embedded one behind
 //!   the default `redb` feature).
 //!
@@ -26,6 +27,7 @@
 pub mod coalesce;
 pub mod handshakes;
 pub mod host;
+pub mod http;
 pub mod keyfile;
 pub mod logging;
 pub mod metrics;

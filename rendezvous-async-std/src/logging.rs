@@ -12,8 +12,8 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 
-/// How log lines look.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How log lines look (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     /// `2025-09-21 14:05:47,378 [INFO] [rendezvous::server] ...`, as the demo.
     #[default]

@@ -1,6 +1,6 @@
-//! Prometheus metrics over HTTP (`--metrics ADDR:PORT`): the text format
-//! (0.0.4) at `/metrics`, encoded by prometheus-client and served by
-//! tiny_http on a thread of its own.
+//! Prometheus metrics (`--metrics ADDR:PORT`, at `/metrics`): the text
+//! format (0.0.4), encoded by prometheus-client and served by
+//! [`crate::http`].
 //!
 //! Nothing is counted twice: the node already keeps every count (the core's
 //! [`Stats`](rendezvous_libp2p::core::Stats), the handlers' histograms), so a
@@ -8,15 +8,6 @@
 //! hot path pays nothing for metrics. No label holds a namespace or a peer
 //! id: their number is unbounded.
 
-use std::fmt::Write as _;
-use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
-
-use futures::channel::{mpsc, oneshot};
-use futures::{FutureExt, StreamExt, select};
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -25,107 +16,15 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use rendezvous_libp2p::histogram::{BOUNDS, Snapshot};
 
-/// How long a scrape waits for the node's loop before answering 503.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::http::Reply;
 
-/// Scrapes waiting for the node's loop; more are answered 503 at once.
-const QUEUED_SCRAPES: usize = 4;
-
-/// A scrape waiting for its registry.
-pub struct Scrape(oneshot::Sender<String>);
-
-impl Scrape {
-    /// Answers the scrape with `registry`, encoded.
-    pub fn answer(self, registry: &Registry) {
-        let mut text = String::new();
-        if prometheus_text::encode(&mut text, registry).is_err() {
-            text.clear();
-            let _ = writeln!(text, "# the metrics could not be encoded");
-        }
-        let _ = self.0.send(text);
+/// A registry as the answer to `GET /metrics`.
+pub fn reply(registry: &Registry) -> Reply {
+    let mut text = String::new();
+    if prometheus_text::encode(&mut text, registry).is_err() {
+        return Reply::status(500, "the metrics could not be encoded");
     }
-}
-
-/// The HTTP endpoint; scrapes arrive through [`Endpoint::next_scrape`].
-/// Dropping it stops the server.
-pub struct Endpoint {
-    addr: SocketAddr,
-    scrapes: mpsc::Receiver<Scrape>,
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Endpoint {
-    /// Listens on `addr` (port 0: one the system picks).
-    pub fn serve(addr: SocketAddr) -> io::Result<Endpoint> {
-        let server = tiny_http::Server::http(addr).map_err(io::Error::other)?;
-        let addr = server.server_addr().to_ip().ok_or_else(|| io::Error::other("not an IP"))?;
-        let server = Arc::new(server);
-        let (tx, scrapes) = mpsc::channel(QUEUED_SCRAPES);
-        let thread = std::thread::Builder::new().name("metrics".into()).spawn({
-            let server = server.clone();
-            move || serve(&server, tx)
-        })?;
-        Ok(Endpoint { addr, scrapes, server, thread: Some(thread) })
-    }
-
-    /// Where it listens.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The next scrape to answer.
-    pub async fn next_scrape(&mut self) -> Scrape {
-        match self.scrapes.next().await {
-            Some(scrape) => scrape,
-            None => futures::future::pending().await,
-        }
-    }
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn serve(server: &tiny_http::Server, mut scrapes: mpsc::Sender<Scrape>) {
-    for request in server.incoming_requests() {
-        let (status, body) = match request.url().split('?').next() {
-            Some("/metrics") => {
-                let (tx, rx) = oneshot::channel();
-                match scrapes.try_send(Scrape(tx)) {
-                    Ok(()) => match wait(rx) {
-                        Some(text) => (200, text),
-                        None => (503, "the node did not answer in time\n".into()),
-                    },
-                    Err(_) => (503, "too many scrapes at once\n".into()),
-                }
-            }
-            _ => (404, "metrics are at /metrics\n".into()),
-        };
-        let content_type = tiny_http::Header::from_bytes(
-            &b"Content-Type"[..],
-            prometheus_text::CONTENT_TYPE.as_bytes(),
-        )
-        .expect("a valid header");
-        let response = tiny_http::Response::from_string(body)
-            .with_status_code(status)
-            .with_header(content_type);
-        let _ = request.respond(response);
-    }
-}
-
-fn wait(answer: oneshot::Receiver<String>) -> Option<String> {
-    futures::executor::block_on(async {
-        select! {
-            text = answer.fuse() => text.ok(),
-            _ = FutureExt::fuse(async_io::Timer::after(SCRAPE_TIMEOUT)) => None,
-        }
-    })
+    Reply { status: 200, content_type: prometheus_text::CONTENT_TYPE, body: text }
 }
 
 /// A histogram read from a [`rendezvous_libp2p::histogram::Histogram`].
@@ -148,6 +47,8 @@ impl EncodeMetric for ConstHistogram {
 pub(crate) trait RegistryExt {
     /// A gauge with value `value`.
     fn gauge(&mut self, name: &str, help: &str, value: usize);
+    /// A gauge with a fractional value.
+    fn gauge_f64(&mut self, name: &str, help: &str, value: f64);
     /// A counter with value `value` (`_total` is appended to `name`).
     fn counter(&mut self, name: &str, help: &str, value: u64);
     /// A counter per label set, from `(labels, value)` pairs.
@@ -161,6 +62,10 @@ pub(crate) type Labels = Vec<(&'static str, &'static str)>;
 impl RegistryExt for Registry {
     fn gauge(&mut self, name: &str, help: &str, value: usize) {
         let value = i64::try_from(value).unwrap_or(i64::MAX);
+        self.register(name, help, ConstGauge::new(value));
+    }
+
+    fn gauge_f64(&mut self, name: &str, help: &str, value: f64) {
         self.register(name, help, ConstGauge::new(value));
     }
 

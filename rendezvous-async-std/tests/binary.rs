@@ -107,7 +107,7 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
         "must end with /p2p/<peer id>",
     );
     fails_with(&["--mode", "relay"], "invalid value 'relay'");
-    fails_with(&[&client_args[..], &["--refresh", "maybe"]].concat(), "is not a boolean");
+    fails_with(&[&client_args[..], &["--refresh", "maybe"]].concat(), "was not a boolean");
 
     // A closed port on loopback.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -7,7 +7,7 @@ use futures::{FutureExt, StreamExt, select};
 use libp2p_identity::Keypair;
 use libp2p_swarm::SwarmEvent;
 use rendezvous_async_std::host::{
-    self, ClientBehaviour, ClientEvent, ConnectionLimits, ServerBehaviour, SpawnWith,
+    self, ClientBehaviour, ClientHostEvent, ConnectionLimits, ServerBehaviour, SpawnWith,
 };
 use rendezvous_libp2p::core::{ClientEvent as Rendezvous, Namespace};
 use rendezvous_libp2p::{client, server};
@@ -56,7 +56,7 @@ fn a_server_and_a_client_on_smol_register_and_discover() {
                         registered = true;
                         peer.behaviour_mut().rendezvous.register(server_id, chat.clone(), None).unwrap();
                     }
-                    SwarmEvent::Behaviour(ClientEvent::Rendezvous(event)) => match *event {
+                    SwarmEvent::Behaviour(ClientHostEvent::Rendezvous(event)) => match *event {
                         Rendezvous::Registered { ttl, .. } => {
                             assert_eq!(ttl, Duration::from_secs(7200));
                             peer.behaviour_mut().rendezvous.discover(server_id, Some(chat.clone()), None).unwrap();

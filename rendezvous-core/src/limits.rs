@@ -14,11 +14,11 @@ use crate::server::Durability;
 /// | [`max_namespace_len`](Self::max_namespace_len) | 255 bytes | the spec |
 /// | [`min_ttl`](Self::min_ttl) | 120 s | py-libp2p's server (the seed demo's); the spec's 2 h would refuse its clients' short TTLs |
 /// | [`max_ttl`](Self::max_ttl) | 72 h | the spec |
-/// | [`default_ttl`](Self::default_ttl) | 2 h | the spec and the demo |
+/// | [`default_ttl`](Self::default_ttl) | 2 h, within the range above | the spec and the demo |
 /// | [`max_registrations_per_peer`](Self::max_registrations_per_peer) | 1000 | the spec |
 /// | [`max_registrations_per_namespace`](Self::max_registrations_per_namespace) | 1000 | the demo |
 /// | [`max_registrations`](Self::max_registrations) | 100 000 | bounds memory: about 70 MB with typical records, 450 MB if every record is as large as allowed |
-/// | [`max_registrations_per_origin`](Self::max_registrations_per_origin) | 10 000 | a tenth of the total: peer ids are free, so one address with many identities cannot fill the registry |
+/// | [`max_registrations_per_origin`](Self::max_registrations_per_origin) | a tenth of the total | peer ids are free, so one address with many identities cannot fill the registry |
 /// | [`default_discover_limit`](Self::default_discover_limit) | 100 | py-libp2p |
 /// | [`max_discover_limit`](Self::max_discover_limit) | 1000 | the spec; larger asks are clamped, not refused |
 /// | [`max_request_frame`](Self::max_request_frame) | 8 KiB | a REGISTER is at most a record, a namespace and a few bytes |
@@ -33,7 +33,8 @@ pub struct Limits {
     pub min_ttl: Duration,
     /// Longest TTL accepted.
     pub max_ttl: Duration,
-    /// TTL granted when a REGISTER asks for none (or 0).
+    /// TTL granted when a REGISTER asks for none (or 0); one outside
+    /// `min_ttl..=max_ttl` is brought within it ([`Limits::default_ttl`]).
     pub default_ttl: Duration,
     /// Most live registrations one peer may hold (`E_NOT_AUTHORIZED` beyond).
     pub max_registrations_per_peer: usize,
@@ -43,9 +44,10 @@ pub struct Limits {
     pub max_registrations: usize,
     /// Most live registrations from one [`Origin`](crate::Origin) (an IPv4
     /// address or an IPv6 /64), whatever the peer ids (`E_UNAVAILABLE`
-    /// beyond). Registrations whose origin the adapter did not give are not
-    /// counted.
-    pub max_registrations_per_origin: usize,
+    /// beyond); `None`, the default, for a tenth of
+    /// [`max_registrations`](Self::max_registrations) ([`Limits::per_origin`]).
+    /// Registrations whose origin the adapter did not give are not counted.
+    pub max_registrations_per_origin: Option<usize>,
     /// Page size when a DISCOVER asks for none (or 0).
     pub default_discover_limit: u64,
     /// Largest page; larger asks are served this many.
@@ -65,14 +67,14 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_namespace_len: 255,
+            max_namespace_len: crate::Namespace::MAX_LEN,
             min_ttl: Duration::from_secs(120),
             max_ttl: Duration::from_secs(72 * 60 * 60),
             default_ttl: Duration::from_secs(2 * 60 * 60),
             max_registrations_per_peer: 1000,
             max_registrations_per_namespace: 1000,
             max_registrations: 100_000,
-            max_registrations_per_origin: 10_000,
+            max_registrations_per_origin: None,
             default_discover_limit: 100,
             max_discover_limit: 1000,
             max_request_frame: 8 * 1024,
@@ -87,8 +89,8 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LimitsError {
-    /// `min_ttl <= default_ttl <= max_ttl` does not hold, or `min_ttl` is 0.
-    #[error("TTLs must satisfy 0 < min_ttl <= default_ttl <= max_ttl")]
+    /// `min_ttl <= max_ttl` does not hold, or `min_ttl` is 0.
+    #[error("TTLs must satisfy 0 < min_ttl <= max_ttl")]
     TtlRange,
     /// A count or size limit is zero.
     #[error("{0} must be at least 1")]
@@ -113,10 +115,7 @@ pub(crate) const REGISTRATION_OVERHEAD: usize = 32;
 impl Limits {
     /// Checks that the limits are consistent.
     pub fn validate(&self) -> Result<(), LimitsError> {
-        if self.min_ttl.is_zero()
-            || self.min_ttl > self.default_ttl
-            || self.default_ttl > self.max_ttl
-        {
+        if self.min_ttl.is_zero() || self.min_ttl > self.max_ttl {
             return Err(LimitsError::TtlRange);
         }
         for (value, name) in [
@@ -124,7 +123,7 @@ impl Limits {
             (self.max_registrations_per_peer, "max_registrations_per_peer"),
             (self.max_registrations_per_namespace, "max_registrations_per_namespace"),
             (self.max_registrations, "max_registrations"),
-            (self.max_registrations_per_origin, "max_registrations_per_origin"),
+            (self.per_origin(), "max_registrations_per_origin"),
             (self.max_record_bytes, "max_record_bytes"),
             (self.max_addresses, "max_addresses"),
         ] {
@@ -145,6 +144,19 @@ impl Limits {
             return Err(LimitsError::FrameTooSmall);
         }
         Ok(())
+    }
+
+    /// The TTL a REGISTER that asks for none is granted:
+    /// [`default_ttl`](Self::default_ttl) brought within
+    /// `min_ttl..=max_ttl`, so that raising `min_ttl` alone keeps working.
+    pub fn default_ttl(&self) -> Duration {
+        self.default_ttl.clamp(self.min_ttl, self.max_ttl.max(self.min_ttl))
+    }
+
+    /// The quota per origin in force: as set, or a tenth of the total (at
+    /// least 1).
+    pub fn per_origin(&self) -> usize {
+        self.max_registrations_per_origin.unwrap_or((self.max_registrations / 10).max(1))
     }
 
     /// Bytes a DISCOVER page may spend on registrations: the response frame
@@ -298,13 +310,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn raising_the_shortest_ttl_alone_brings_the_default_along() {
+        let limits = Limits { min_ttl: Duration::from_secs(3 * 3600), ..Limits::default() };
+        assert_eq!(limits.validate(), Ok(()));
+        assert_eq!(limits.default_ttl(), Duration::from_secs(3 * 3600));
+        let limits = Limits { max_ttl: Duration::from_secs(600), ..Limits::default() };
+        assert_eq!(limits.default_ttl(), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn the_quota_per_origin_is_a_tenth_of_the_total_unless_set() {
+        assert_eq!(Limits::default().per_origin(), 10_000);
+        let limits = Limits { max_registrations: 50_000, ..Limits::default() };
+        assert_eq!(limits.per_origin(), 5_000);
+        let limits = Limits { max_registrations_per_origin: Some(7), ..limits };
+        assert_eq!(limits.per_origin(), 7);
+        let limits = Limits { max_registrations: 5, ..Limits::default() };
+        assert_eq!(limits.per_origin(), 1);
+    }
+
+    #[test]
     fn the_defaults_are_consistent() {
         assert_eq!(Limits::default().validate(), Ok(()));
     }
 
     #[test]
     fn inconsistent_limits_are_refused() {
-        let limits = Limits { min_ttl: Duration::from_secs(10_000), ..Limits::default() };
+        let limits = Limits { min_ttl: Duration::from_secs(300_000), ..Limits::default() };
         assert_eq!(limits.validate(), Err(LimitsError::TtlRange));
         let limits = Limits { max_request_frame: 100, ..Limits::default() };
         assert_eq!(limits.validate(), Err(LimitsError::FrameTooSmall));

@@ -29,6 +29,9 @@ pub enum NamespaceError {
 }
 
 impl Namespace {
+    /// The longest namespace the protocol allows, in bytes (the spec's 255).
+    pub const MAX_LEN: usize = 255;
+
     /// `name` as a namespace of at most `max_len` bytes.
     pub fn new(name: &str, max_len: usize) -> Result<Namespace, NamespaceError> {
         if name.is_empty() {
@@ -55,6 +58,14 @@ impl fmt::Display for Namespace {
 impl fmt::Debug for Namespace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// Namespaces order as their names do, so a map of them can be searched by
+/// name.
+impl std::borrow::Borrow<str> for Namespace {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 

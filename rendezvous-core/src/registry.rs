@@ -253,8 +253,15 @@ impl Registry {
         self.namespaces.get(namespace).map_or(0, |n| n.len)
     }
 
-    pub(crate) fn namespaces(&self) -> impl Iterator<Item = (&Namespace, usize)> {
-        self.namespaces.iter().map(|(ns, state)| (ns, state.len))
+    /// Namespaces after `after` (all, for `None`), in name order, with
+    /// their numbers of registrations.
+    pub(crate) fn namespaces_after(
+        &self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = (&Namespace, usize)> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.namespaces.range::<str, _>((from, Bound::Unbounded)).map(|(ns, state)| (ns, state.len))
     }
 
     pub(crate) fn get(&self, peer: &PeerId, namespace: &Namespace) -> Option<&Entry> {

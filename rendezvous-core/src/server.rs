@@ -2,6 +2,7 @@
 
 mod discover;
 mod durable;
+mod events;
 mod readers;
 mod register;
 mod requests;
@@ -20,7 +21,7 @@ use crate::namespace::{Namespace, NamespaceError};
 use crate::origin::Origin;
 use crate::proto::{self, MessageType, ResponseStatus};
 use crate::rate::Buckets;
-use crate::record::{Dialect, Reader};
+use crate::record::Reader;
 use crate::registry::Registry;
 use crate::request::RequestId;
 use crate::rng::Rng;
@@ -28,6 +29,7 @@ use crate::store::{ActionId, StoreAction};
 use crate::time::Timestamp;
 use discover::Waiting;
 pub use durable::{Durability, Loaded};
+pub use events::{Event, Stats};
 use readers::Readers;
 pub use requests::{RequestCounts, RequestKind};
 use writes::Writes;
@@ -126,106 +128,6 @@ impl Transmit {
     pub fn to_frame(&self) -> Option<Bytes> {
         self.message.as_ref().map(codec::frame)
     }
-}
-
-/// Something that happened on the server.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Event {
-    /// A peer registered in a namespace where it had no registration.
-    Registered {
-        /// Who.
-        peer: PeerId,
-        /// Where.
-        namespace: Namespace,
-        /// The TTL granted.
-        ttl: Duration,
-        /// The dialect of its record.
-        dialect: Dialect,
-    },
-    /// A peer replaced its registration in a namespace (a refresh).
-    Refreshed {
-        /// Who.
-        peer: PeerId,
-        /// Where.
-        namespace: Namespace,
-        /// The TTL granted.
-        ttl: Duration,
-        /// The dialect of its record.
-        dialect: Dialect,
-    },
-    /// A peer removed its registration.
-    Unregistered {
-        /// Who.
-        peer: PeerId,
-        /// Where.
-        namespace: Namespace,
-    },
-    /// A registration reached the end of its TTL and was removed.
-    Expired {
-        /// Whose.
-        peer: PeerId,
-        /// Where.
-        namespace: Namespace,
-    },
-    /// A request was answered with an error status.
-    Refused {
-        /// Who asked.
-        peer: PeerId,
-        /// What it asked.
-        request: MessageType,
-        /// The status sent.
-        status: ResponseStatus,
-        /// The `statusText` sent.
-        reason: String,
-    },
-    /// A request of a type the server does not serve (a response type, the
-    /// legacy DISCOVER_SUBSCRIBE, or an unknown number) was answered with
-    /// `E_UNAVAILABLE`.
-    Unsupported {
-        /// Who asked.
-        peer: PeerId,
-        /// The `Message.type` it sent.
-        message_type: i32,
-    },
-    /// A DISCOVER was answered.
-    Discovered {
-        /// Who asked.
-        peer: PeerId,
-        /// The namespace asked for; `None` for all.
-        namespace: Option<Namespace>,
-        /// How many registrations the page held.
-        count: usize,
-    },
-}
-
-/// Counts the server keeps, all O(1) to read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Live registrations.
-    pub registrations: usize,
-    /// Namespaces with at least one registration.
-    pub namespaces: usize,
-    /// Peers with at least one registration.
-    pub peers: usize,
-    /// Events dropped because the event queue was full.
-    pub dropped_events: u64,
-    /// Records parsed and, for envelopes, signature-checked; a re-registration
-    /// of the same bytes does not count.
-    pub records_verified: u64,
-    /// Peers whose reader dialect is remembered.
-    pub remembered_readers: usize,
-    /// Remembered readers forgotten to make room for newer ones.
-    pub readers_evicted: u64,
-    /// Requests answered `E_UNAVAILABLE` because the adapter was over a
-    /// bound ([`Server::handle_frame_busy`]) or the peer over its rate.
-    pub busy_refusals: u64,
-    /// Writes (puts and deletes) waiting for the store.
-    pub pending_writes: usize,
-    /// DISCOVERs waiting for writes their peer made before them.
-    pub waiting_discovers: usize,
-    /// Requests answered, by type and status.
-    pub requests: RequestCounts,
 }
 
 /// What became of a request that passed its checks.
@@ -506,9 +408,11 @@ impl Server {
         self.commit_durations.snapshot()
     }
 
-    /// Every namespace with its number of live registrations, in name order.
-    pub fn namespaces(&self) -> impl Iterator<Item = (&Namespace, usize)> {
-        self.registry.namespaces()
+    /// The namespaces after `after` (every one, for `None`) with their
+    /// numbers of live registrations, in name order: a page at a time for
+    /// an operator, at O(log n) a page.
+    pub fn namespaces(&self, after: Option<&str>) -> impl Iterator<Item = (&Namespace, usize)> {
+        self.registry.namespaces_after(after)
     }
 
     /// Time left on `peer`'s registration in `namespace`, if it has one.

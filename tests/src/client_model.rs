@@ -325,7 +325,7 @@ impl Sim {
         self.advance(Duration::from_secs(3600))?;
         let (server, me) = (self.server, self.me);
         let holds: Vec<_> =
-            self.world.server(server).namespaces().map(|(ns, _)| ns.clone()).collect();
+            self.world.server(server).namespaces(None).map(|(ns, _)| ns.clone()).collect();
         if let Some(ns) = holds.iter().find(|ns| self.world.holds(server, me, ns.as_str())) {
             return Err(format!("after unregister_all the server still holds us in {ns}"));
         }

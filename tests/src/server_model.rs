@@ -576,7 +576,7 @@ impl Sim {
         if name.is_empty() || name.len() > limits.max_namespace_len {
             return Err(ResponseStatus::EInvalidNamespace);
         }
-        let ttl = if ttl == 0 { limits.default_ttl } else { Duration::from_secs(ttl) };
+        let ttl = if ttl == 0 { limits.default_ttl() } else { Duration::from_secs(ttl) };
         if !(limits.min_ttl..=limits.max_ttl).contains(&ttl) {
             return Err(ResponseStatus::EInvalidTtl);
         }

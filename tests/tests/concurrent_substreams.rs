@@ -65,12 +65,13 @@ async fn fifty_idle_substreams_do_not_keep_a_fifty_first_request_waiting() {
 
 #[tokio::test]
 async fn requests_over_the_limit_are_answered_busy_and_stalled_substreams_are_reset() {
-    let config = server::Config {
-        max_streams_per_connection: 4,
-        max_busy_streams_per_connection: 2,
+    let substreams = server::Substreams {
+        max_per_connection: 4,
+        max_busy_per_connection: 2,
         request_timeout: Duration::from_secs(1),
-        ..server::Config::default()
+        ..server::Substreams::default()
     };
+    let config = server::Config { substreams, ..server::Config::default() };
     let (server_id, addr, mut events) = our_server(config).await;
     let me = TestPeer::new(8);
     let mut raw = raw_connection_as(me.keypair.clone(), server_id, &addr).await;
@@ -149,11 +150,12 @@ async fn the_server_closes_its_side_once_the_client_closes_after_an_unregister()
     // server to close too, which tells it the request was read. The server
     // must close then and there, not when some timer next wakes the
     // connection (so the timeouts here are longer than the wait allowed).
-    let config = server::Config {
+    let substreams = server::Substreams {
         request_timeout: Duration::from_secs(60),
         write_timeout: Duration::from_secs(60),
-        ..server::Config::default()
+        ..server::Substreams::default()
     };
+    let config = server::Config { substreams, ..server::Config::default() };
     let (server_id, addr, _events) = our_server(config).await;
     let mut raw = raw_connection(server_id, &addr).await;
     for _ in 0..3 {
@@ -247,8 +249,11 @@ async fn read_pages(stream: &mut Framed<libp2p::Stream>, pages: usize) {
 /// answered in full. Meanwhile others are served.
 #[tokio::test]
 async fn pages_a_client_does_not_read_hold_back_its_next_requests() {
-    let config =
-        server::Config { max_unread_bytes_per_connection: 1 << 20, ..server::Config::default() };
+    let config = {
+        let mut config = server::Config::default();
+        config.substreams.max_unread_bytes_per_connection = 1 << 20;
+        config
+    };
     let (server_id, addr, mut events, mut client, mut first) = a_page_waiting(config, 9).await;
     // Eight more DISCOVERs: room for another page's worth would pass the
     // bound, so none is handled.
@@ -279,8 +284,11 @@ async fn pages_a_client_does_not_read_hold_back_its_next_requests() {
 /// it reads them.
 #[tokio::test]
 async fn pages_unread_on_one_connection_hold_back_the_others_from_its_address() {
-    let config =
-        server::Config { max_unread_bytes_per_address: 1 << 20, ..server::Config::default() };
+    let config = {
+        let mut config = server::Config::default();
+        config.substreams.max_unread_bytes_per_address = 1 << 20;
+        config
+    };
     let (server_id, addr, mut events, _hoarder, mut unread) = a_page_waiting(config, 10).await;
     // Another connection from the same (loopback) address, nothing unread
     // of its own: its DISCOVER waits for the address's total.

@@ -69,7 +69,7 @@ async fn a_peer_over_its_rate_is_answered_unavailable_and_its_unregisters_still_
 #[tokio::test]
 async fn identities_from_one_address_share_its_quota() {
     let mut config = server::Config::default();
-    config.core.limits = Limits { max_registrations_per_origin: 3, ..Limits::default() };
+    config.core.limits = Limits { max_registrations_per_origin: Some(3), ..Limits::default() };
     let (server_id, addr, _events) = our_server(config).await;
     let mut answers = Vec::new();
     for i in 0..5 {

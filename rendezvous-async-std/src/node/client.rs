@@ -1,4 +1,8 @@
-//! A rendezvous client connected to one rendezvous point.
+//! A rendezvous client connected to one rendezvous point, and the demo's
+//! session: register, discover, watch, unregister. The session reports
+//! what happens as [`SessionEvent`]s; printing them is the caller's
+//! ([`demo::client_event`](super::demo::client_event) prints the demo's
+//! lines).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -6,19 +10,18 @@ use std::time::Duration;
 use futures::{FutureExt, Stream, StreamExt, future, select};
 use libp2p_core::multiaddr::{Multiaddr, Protocol};
 use libp2p_identity::PeerId;
-use libp2p_swarm::{DialError, Swarm, SwarmEvent};
+use libp2p_swarm::{DialError, SwarmEvent};
+use prometheus_client::registry::Registry;
 use rendezvous_libp2p::client;
 use rendezvous_libp2p::core::{
-    ClientEvent, Dialect, Discovery, Flavour, Namespace, RequestError, RequestId,
+    ClientConfig, ClientEvent, Dialect, Discovery, LostReason, Namespace, RequestError, RequestId,
 };
-use tracing::{debug, info, warn};
 
-use prometheus_client::registry::Registry;
-
-use super::{Identity, NodeError, executor, metrics_endpoint, next_scrape, root_cause};
-use crate::metrics::{Endpoint, RegistryExt};
-
-const LOG: &str = "rendezvous::client";
+use super::event_loop::{EventLoop, Next, peer_of};
+use super::{Identity, NodeError, executor, http_endpoint, root_cause};
+use crate::host::{self, ClientBehaviour, ClientHostEvent};
+use crate::http::{Query, Reply};
+use crate::metrics::RegistryExt;
 
 /// How long [`ClientNode::run`] waits for its UNREGISTERs on shutdown.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,12 +36,119 @@ pub struct Session {
     /// Keep the registration alive and watch the namespace until the first
     /// interrupt (`--refresh`, the default); otherwise register, discover
     /// once, unregister and return.
-    pub stay: bool,
+    pub refresh: bool,
 }
-use crate::host::{self, ClientBehaviour, ClientEvent as HostEvent};
+
+impl Session {
+    /// A session in `namespace`, which must be a namespace the protocol
+    /// allows ([`Namespace::MAX_LEN`] bytes at most).
+    pub fn new(namespace: &str, ttl: Duration, refresh: bool) -> Result<Session, NodeError> {
+        let namespace = Namespace::new(namespace, Namespace::MAX_LEN)
+            .map_err(|e| NodeError::Config(format!("invalid namespace '{namespace}': {e}")))?;
+        Ok(Session { namespace, ttl, refresh })
+    }
+}
+
+/// What happens in a [`Session`], in order.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum SessionEvent {
+    /// Registering in `namespace`.
+    Registering {
+        /// Where.
+        namespace: Namespace,
+    },
+    /// The point granted `ttl`.
+    Registered {
+        /// The TTL granted.
+        ttl: Duration,
+    },
+    /// Discovering `namespace`.
+    Discovering {
+        /// Where.
+        namespace: Namespace,
+    },
+    /// The first discovery's result.
+    Discovered {
+        /// Our own peer id, which the result may hold.
+        me: PeerId,
+        /// What was found.
+        registrations: Vec<Discovery>,
+        /// Registrations whose record could not be read.
+        skipped: usize,
+    },
+    /// Watching the namespace from now on.
+    Watching,
+    /// The registration was refreshed.
+    Refreshed {
+        /// Where.
+        namespace: Namespace,
+        /// The TTL granted.
+        ttl: Duration,
+    },
+    /// A refresh failed and is retried.
+    RefreshFailed {
+        /// Where.
+        namespace: Namespace,
+        /// Why.
+        error: RequestError,
+        /// When it goes again.
+        retry_in: Duration,
+    },
+    /// The point refused a record flavour.
+    FlavourRefused {
+        /// The point.
+        server: PeerId,
+        /// The flavour refused.
+        dialect: Dialect,
+        /// How.
+        error: RequestError,
+        /// The flavour tried next, if any.
+        next: Option<Dialect>,
+    },
+    /// The point took a record flavour.
+    FlavourAccepted {
+        /// The point.
+        server: PeerId,
+        /// The flavour it took.
+        dialect: Dialect,
+    },
+    /// A peer appeared in the namespace.
+    PeerFound(Discovery),
+    /// A peer left it.
+    PeerLost {
+        /// Who.
+        peer: PeerId,
+        /// How we know.
+        reason: LostReason,
+    },
+    /// A rediscovery failed; the watch goes on.
+    RediscoverFailed {
+        /// Where.
+        namespace: Namespace,
+        /// Why.
+        error: RequestError,
+    },
+    /// Unregistering from `namespace`.
+    Unregistering {
+        /// Where.
+        namespace: Namespace,
+    },
+    /// An UNREGISTER could not be delivered.
+    Undelivered,
+    /// Every UNREGISTER is out.
+    Unregistered,
+    /// Left without seeing the UNREGISTERs out.
+    GaveUp {
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// Anything else the client reported, for a DEBUG line.
+    Other(String),
+}
 
 /// Everything a [`ClientNode`] is built from; each field is one flag of
-/// `rendezvous --mode client`.
+/// `rendezvous --mode client`, at most two levels deep.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// The rendezvous point, ending in `/p2p/<peer id>` (`--address`).
@@ -49,12 +159,12 @@ pub struct ClientOptions {
     /// Our key (`--key-file`). Defaults to a new key every start.
     pub identity: Identity,
     /// The client's policies (`--refresh`, `--record-flavour`,
-    /// `--discover-interval`). Defaults to [`client::Config::default`].
-    pub rendezvous: client::Config,
+    /// `--discover-interval`). Defaults to [`client::Config::default`]'s.
+    pub client: ClientConfig,
     /// How long to wait for the point to answer the dial. Defaults to 10 s.
     pub connect_timeout: Duration,
-    /// Where to serve Prometheus metrics at `/metrics` (`--metrics`);
-    /// `None`, the default, for nowhere.
+    /// Where to serve metrics and health (`--metrics`); `None`, the
+    /// default, for nowhere.
     pub metrics: Option<SocketAddr>,
 }
 
@@ -66,7 +176,7 @@ impl Default for ClientOptions {
                 Multiaddr::empty().with(Protocol::Ip4([0, 0, 0, 0].into())).with(Protocol::Tcp(0)),
             ],
             identity: Identity::default(),
-            rendezvous: client::Config::default(),
+            client: client::Config::default().core,
             connect_timeout: Duration::from_secs(10),
             metrics: None,
         }
@@ -77,9 +187,8 @@ impl Default for ClientOptions {
 /// [`rendezvous`](Self::rendezvous) and read what happens with
 /// [`next_event`](Self::next_event).
 pub struct ClientNode {
-    swarm: Swarm<ClientBehaviour>,
+    events: EventLoop<ClientBehaviour>,
     server: PeerId,
-    metrics: Option<Endpoint>,
     counts: Counts,
 }
 
@@ -118,33 +227,18 @@ impl Counts {
 impl ClientNode {
     /// Listens, dials the point and returns once connected, or with why not.
     pub async fn connect(options: ClientOptions) -> Result<ClientNode, NodeError> {
-        let Some(Protocol::P2p(server)) = options.server.iter().last() else {
-            let why = format!("{} must end with /p2p/<peer id>", options.server);
-            return Err(NodeError::Config(why));
-        };
+        let server = peer_of(&options.server)
+            .map_err(|why| NodeError::Config(format!("{}: {why}", options.server)))?;
         let keypair = options.identity.keypair(None)?;
-        let behaviour = ClientBehaviour::new(&keypair, options.rendezvous)
+        let config = client::Config { core: options.client, ..client::Config::default() };
+        let behaviour =
+            ClientBehaviour::new(&keypair, config).map_err(|e| NodeError::Config(e.to_string()))?;
+        let swarm = host::build(&keypair, behaviour, executor())
             .map_err(|e| NodeError::Config(e.to_string()))?;
-        let mut swarm = host::build(&keypair, behaviour, executor())
-            .map_err(|e| NodeError::Config(e.to_string()))?;
-        for address in &options.listen {
-            swarm
-                .listen_on(address.clone())
-                .map_err(|e| NodeError::Listen(format!("{address}: {}", root_cause(&e))))?;
-        }
-        // The first listen address, so that our record has one.
-        loop {
-            match swarm.select_next_some().await {
-                SwarmEvent::NewListenAddr { .. } => break,
-                SwarmEvent::ListenerError { error, .. } => {
-                    return Err(NodeError::Listen(root_cause(&error)));
-                }
-                SwarmEvent::ListenerClosed { reason: Err(e), .. } => {
-                    return Err(NodeError::Listen(root_cause(&e)));
-                }
-                _ => {}
-            }
-        }
+        let mut events = EventLoop::new(swarm, http_endpoint(options.metrics)?);
+        // Listen first, so that our record has an address.
+        events.listen(options.listen).await?;
+        let swarm = &mut events.swarm;
         swarm.behaviour_mut().rendezvous.add_server_address(server, options.server.clone());
         swarm.dial(options.server.clone()).map_err(|e| NodeError::Connect(dial_error(&e)))?;
         let connected = async {
@@ -170,13 +264,12 @@ impl ClientNode {
                 return Err(NodeError::Connect(why));
             }
         }
-        let metrics = metrics_endpoint(options.metrics)?;
-        Ok(ClientNode { swarm, server, metrics, counts: Counts::default() })
+        Ok(ClientNode { events, server, counts: Counts::default() })
     }
 
-    /// Where metrics are served, if anywhere.
+    /// Where metrics and health are served, if anywhere.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().map(Endpoint::local_addr)
+        self.events.http_address()
     }
 
     /// Every metric, read now; see [`crate::metrics`].
@@ -203,14 +296,25 @@ impl ClientNode {
         );
         r.counter("peers_found", "Peers that appeared in a watched namespace", c.peers_found);
         r.counter("peers_lost", "Peers that left a watched namespace", c.peers_lost);
-        let connections = self.swarm.network_info().connection_counters().num_established();
+        let connections = self.events.swarm.network_info().connection_counters().num_established();
         r.gauge("connections", "Established connections", connections as usize);
         r
     }
 
+    /// The answer to an HTTP query.
+    pub fn answer(&self, query: &Query) -> Reply {
+        match query {
+            Query::Metrics => crate::metrics::reply(&self.metrics()),
+            Query::Health => Reply::ok("ok\n"),
+            Query::Ready if self.events.swarm.is_connected(&self.server) => Reply::ok("ready\n"),
+            Query::Ready => Reply::status(503, "not connected to the rendezvous point"),
+            Query::Namespaces { .. } => Reply::status(404, "a client holds no namespaces"),
+        }
+    }
+
     /// Our peer id.
     pub fn peer_id(&self) -> PeerId {
-        *self.swarm.local_peer_id()
+        *self.events.swarm.local_peer_id()
     }
 
     /// The rendezvous point's peer id.
@@ -220,48 +324,42 @@ impl ClientNode {
 
     /// The client behaviour, to command.
     pub fn rendezvous(&mut self) -> &mut client::Behaviour {
-        &mut self.swarm.behaviour_mut().rendezvous
+        &mut self.events.swarm.behaviour_mut().rendezvous
     }
 
-    /// The next rendezvous event (the swarm's other events, and metrics
-    /// scrapes, are handled here: identify's agent versions go to the
-    /// rendezvous behaviour, which carries requests to servers of ours on one
-    /// long-lived substream).
+    /// The next rendezvous event (the swarm's other events and HTTP
+    /// requests are handled here: identify's agent versions go to the
+    /// rendezvous behaviour, which carries requests to servers of ours on
+    /// one long-lived substream).
     pub async fn next_event(&mut self) -> ClientEvent {
         loop {
-            let scrape = next_scrape(&mut self.metrics);
-            select! {
-                event = self.swarm.select_next_some() => match event {
-                    SwarmEvent::Behaviour(HostEvent::Rendezvous(event)) => {
-                        self.counts.count(&event);
-                        return *event;
-                    }
-                    SwarmEvent::Behaviour(HostEvent::Identify(identify)) => {
-                        if let libp2p_identify::Event::Received { peer_id, info, .. } = *identify {
-                            debug!(target: LOG, "{peer_id} runs {}", info.agent_version);
-                            self.rendezvous().set_agent_version(peer_id, &info.agent_version);
-                        }
-                    }
-                    _ => {}
-                },
-                scrape = scrape.fuse() => scrape.answer(&self.metrics()),
+            match self.events.next().await {
+                Next::Swarm(SwarmEvent::Behaviour(ClientHostEvent::Rendezvous(event))) => {
+                    self.counts.count(&event);
+                    return *event;
+                }
+                Next::Swarm(_) => {}
+                Next::Http(request) => {
+                    let reply = self.answer(&request.query);
+                    request.answer(reply);
+                }
             }
         }
     }
 
-    /// Registers, discovers, prints what it finds and, with
-    /// [`Session::stay`], keeps the registration alive and reports each peer
-    /// that comes and goes until the first item of `interrupts`; then
-    /// unregisters (a second interrupt leaves at once) and closes. Logs
-    /// every step in the demo's words.
+    /// Registers, discovers and, with [`Session::refresh`], keeps the
+    /// registration alive and reports each peer that comes and goes until
+    /// the first item of `interrupts`; then unregisters (a second interrupt
+    /// leaves at once) and closes. Every step goes to `report`.
     pub async fn run(
         &mut self,
         session: Session,
         interrupts: impl Stream<Item = ()> + Unpin,
+        mut report: impl FnMut(&SessionEvent),
     ) -> Result<(), NodeError> {
         let mut interrupts = interrupts.fuse();
         let (me, server, ns) = (self.peer_id(), self.server, session.namespace.clone());
-        info!(target: LOG, "Registering in namespace '{ns}'...");
+        report(&SessionEvent::Registering { namespace: ns.clone() });
         let failed = |why: String| NodeError::Rendezvous(why);
         let registration = self
             .rendezvous()
@@ -276,98 +374,107 @@ impl ClientNode {
                     if leaving.is_some() {
                         return Ok(()); // a second interrupt: leave now
                     }
-                    leaving = Some(self.unregister_all(&ns));
+                    leaving = Some(self.unregister_all(&ns, &mut report));
                     deadline = sleep(SHUTDOWN_TIMEOUT);
                     continue;
                 },
                 () = deadline => {
-                    warn!(target: LOG, "Gave up waiting for the unregistration after {}s", SHUTDOWN_TIMEOUT.as_secs());
+                    report(&SessionEvent::GaveUp { waited: SHUTDOWN_TIMEOUT });
                     return Ok(());
                 },
             };
-            match event {
+            let said = match event {
                 ClientEvent::Registered { request, ttl, .. } if request == Some(registration) => {
-                    info!(target: LOG, "✓ Registered with TTL {}s", ttl.as_secs());
-                    info!(target: LOG, "Discovering peers in namespace '{ns}'...");
+                    report(&SessionEvent::Registered { ttl });
+                    report(&SessionEvent::Discovering { namespace: ns.clone() });
                     let id = self.rendezvous().discover_all(server, Some(ns.clone()), Some(100));
                     discovery = Some(id.map_err(|e| failed(e.to_string()))?);
+                    continue;
                 }
                 ClientEvent::Registered { request: None, namespace, ttl, .. } => {
-                    info!(target: LOG, "↻ Refreshed registration in '{namespace}' with TTL {}s", ttl.as_secs());
+                    SessionEvent::Refreshed { namespace, ttl }
                 }
                 ClientEvent::RegisterFailed { request, error, .. }
                     if request == Some(registration) =>
                 {
-                    return Err(failed(format!("Registration failed: {}", describe(&error))));
-                }
-                ClientEvent::RegisterFailed { error, retry_in: Some(delay), namespace, .. } => {
-                    warn!(target: LOG, "Refresh in '{namespace}' failed ({}); retrying in {}s", describe(&error), delay.as_secs());
-                }
-                ClientEvent::RegisterFailed { error, namespace, .. } => {
                     return Err(failed(format!(
-                        "Registration in '{namespace}' lost: {}",
-                        describe(&error)
+                        "Registration failed: {}",
+                        super::demo::describe(&error)
                     )));
                 }
+                ClientEvent::RegisterFailed {
+                    error, retry_in: Some(retry_in), namespace, ..
+                } => SessionEvent::RefreshFailed { namespace, error, retry_in },
+                ClientEvent::RegisterFailed { error, namespace, .. } => {
+                    let why = super::demo::describe(&error);
+                    return Err(failed(format!("Registration in '{namespace}' lost: {why}")));
+                }
                 ClientEvent::FlavourRefused { server, dialect, error, next } => {
-                    let next = next.map_or("it reads none of our records".into(), |d| {
-                        format!("trying the {}", name(d))
-                    });
-                    info!(target: LOG, "{server} refused our {} ({}); {next}", name(dialect), describe(&error));
+                    SessionEvent::FlavourRefused { server, dialect, error, next }
                 }
                 ClientEvent::FlavourAccepted { server, dialect } => {
-                    info!(target: LOG, "{server} took our {}", name(dialect));
+                    SessionEvent::FlavourAccepted { server, dialect }
                 }
                 ClientEvent::Discovered { request, registrations, skipped, .. }
                     if Some(request) == discovery =>
                 {
-                    report(me, &registrations, skipped);
-                    if session.stay {
-                        info!(target: LOG, "Refresh mode: Registration will auto-refresh; press Ctrl+C to stop");
+                    report(&SessionEvent::Discovered { me, registrations, skipped });
+                    if session.refresh {
+                        report(&SessionEvent::Watching);
                         self.rendezvous()
                             .watch(server, ns.clone())
                             .map_err(|e| failed(e.to_string()))?;
                     } else {
-                        leaving = Some(self.unregister_all(&ns));
+                        leaving = Some(self.unregister_all(&ns, &mut report));
                         deadline = sleep(SHUTDOWN_TIMEOUT);
                     }
+                    continue;
                 }
                 ClientEvent::DiscoverFailed { request, error, .. }
                     if Some(request) == discovery =>
                 {
-                    return Err(failed(format!("Discovery failed: {}", describe(&error))));
+                    return Err(failed(format!(
+                        "Discovery failed: {}",
+                        super::demo::describe(&error)
+                    )));
                 }
                 ClientEvent::PeerFound { request: None, discovery, .. } if discovery.peer != me => {
-                    info!(target: LOG, "  Found peer: {} {}", discovery.peer, addresses(&discovery));
+                    SessionEvent::PeerFound(discovery)
                 }
                 ClientEvent::PeerLost { peer, reason, .. } => {
-                    info!(target: LOG, "  Lost peer: {peer} ({reason:?})");
+                    SessionEvent::PeerLost { peer, reason }
                 }
                 ClientEvent::RediscoverFailed { namespace, error, .. } => {
-                    warn!(target: LOG, "Rediscovering '{namespace}' failed ({}); trying again later", describe(&error));
+                    SessionEvent::RediscoverFailed { namespace, error }
                 }
                 ClientEvent::Unregistered { request: Some(id), delivered, .. } => {
                     let Some(left) = &mut leaving else { continue };
                     left.retain(|r| *r != id);
                     if !delivered {
-                        warn!(target: LOG, "The unregistration could not be delivered; the server drops it at its TTL");
+                        report(&SessionEvent::Undelivered);
                     }
                     if left.is_empty() {
-                        info!(target: LOG, "✓ Unregistered successfully");
+                        report(&SessionEvent::Unregistered);
                         self.close(SHUTDOWN_TIMEOUT).await;
                         return Ok(());
                     }
+                    continue;
                 }
-                other => debug!(target: LOG, "{other:?}"),
-            }
+                other => SessionEvent::Other(format!("{other:?}")),
+            };
+            report(&said);
             if leaving.as_ref().is_some_and(Vec::is_empty) {
                 return Ok(());
             }
         }
     }
 
-    fn unregister_all(&mut self, namespace: &Namespace) -> Vec<RequestId> {
-        info!(target: LOG, "Unregistering from namespace '{namespace}'...");
+    fn unregister_all(
+        &mut self,
+        namespace: &Namespace,
+        report: &mut impl FnMut(&SessionEvent),
+    ) -> Vec<RequestId> {
+        report(&SessionEvent::Unregistering { namespace: namespace.clone() });
         self.rendezvous().unregister_all()
     }
 
@@ -376,13 +483,14 @@ impl ClientNode {
     /// `limit`.
     pub async fn close(&mut self, limit: Duration) {
         let server = self.server;
-        if self.swarm.disconnect_peer_id(server).is_err() {
+        let swarm = &mut self.events.swarm;
+        if swarm.disconnect_peer_id(server).is_err() {
             return;
         }
         let closed = async {
             loop {
                 if let SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } =
-                    self.swarm.select_next_some().await
+                    swarm.select_next_some().await
                     && peer_id == server
                 {
                     return;
@@ -407,46 +515,6 @@ fn dial_error(error: &DialError) -> String {
     }
 }
 
-/// The demo's lines for a completed discovery.
-fn report(me: PeerId, registrations: &[Discovery], skipped: usize) {
-    for found in registrations {
-        if found.peer == me {
-            info!(target: LOG, "  Found self: {}", found.peer);
-        } else {
-            info!(target: LOG, "  Found peer: {} {}", found.peer, addresses(found));
-        }
-    }
-    if skipped > 0 {
-        warn!(target: LOG, "Skipped {skipped} registrations whose record could not be read");
-    }
-    info!(target: LOG, "Total peers found: {}", registrations.len());
-    if registrations.iter().any(|r| r.peer != me) {
-        info!(target: LOG, "✓ Successfully discovered other peers!");
-    } else {
-        info!(target: LOG, "No other peers found (only self)");
-    }
-}
-
-fn addresses(found: &Discovery) -> String {
-    found.addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
-}
-
 fn sleep(duration: Duration) -> future::Fuse<future::BoxFuture<'static, ()>> {
     FutureExt::map(async_io::Timer::after(duration), drop).boxed().fuse()
-}
-
-fn name(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::Signed(Flavour::RustLibp2p) => "rust-libp2p envelope",
-        Dialect::Signed(Flavour::Standard) => "standard envelope",
-        Dialect::Legacy => "legacy PeerInfo",
-    }
-}
-
-fn describe(error: &RequestError) -> String {
-    match error {
-        RequestError::Refused { status: Ok(status), text } => format!("{status:?}: {text}"),
-        RequestError::Refused { status: Err(raw), text } => format!("status {raw}: {text}"),
-        other => other.to_string(),
-    }
 }

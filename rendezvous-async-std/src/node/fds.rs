@@ -1,7 +1,8 @@
 //! File descriptors: a point needs one per connection and per handshake.
 //! At start it raises its soft limit to the hard limit and, if even that
 //! cannot hold every connection its limits allow, lowers those limits, so
-//! that accepting never fails for want of descriptors.
+//! that accepting never fails for want of descriptors. It also reads how
+//! many are open, for the metrics.
 
 use tracing::{info, warn};
 
@@ -33,6 +34,14 @@ pub(super) fn raise() -> Option<u64> {
     }
 }
 
+/// Descriptors open now, and the soft limit (Linux's `/proc`; `None`
+/// elsewhere).
+pub(super) fn in_use() -> Option<(u64, u64)> {
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
+    Some((open, soft))
+}
+
 /// `limits` lowered, if need be, so that every connection and handshake
 /// they allow has a descriptor under `available` (raised first).
 pub(super) fn fit(limits: ConnectionLimits) -> ConnectionLimits {
@@ -44,21 +53,20 @@ pub(super) fn fit(limits: ConnectionLimits) -> ConnectionLimits {
 
 fn fit_within(mut limits: ConnectionLimits, available: u64) -> ConnectionLimits {
     let budget = available.saturating_sub(RESERVED).max(2);
-    let wanted = u64::from(limits.max_established) + limits.handshakes.max as u64;
+    let wanted = u64::from(limits.max_established) + limits.max_handshakes as u64;
     if wanted <= budget {
         return limits;
     }
-    let handshakes = (limits.handshakes.max as u64).min(budget / 4).max(1);
+    let handshakes = (limits.max_handshakes as u64).min(budget / 4).max(1);
     let established = u32::try_from(budget - handshakes).unwrap_or(u32::MAX).max(1);
     warn!(
         target: LOG,
         "Only {available} open files allowed: connections lowered from {} to {established} and handshakes from {} to {handshakes} (raise the limit with ulimit -n)",
         limits.max_established,
-        limits.handshakes.max
+        limits.max_handshakes
     );
     limits.max_established = established.min(limits.max_established);
-    limits.handshakes.max = handshakes as usize;
-    limits.handshakes.max_per_ip = limits.handshakes.max_per_ip.min(limits.handshakes.max);
+    limits.max_handshakes = handshakes as usize;
     limits
 }
 
@@ -71,9 +79,9 @@ mod tests {
         let limits = ConnectionLimits::default();
         assert_eq!(fit_within(limits, 1 << 20), limits);
         let fitted = fit_within(limits, 1024);
-        let used = u64::from(fitted.max_established) + fitted.handshakes.max as u64;
+        let used = u64::from(fitted.max_established) + fitted.max_handshakes as u64;
         assert_eq!(used, 1024 - RESERVED);
-        assert_eq!(fitted.handshakes.max, 240);
-        assert!(fitted.handshakes.max_per_ip <= fitted.handshakes.max);
+        assert_eq!(fitted.max_handshakes, 240);
+        assert!(fitted.handshakes().max_per_ip <= fitted.max_handshakes);
     }
 }

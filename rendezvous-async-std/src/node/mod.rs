@@ -8,31 +8,38 @@
 //!   point, and the client behaviour to command.
 //!
 //! Both take an options struct with `Default` and a documented field per
-//! flag of the binary; `rendezvous --help` maps onto them one to one.
+//! flag of the binary; `rendezvous --help` maps onto them one to one, and
+//! every default, bound and check is the options' own, so an embedder gets
+//! the same point as the binary. Both run one loop ([`event_loop`]); the
+//! demo's log lines are a printer over their events ([`demo`]).
 
 mod client;
+pub mod demo;
+pub mod event_loop;
 mod fds;
 mod server;
+mod summary;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use libp2p_core::multiaddr::{Multiaddr, Protocol};
-use libp2p_identity::{Keypair, PeerId};
+use libp2p_identity::Keypair;
 
-pub use client::{ClientNode, ClientOptions, Session};
-pub use server::{Drained, ServerNode, ServerOptions};
+pub use client::{ClientNode, ClientOptions, Session, SessionEvent};
+pub use event_loop::{Identified, peer_of, server_address, with_peer};
+pub use server::{ServerNode, ServerOptions, ShutDown};
 
 use crate::host::{SpawnWith, Task};
+use crate::http::Endpoint;
 use crate::keyfile;
-use crate::metrics::{Endpoint, Scrape};
 
 /// Where a node's key comes from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Identity {
     /// The data dir's `key` file when the node has a data dir (a point with
-    /// an embedded store), a new key every start otherwise.
+    /// an embedded store, or a Redis and a data dir for its key), a new key
+    /// every start otherwise.
     #[default]
     Auto,
     /// A new key every start (a new peer id).
@@ -85,7 +92,7 @@ impl fmt::Display for NodeError {
         match self {
             NodeError::Key(why) => write!(f, "cannot use key file {why}"),
             NodeError::Config(why) => write!(f, "invalid settings: {why}"),
-            NodeError::Listen(why) => write!(f, "cannot listen: {why}"),
+            NodeError::Listen(why) => write!(f, "cannot listen on {why}"),
             NodeError::Metrics(why) => write!(f, "cannot serve metrics: {why}"),
             NodeError::Connect(why) => write!(f, "Failed to connect to server: {why}"),
             NodeError::Rendezvous(why) | NodeError::Store(why) => f.write_str(why),
@@ -100,20 +107,12 @@ fn executor() -> SpawnWith<impl Fn(Task) + Send + 'static> {
     SpawnWith(crate::runtime::spawn)
 }
 
-/// The metrics endpoint at `addr`, when one is asked for.
-fn metrics_endpoint(addr: Option<SocketAddr>) -> Result<Option<Endpoint>, NodeError> {
+/// The HTTP endpoint at `addr`, when one is asked for.
+fn http_endpoint(addr: Option<SocketAddr>) -> Result<Option<Endpoint>, NodeError> {
     let serve = |addr| {
         Endpoint::serve(addr).map_err(|e| NodeError::Metrics(format!("{addr}: {}", root_cause(&e))))
     };
     addr.map(serve).transpose()
-}
-
-/// The next scrape of `metrics`; never, without an endpoint.
-async fn next_scrape(metrics: &mut Option<Endpoint>) -> Scrape {
-    match metrics {
-        Some(metrics) => metrics.next_scrape().await,
-        None => futures::future::pending().await,
-    }
 }
 
 /// The innermost error's message: what actually went wrong, without the
@@ -125,12 +124,4 @@ pub fn root_cause(error: &dyn std::error::Error) -> String {
     }
     let text = inner.to_string();
     if text.is_empty() { error.to_string() } else { text }
-}
-
-/// `address` with `/p2p/<peer>` at its end.
-pub fn with_peer(address: &Multiaddr, peer: PeerId) -> Multiaddr {
-    match address.iter().last() {
-        Some(Protocol::P2p(_)) => address.clone(),
-        _ => address.clone().with(Protocol::P2p(peer)),
-    }
 }

@@ -1,79 +1,128 @@
 //! A rendezvous point, ready to run.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt, select};
 use libp2p_core::multiaddr::{Multiaddr, Protocol};
-use libp2p_core::transport::ListenerId;
 use libp2p_identity::PeerId;
-use libp2p_swarm::{Swarm, SwarmEvent};
+use libp2p_swarm::SwarmEvent;
 use prometheus_client::registry::Registry;
-use rendezvous_libp2p::core::ServerEvent as Core;
+use rendezvous_libp2p::core::{Limits, RateLimit, ServerConfig, ServerEvent};
 use rendezvous_libp2p::server;
-use tracing::{debug, info, warn};
+use serde_json::json;
+use tracing::info;
 
-use super::{Identity, NodeError, executor, metrics_endpoint, next_scrape, root_cause, with_peer};
+use super::event_loop::{EventLoop, Next};
+use super::summary::Summary;
+use super::{Identity, NodeError, demo, executor, http_endpoint};
 use crate::handshakes::Handshakes;
-use crate::host::{self, ConnectionLimits, ServerBehaviour, ServerEvent};
-use crate::metrics::{ConstHistogram, Endpoint, RegistryExt};
+use crate::host::{self, ConnectionLimits, ServerBehaviour, ServerHostEvent};
+use crate::http::{Query, Reply};
+use crate::metrics::{ConstHistogram, RegistryExt};
 use crate::store::Storage;
 #[cfg(feature = "redb")]
 use crate::store::redb::{self, RedbStore};
 #[cfg(feature = "redis")]
-use crate::store::redis::RedisStore;
+use crate::store::redis::{RedisOptions, RedisStore, redacted};
 use crate::websocket::Tls;
-use rendezvous_libp2p::core::ConfigError;
 
 const LOG: &str = "rendezvous::server";
 
+/// Namespaces named in full on the statistics line; beyond, the largest.
+const STATS_NAMESPACES: usize = 10;
+
+/// How often refusals are summed up when no statistics interval is set.
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
 /// Everything a [`ServerNode`] is built from; each field is one flag of
-/// `rendezvous --mode server`.
+/// `rendezvous --mode server` (named beside it), at most two levels deep.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// Where to listen (`--listen IP`, `--port P`). Defaults to
+    /// Where to listen (`--listen IP`, `--port P`, `--ws-port`). Defaults to
     /// `/ip4/0.0.0.0/tcp/0`: every interface, a port the system picks.
     pub listen: Vec<Multiaddr>,
-    /// The point's key (`--key-file`). Defaults to the data dir's key, or a
-    /// new key every start when in memory.
-    pub identity: Identity,
-    /// Where registrations are kept (`--data-dir`, `--in-memory`). Defaults
-    /// to the platform's per-user data directory
-    /// ([`Storage::default`]).
-    pub storage: Storage,
-    /// The protocol's limits and the substream bounds (`--min-ttl`,
-    /// `--max-ttl`, `--max-per-namespace`, `--max-per-peer`, `--max-total`).
-    /// Defaults to [`server::Config::default`].
-    pub rendezvous: server::Config,
-    /// Connections in all and per peer. Defaults to [`ConnectionLimits::default`].
-    pub connections: ConnectionLimits,
-    /// How often to log namespace statistics (`--stats-interval`); `None`
-    /// never. Defaults to 10 s.
-    pub stats_interval: Option<Duration>,
-    /// Where to serve Prometheus metrics at `/metrics` (`--metrics`);
-    /// `None`, the default, for nowhere.
-    pub metrics: Option<SocketAddr>,
     /// The certificate for `/wss` listen addresses (`--ws-cert`,
     /// `--ws-key`); `None`, the default, for none: such addresses are then
     /// refused.
     pub ws_tls: Option<Tls>,
+    /// The point's key (`--key-file`). Defaults to the data dir's key, or a
+    /// new key every start without one.
+    pub identity: Identity,
+    /// Where registrations are kept (`--data-dir`, `--in-memory`,
+    /// `--redis`). Defaults to the platform's per-user data directory
+    /// ([`Storage::default`]).
+    pub storage: Storage,
+    /// How a Redis is used (`--redis-allow-eviction`).
+    #[cfg(feature = "redis")]
+    pub redis: RedisOptions,
+    /// The protocol's limits (`--min-ttl`, `--max-ttl`,
+    /// `--max-per-namespace`, `--max-per-peer`, `--max-total`,
+    /// `--max-per-ip`). Defaults to [`Limits::default`].
+    pub limits: Limits,
+    /// Most requests per second from one peer (`--rate-limit`); `None`, the
+    /// default, for no limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Close a connection that carries no rendezvous request for this long
+    /// (`--idle-timeout`); `None` never. Defaults to 60 s.
+    pub idle_timeout: Option<Duration>,
+    /// Connections and handshakes (`--max-connections`,
+    /// `--max-connections-per-peer`, `--max-connections-per-ip`,
+    /// `--max-handshakes`, `--handshake-timeout`). Defaults to
+    /// [`ConnectionLimits::default`].
+    pub connections: ConnectionLimits,
+    /// The bounds of each connection's rendezvous substreams (no flags).
+    pub substreams: server::Substreams,
+    /// How often to log namespace statistics (`--stats-interval`); `None`
+    /// never. Defaults to 10 s.
+    pub stats_interval: Option<Duration>,
+    /// Where to serve metrics and health (`--metrics`); `None`, the
+    /// default, for nowhere. See [`crate::http`].
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
+        let rendezvous = server::Config::default();
         ServerOptions {
             listen: vec![
                 Multiaddr::empty().with(Protocol::Ip4([0, 0, 0, 0].into())).with(Protocol::Tcp(0)),
             ],
+            ws_tls: None,
             identity: Identity::default(),
             storage: Storage::default(),
-            rendezvous: server::Config::default(),
+            #[cfg(feature = "redis")]
+            redis: RedisOptions::default(),
+            limits: rendezvous.core.limits.clone(),
+            rate_limit: None,
+            idle_timeout: rendezvous.idle_timeout,
             connections: ConnectionLimits::default(),
+            substreams: rendezvous.substreams,
             stats_interval: Some(Duration::from_secs(10)),
             metrics: None,
-            ws_tls: None,
         }
+    }
+}
+
+impl ServerOptions {
+    /// The rendezvous behaviour's configuration these options make.
+    pub fn rendezvous(&self) -> server::Config {
+        let defaults = server::Config::default();
+        server::Config {
+            core: ServerConfig {
+                limits: self.limits.clone(),
+                rate_limit: self.rate_limit,
+                ..defaults.core
+            },
+            substreams: self.substreams,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
+    /// Why these options cannot make a point, in one line.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        self.rendezvous().validate().map_err(|e| NodeError::Config(e.to_string()))?;
+        self.connections.validate().map_err(NodeError::Config)
     }
 }
 
@@ -81,22 +130,21 @@ impl Default for ServerOptions {
 /// and connection-limit behaviours, told each peer's agent version so that
 /// every reader gets the record flavour its stack verifies.
 pub struct ServerNode {
-    swarm: Swarm<ServerBehaviour>,
-    listening: Vec<Multiaddr>,
-    listeners: Vec<ListenerId>,
+    events: EventLoop<ServerBehaviour>,
     stats_interval: Option<Duration>,
     handshakes: Handshakes,
-    metrics: Option<Endpoint>,
     limits: ConnectionLimits,
+    shutting_down: bool,
+    summary: Summary,
 }
 
 /// What a graceful shutdown achieved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Drained {
+pub struct ShutDown {
     /// Requests still unanswered when the time ran out (0: every request
     /// read was answered).
     pub unanswered: usize,
-    /// Puts the store had not committed when the time ran out.
+    /// Writes the store had not committed when the time ran out.
     pub uncommitted: usize,
 }
 
@@ -104,115 +152,41 @@ impl ServerNode {
     /// Builds the point and listens; returns once every listener has an
     /// address, or with the reason one cannot.
     pub async fn start(options: ServerOptions) -> Result<ServerNode, NodeError> {
-        options.rendezvous.core.limits.validate().map_err(|e| NodeError::Config(e.to_string()))?;
-        let config = |e: ConfigError| NodeError::Config(e.to_string());
-        let rendezvous = match &options.storage {
-            Storage::InMemory => {
-                let keypair = options.identity.keypair(None)?;
-                (keypair, server::Behaviour::new(options.rendezvous).map_err(config)?)
-            }
-            #[cfg(feature = "redb")]
-            Storage::DataDir(dir) => {
-                let keypair = options.identity.keypair(Some(dir))?;
-                let (store, snapshot) =
-                    RedbStore::open(dir).map_err(|e| NodeError::Store(e.to_string()))?;
-                let (behaviour, loaded) =
-                    server::Behaviour::with_store(options.rendezvous, store, snapshot)
-                        .map_err(config)?;
-                info!(
-                    target: LOG,
-                    "Restored {} registrations from {} ({} had expired)",
-                    loaded.registrations,
-                    dir.join(redb::FILE).display(),
-                    loaded.expired
-                );
-                (keypair, behaviour)
-            }
-            #[cfg(feature = "redis")]
-            Storage::Redis(url) => {
-                let keypair = options.identity.keypair(None)?;
-                let limits = &options.rendezvous.core.limits;
-                let redis = crate::store::redis::RedisOptions::default();
-                let (store, snapshot) = RedisStore::connect(url, limits, &redis)
-                    .await
-                    .map_err(|e| NodeError::Store(e.to_string()))?;
-                let clock = store.clock();
-                let (behaviour, loaded) = server::Behaviour::with_store_and_clock(
-                    options.rendezvous,
-                    store,
-                    snapshot,
-                    clock,
-                )
-                .map_err(config)?;
-                info!(
-                    target: LOG,
-                    "Sharing the registry in {}: {} registrations loaded ({} had expired)",
-                    crate::store::redis::redacted(url),
-                    loaded.registrations,
-                    loaded.expired
-                );
-                (keypair, behaviour)
-            }
-        };
-        let (keypair, rendezvous) = rendezvous;
+        options.validate()?;
+        let keypair = options.identity.keypair(options.storage.data_dir())?;
+        let rendezvous = rendezvous_behaviour(&options).await?;
         let limits = super::fds::fit(options.connections);
         let behaviour = ServerBehaviour::with(&keypair, rendezvous, limits);
         let (transport, handshakes) =
             host::server_transport(&keypair, &limits, options.ws_tls.as_ref())
                 .map_err(|e| NodeError::Config(e.to_string()))?;
         let swarm = host::build_with(&keypair, transport, behaviour, executor());
-        let metrics = metrics_endpoint(options.metrics)?;
+        let http = http_endpoint(options.metrics)?;
         let mut node = ServerNode {
-            swarm,
-            listening: Vec::new(),
-            listeners: Vec::new(),
-            stats_interval: options.stats_interval,
+            events: EventLoop::new(swarm, http),
+            stats_interval: options.stats_interval.filter(|i| !i.is_zero()),
             handshakes,
-            metrics,
             limits,
+            shutting_down: false,
+            summary: Summary::default(),
         };
-        for address in options.listen {
-            let describe = |e: &dyn std::error::Error| format!("{address}: {}", root_cause(e));
-            let id = node
-                .swarm
-                .listen_on(address.clone())
-                .map_err(|e| NodeError::Listen(describe(&e)))?;
-            node.listeners.push(id);
-        }
-        // Up once every listener has an address (TCP and WebSocket bind
-        // separately; either may fail).
-        let mut waiting = node.listeners.clone();
-        while !waiting.is_empty() {
-            match node.swarm.select_next_some().await {
-                SwarmEvent::NewListenAddr { listener_id, address } => {
-                    node.listening.push(with_peer(&address, node.peer_id()));
-                    waiting.retain(|id| *id != listener_id);
-                }
-                SwarmEvent::ListenerClosed { reason: Err(e), addresses, .. } => {
-                    return Err(NodeError::Listen(format!("{addresses:?}: {}", root_cause(&e))));
-                }
-                SwarmEvent::ListenerError { error, .. } => {
-                    return Err(NodeError::Listen(root_cause(&error)));
-                }
-                _ => {}
-            }
-        }
+        node.events.listen(options.listen).await?;
         Ok(node)
     }
 
     /// The point's peer id.
     pub fn peer_id(&self) -> PeerId {
-        *self.swarm.local_peer_id()
+        *self.events.swarm.local_peer_id()
     }
 
     /// Addresses listened on so far, each ending in `/p2p/<peer id>`.
     pub fn listen_addresses(&self) -> &[Multiaddr] {
-        &self.listening
+        self.events.listen_addresses()
     }
 
-    /// Where metrics are served, if anywhere.
+    /// Where metrics and health are served, if anywhere.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().map(Endpoint::local_addr)
+        self.events.http_address()
     }
 
     /// The connection limits in force (after fitting them to the file
@@ -223,7 +197,7 @@ impl ServerNode {
 
     /// The rendezvous behaviour: its core, statistics and counters.
     pub fn rendezvous(&self) -> &server::Behaviour {
-        &self.swarm.behaviour().rendezvous
+        &self.events.swarm.behaviour().rendezvous
     }
 
     /// Every metric, read now; see [`crate::metrics`].
@@ -266,9 +240,8 @@ impl ServerNode {
             "Substreams closed without a request served, by reason",
             rejected,
         );
-        let network = self.swarm.network_info();
-        let counters = network.connection_counters();
-        r.gauge("connections", "Established connections", counters.num_established() as usize);
+        let counters = self.events.swarm.network_info().connection_counters().num_established();
+        r.gauge("connections", "Established connections", counters as usize);
         let handshakes = self.handshakes.stats();
         r.gauge("handshakes", "Inbound connections in their handshake", handshakes.pending);
         r.counter(
@@ -281,94 +254,158 @@ impl ServerNode {
             "Most established connections taken",
             self.limits.max_established as usize,
         );
+        if let Some((open, max)) = super::fds::in_use() {
+            r.gauge("open_fds", "File descriptors open", open as usize);
+            r.gauge("max_fds", "File descriptors the process may open", max as usize);
+        }
         if let Some(commits) = rendezvous.commit_durations() {
             r.register(
                 "store_commit_duration_seconds",
-                "From a registration's submission to the store to its commit",
+                "From a write's hand-over to the store to its commit",
                 ConstHistogram(commits),
             );
             r.gauge(
                 "store_pending_puts",
-                "Registrations waiting for the store",
+                "Writes waiting for the store",
                 rendezvous.pending_writes(),
+            );
+            let ready = usize::from(rendezvous.store_trouble().is_none());
+            r.gauge("store_ready", "1 when the store takes writes, 0 otherwise", ready);
+        }
+        if let Some(offset) = rendezvous.store_clock_offset() {
+            r.gauge_f64(
+                "clock_offset_seconds",
+                "This machine's wall clock minus the shared registry's (Redis TIME)",
+                offset,
             );
         }
         r
     }
 
-    /// The next event, with identify's agent versions already handed to
-    /// the rendezvous behaviour; metrics scrapes are answered meanwhile.
-    pub async fn next_event(&mut self) -> SwarmEvent<ServerEvent> {
-        let event = loop {
-            let scrape = next_scrape(&mut self.metrics);
-            select! {
-                event = self.swarm.select_next_some() => break event,
-                scrape = scrape.fuse() => scrape.answer(&self.metrics()),
+    /// The answer to an HTTP query.
+    pub fn answer(&self, query: &Query) -> Reply {
+        match query {
+            Query::Metrics => crate::metrics::reply(&self.metrics()),
+            Query::Health => Reply::ok("ok\n"),
+            Query::Ready => match self.not_ready() {
+                None => Reply::ok("ready\n"),
+                Some(why) => Reply::status(503, why),
+            },
+            Query::Namespaces { after, limit } => {
+                let core = self.rendezvous().core();
+                let page: Vec<_> = core
+                    .namespaces(after.as_deref())
+                    .take(*limit)
+                    .map(|(ns, n)| json!({ "namespace": ns.as_str(), "registrations": n }))
+                    .collect();
+                let next = (page.len() == *limit)
+                    .then(|| page.last().map(|last| last["namespace"].clone()))
+                    .flatten();
+                let stats = core.stats();
+                Reply::json(&json!({
+                    "namespaces": page,
+                    "next": next,
+                    "total_namespaces": stats.namespaces,
+                    "total_registrations": stats.registrations,
+                }))
             }
-        };
-        match &event {
-            SwarmEvent::Behaviour(ServerEvent::Identify(identify)) => {
-                if let libp2p_identify::Event::Received { peer_id, info, .. } = identify.as_ref() {
-                    debug!(target: LOG, "{peer_id} runs {}", info.agent_version);
-                    self.swarm
-                        .behaviour_mut()
-                        .rendezvous
-                        .set_agent_version(*peer_id, &info.agent_version);
-                }
-            }
-            SwarmEvent::NewListenAddr { address, .. } => {
-                let full = with_peer(address, self.peer_id());
-                if !self.listening.contains(&full) {
-                    self.listening.push(full);
-                }
-            }
-            _ => {}
         }
-        event
     }
 
-    /// Serves until `shutdown` resolves, logging what happens: listen
-    /// addresses at INFO, each registration change at DEBUG, refusals at
-    /// WARN, and the statistics every `stats_interval`. Then call
-    /// [`drain`](Self::drain).
+    /// Why the point should not be sent traffic now, if it should not.
+    fn not_ready(&self) -> Option<String> {
+        if self.shutting_down {
+            return Some("shutting down".into());
+        }
+        if self.listen_addresses().is_empty() {
+            return Some("not listening".into());
+        }
+        self.rendezvous().store_trouble()
+    }
+
+    /// The next event; identify's agent versions are handed to the
+    /// rendezvous behaviour and HTTP requests answered meanwhile.
+    pub async fn next_event(&mut self) -> SwarmEvent<ServerHostEvent> {
+        loop {
+            match self.events.next().await {
+                Next::Swarm(event) => return event,
+                Next::Http(request) => {
+                    let reply = self.answer(&request.query);
+                    request.answer(reply);
+                }
+            }
+        }
+    }
+
+    /// Serves until `shutdown` resolves, logging what happens (see
+    /// [`demo::server_event`]): refusals and rejected substreams summed up
+    /// once per interval, each at DEBUG; the statistics every
+    /// `stats_interval`. Then call [`shut_down`](Self::shut_down).
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) {
         let mut stats = ticker(self.stats_interval);
+        let mut summaries = ticker(Some(self.stats_interval.unwrap_or(SUMMARY_EVERY)));
         let mut shutdown = std::pin::pin!(shutdown.fuse());
         loop {
             select! {
-                event = self.next_event().fuse() => log_event(event, self.peer_id()),
+                event = self.next_event().fuse() => self.log(event),
                 _ = stats.select_next_some() => self.log_stats(),
+                _ = summaries.select_next_some() => self.log_summary(),
                 () = shutdown => return,
             }
         }
     }
 
+    fn log(&mut self, event: SwarmEvent<ServerHostEvent>) {
+        let me = self.peer_id();
+        if let SwarmEvent::Behaviour(ServerHostEvent::Rendezvous(event)) = &event {
+            match event {
+                server::Event::Core(ServerEvent::Refused { request, status, .. }) => {
+                    self.summary.refused(*request, *status);
+                }
+                server::Event::StreamRejected { reason, .. } => {
+                    self.summary.rejected(reason.name());
+                }
+                _ => {}
+            }
+        }
+        demo::server_event(&event, me);
+    }
+
+    fn log_summary(&mut self) {
+        if let Some(line) = self.summary.take_line() {
+            info!(target: LOG, "{line}");
+        }
+    }
+
     /// Shuts down gracefully: stops listening, refuses new rendezvous
     /// substreams, and keeps serving until every request already read is
-    /// answered and the store has committed every registration, or until
-    /// `limit` passes or `abort` resolves. Drop the node afterwards: that
-    /// closes the connections and the store (which writes what it holds).
-    pub async fn drain(&mut self, limit: Duration, abort: impl Future<Output = ()>) -> Drained {
-        for id in std::mem::take(&mut self.listeners) {
-            self.swarm.remove_listener(id);
-        }
-        self.swarm.behaviour_mut().rendezvous.shut_down();
+    /// answered and the store has committed every write, or until `limit`
+    /// passes or `abort` resolves. Drop the node afterwards: that closes
+    /// the connections and the store (which writes what it holds).
+    pub async fn shut_down(
+        &mut self,
+        limit: Duration,
+        abort: impl Future<Output = ()>,
+    ) -> ShutDown {
+        self.shutting_down = true;
+        self.events.stop_listening();
+        self.events.swarm.behaviour_mut().rendezvous.shut_down();
         let mut deadline = FutureExt::fuse(async_io::Timer::after(limit));
         let mut abort = std::pin::pin!(abort.fuse());
         loop {
             let rendezvous = self.rendezvous();
-            let left = Drained {
+            let left = ShutDown {
                 unanswered: rendezvous.in_flight(),
                 uncommitted: rendezvous.pending_writes(),
             };
-            if left == (Drained { unanswered: 0, uncommitted: 0 }) {
+            if left == (ShutDown { unanswered: 0, uncommitted: 0 }) {
                 return left;
             }
             // Handlers answer on their own tasks, without waking this one:
             // look again every few milliseconds.
             let mut tick = FutureExt::fuse(async_io::Timer::after(Duration::from_millis(5)));
             select! {
-                event = self.next_event().fuse() => log_event(event, self.peer_id()),
+                event = self.next_event().fuse() => self.log(event),
                 _ = tick => {}
                 _ = deadline => return left,
                 () = abort => return left,
@@ -376,18 +413,20 @@ impl ServerNode {
         }
     }
 
-    /// The statistics line, as the demo prints it, and, if anything went
+    /// The statistics line, short at any number of namespaces (the totals
+    /// and the largest; the rest at `/namespaces`), and, if anything went
     /// wrong since the start, a second line saying what.
     pub fn log_stats(&self) {
         let rendezvous = self.rendezvous();
-        let counts: BTreeMap<_, _> =
-            rendezvous.core().namespaces().map(|(ns, n)| (ns.to_string(), n)).collect();
-        if counts.is_empty() {
+        let core = rendezvous.stats();
+        if core.registrations == 0 {
             info!(target: LOG, "No active registrations");
         } else {
-            info!(target: LOG, "Namespace stats: {counts:?}");
+            let counts: Vec<(String, usize)> =
+                rendezvous.core().namespaces(None).map(|(ns, n)| (ns.to_string(), n)).collect();
+            info!(target: LOG, "Namespace stats: {}", stats_line(counts, core.registrations));
         }
-        let (core, streams) = (rendezvous.stats(), rendezvous.stream_stats());
+        let streams = rendezvous.stream_stats();
         let evicted = self.handshakes.stats().evicted;
         let troubles = core.dropped_events + core.busy_refusals + streams.troubles() + evicted;
         if troubles > 0 {
@@ -398,6 +437,68 @@ impl ServerNode {
                 core.busy_refusals,
                 streams.by_reason()
             );
+        }
+    }
+}
+
+/// The namespaces and their registrations as the demo prints them
+/// (`{"a": 1, "b": 2}`), or, past [`STATS_NAMESPACES`], the totals and the
+/// largest.
+fn stats_line(mut counts: Vec<(String, usize)>, registrations: usize) -> String {
+    let map = |counts: &[(String, usize)]| {
+        let inner: Vec<String> = counts.iter().map(|(ns, n)| format!("{ns:?}: {n}")).collect();
+        format!("{{{}}}", inner.join(", "))
+    };
+    if counts.len() <= STATS_NAMESPACES {
+        return map(&counts);
+    }
+    let namespaces = counts.len();
+    counts.sort_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.cmp(b)));
+    counts.truncate(STATS_NAMESPACES);
+    format!(
+        "{namespaces} namespaces, {registrations} registrations; the {STATS_NAMESPACES} largest: {}",
+        map(&counts)
+    )
+}
+
+/// The rendezvous behaviour, on the store `options` name.
+async fn rendezvous_behaviour(options: &ServerOptions) -> Result<server::Behaviour, NodeError> {
+    let config = options.rendezvous();
+    let invalid = |e: rendezvous_libp2p::core::ConfigError| NodeError::Config(e.to_string());
+    match &options.storage {
+        Storage::InMemory => server::Behaviour::new(config).map_err(invalid),
+        #[cfg(feature = "redb")]
+        Storage::DataDir(dir) => {
+            let (store, snapshot) =
+                RedbStore::open(dir).map_err(|e| NodeError::Store(e.to_string()))?;
+            let (behaviour, loaded) =
+                server::Behaviour::with_store(config, store, snapshot).map_err(invalid)?;
+            info!(
+                target: LOG,
+                "Restored {} registrations from {} ({} had expired)",
+                loaded.registrations,
+                dir.join(redb::FILE).display(),
+                loaded.expired
+            );
+            Ok(behaviour)
+        }
+        #[cfg(feature = "redis")]
+        Storage::Redis { url, .. } => {
+            let (store, snapshot) = RedisStore::connect(url, &options.limits, &options.redis)
+                .await
+                .map_err(|e| NodeError::Store(e.to_string()))?;
+            let clock = store.clock();
+            let (behaviour, loaded) =
+                server::Behaviour::with_store_and_clock(config, store, snapshot, clock)
+                    .map_err(invalid)?;
+            info!(
+                target: LOG,
+                "Sharing the registry in {}: {} registrations loaded ({} had expired)",
+                redacted(url),
+                loaded.registrations,
+                loaded.expired
+            );
+            Ok(behaviour)
         }
     }
 }
@@ -414,54 +515,17 @@ fn ticker(
     ticks.fuse()
 }
 
-/// One line per registration change at DEBUG (`-v`): at INFO a busy point
-/// would spend its time formatting peer ids and writing logs; the periodic
-/// statistics say how many there are.
-fn log_event(event: SwarmEvent<ServerEvent>, me: PeerId) {
-    match event {
-        SwarmEvent::NewListenAddr { address, .. } => {
-            info!(target: LOG, "Listening on: {}", with_peer(&address, me));
-        }
-        SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
-            debug!(target: LOG, "Connection from {peer_id} at {}", endpoint.get_remote_address());
-        }
-        SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
-            debug!(target: LOG, "Incoming connection from {send_back_addr} failed: {error}");
-        }
-        SwarmEvent::Behaviour(ServerEvent::Rendezvous(event)) => log_rendezvous(event),
-        _ => {}
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn log_rendezvous(event: server::Event) {
-    match event {
-        server::Event::Core(Core::Registered { peer, namespace, ttl, dialect }) => {
-            let ttl = ttl.as_secs();
-            debug!(target: LOG, "Registered {peer} in '{namespace}' for {ttl}s ({dialect:?})");
-        }
-        server::Event::Core(Core::Refreshed { peer, namespace, ttl, .. }) => {
-            let ttl = ttl.as_secs();
-            debug!(target: LOG, "Refreshed {peer} in '{namespace}' for {ttl}s");
-        }
-        server::Event::Core(Core::Unregistered { peer, namespace }) => {
-            debug!(target: LOG, "Unregistered {peer} from '{namespace}'");
-        }
-        server::Event::Core(Core::Expired { peer, namespace }) => {
-            debug!(target: LOG, "Registration of {peer} in '{namespace}' expired");
-        }
-        server::Event::Core(Core::Refused { peer, request, status, reason }) => {
-            warn!(target: LOG, "Refused {request:?} from {peer}: {status:?}: {reason}");
-        }
-        server::Event::Core(Core::Discovered { peer, namespace, count }) => {
-            let ns = namespace.map_or_else(|| "all namespaces".to_owned(), |n| format!("'{n}'"));
-            debug!(target: LOG, "Served {count} registrations of {ns} to {peer}");
-        }
-        server::Event::StreamRejected { peer, reason: server::Rejection::Malformed(error) } => {
-            warn!(target: LOG, "Closed a stream from {peer}: {error}");
-        }
-        server::Event::StreamRejected { peer, reason } => {
-            debug!(target: LOG, "Rejected a stream from {peer}: {}", reason.name());
-        }
-        other => debug!(target: LOG, "{other:?}"),
+    #[test]
+    fn the_statistics_line_names_ten_namespaces_at_most() {
+        let few = vec![("a".to_owned(), 1), ("b".to_owned(), 2)];
+        assert_eq!(stats_line(few, 3), r#"{"a": 1, "b": 2}"#);
+        let many: Vec<_> = (0..5000).map(|i| (format!("ns-{i:04}"), i % 97)).collect();
+        let line = stats_line(many, 12345);
+        assert!(line.starts_with("5000 namespaces, 12345 registrations; the 10 largest: {"));
+        assert!(line.len() < 300, "{} bytes", line.len());
     }
 }

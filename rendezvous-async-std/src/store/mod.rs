@@ -24,10 +24,29 @@ pub enum Storage {
     /// holds the point's key (`key`).
     #[cfg(feature = "redb")]
     DataDir(PathBuf),
-    /// Shared with every point using the Redis at this URL
-    /// (`redis://host:port/db`).
+    /// Shared with every point using the Redis at `url`
+    /// (`redis://host:port/db`, `rediss://…`, `redis+unix:///path`); the
+    /// point's key stays in `data_dir`, if given.
     #[cfg(feature = "redis")]
-    Redis(String),
+    Redis {
+        /// Where the registry is.
+        url: String,
+        /// Where the point keeps its key (no registrations).
+        data_dir: Option<PathBuf>,
+    },
+}
+
+impl Storage {
+    /// The directory that holds the point's key, if any.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Storage::InMemory => None,
+            #[cfg(feature = "redb")]
+            Storage::DataDir(dir) => Some(dir),
+            #[cfg(feature = "redis")]
+            Storage::Redis { data_dir, .. } => data_dir.as_deref(),
+        }
+    }
 }
 
 impl Default for Storage {

@@ -30,7 +30,7 @@ impl Server {
             Namespace::new(register.ns.as_deref().unwrap_or(""), limits.max_namespace_len)
                 .map_err(namespace_refusal)?;
         let ttl = match register.ttl.unwrap_or(0) {
-            0 => limits.default_ttl,
+            0 => limits.default_ttl(),
             secs if (limits.min_ttl..=limits.max_ttl).contains(&Duration::from_secs(secs)) => {
                 Duration::from_secs(secs)
             }
@@ -122,13 +122,13 @@ impl Server {
         }
         if let Some(origin) = origin
             && self.registry.origin_len(&origin) + pending.new_with_origin(&origin)
-                >= limits.max_registrations_per_origin
+                >= limits.per_origin()
         {
             return Err(Refusal::new(
                 ResponseStatus::EUnavailable,
                 format!(
                     "{origin} holds {} registrations, the limit per address",
-                    limits.max_registrations_per_origin
+                    limits.per_origin()
                 ),
             ));
         }

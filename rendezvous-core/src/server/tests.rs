@@ -6,7 +6,7 @@ use libp2p_identity::PeerId;
 use super::*;
 use crate::cookie::Cookie;
 use crate::proto::{DiscoverResponse, RegisterResponse, read_status};
-use crate::record::{Flavour, Reader, Record};
+use crate::record::{Dialect, Flavour, Reader, Record};
 use crate::testing::{self, DIALECTS, TestPeer, World};
 
 const RUST: Dialect = Dialect::Signed(Flavour::RustLibp2p);
@@ -361,7 +361,7 @@ fn the_per_peer_per_namespace_and_total_limits_hold_and_name_themselves() {
 
 #[test]
 fn one_address_cannot_hold_more_than_its_quota_whatever_its_peer_ids() {
-    let limits = Limits { max_registrations_per_origin: 3, ..Limits::default() };
+    let limits = Limits { max_registrations_per_origin: Some(3), ..Limits::default() };
     let mut h = Harness::with(limits);
     let (home, elsewhere) =
         (Origin::from_ipv4([192, 0, 2, 1]).unwrap(), Origin::from_ipv4([192, 0, 2, 2]).unwrap());
@@ -590,8 +590,10 @@ fn namespace_statistics_count_live_registrations() {
     for (seed, ns) in [(1, "b"), (2, "a"), (3, "b")] {
         h.register_ok(&TestPeer::new(seed), ns, LEGACY);
     }
-    let stats: Vec<_> = h.server().namespaces().map(|(ns, n)| (ns.to_string(), n)).collect();
+    let stats: Vec<_> = h.server().namespaces(None).map(|(ns, n)| (ns.to_string(), n)).collect();
     assert_eq!(stats, vec![("a".into(), 1), ("b".into(), 2)]);
+    let after_a: Vec<_> = h.server().namespaces(Some("a")).map(|(ns, _)| ns.to_string()).collect();
+    assert_eq!(after_a, ["b"], "a page starts after the name given");
     assert_eq!(h.server().stats().peers, 3);
     assert_eq!(h.server().stats().namespaces, 2);
 }

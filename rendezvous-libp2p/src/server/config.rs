@@ -18,10 +18,9 @@ use crate::clock::Clock;
 /// for busy substreams), so with the defaults the handler holds at most
 /// 256 × 18 KiB + 32 × 9 KiB ≈ 4.8 MiB of requests. Answers the client has
 /// not taken yet are bounded by
-/// [`max_unread_bytes_per_connection`](Self::max_unread_bytes_per_connection)
-/// (16 MiB) and, over all connections from its address, by
-/// [`max_unread_bytes_per_address`](Self::max_unread_bytes_per_address)
-/// (256 MiB), or one batch's if more: a batch ends at its first DISCOVER, so
+/// [`Substreams::max_unread_bytes_per_connection`] (16 MiB) and, over all
+/// connections from its address, by
+/// [`Substreams::max_unread_bytes_per_address`] (256 MiB), or one batch's if more: a batch ends at its first DISCOVER, so
 /// it holds at most one page
 /// ([`Limits::max_response_frame`](rendezvous_core::Limits::max_response_frame),
 /// 1 MiB). The muxer buffers what a peer sends ahead on a substream the
@@ -38,13 +37,25 @@ pub struct Config {
     /// discovery starts seeded from the clock and the process, so that runs
     /// differ.
     pub core: ServerConfig,
+    /// The bounds of each connection's substreams.
+    pub substreams: Substreams,
+    /// Close a connection that has carried no rendezvous request for this
+    /// long, whatever else (identify, ping) still uses it; `None` never.
+    /// Defaults to 60 s. Clients reconnect when they next need the point.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The bounds of one connection's rendezvous substreams, in number, time
+/// and answers not yet read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Substreams {
     /// Most rendezvous substreams open at once on one connection. Defaults
     /// to 256 (rust-libp2p clients keep up to 100 in flight, js-libp2p 64).
-    pub max_streams_per_connection: usize,
+    pub max_per_connection: usize,
     /// Substreams beyond that, each read once and answered `E_UNAVAILABLE`
     /// with a `statusText` naming the limit, then closed; beyond these, a
     /// substream is reset on arrival. Defaults to 32.
-    pub max_busy_streams_per_connection: usize,
+    pub max_busy_per_connection: usize,
     /// Longest a substream may take to deliver a complete request, from its
     /// opening or from the previous answer; then it is reset. Defaults to 10 s.
     pub request_timeout: Duration,
@@ -66,10 +77,19 @@ pub struct Config {
     /// sized as one connection may have substreams, from all the clients
     /// behind one address.
     pub max_unread_bytes_per_address: usize,
-    /// Close a connection that has carried no rendezvous request for this
-    /// long, whatever else (identify, ping) still uses it; `None` never.
-    /// Defaults to 60 s. Clients reconnect when they next need the point.
-    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for Substreams {
+    fn default() -> Self {
+        Substreams {
+            max_per_connection: 256,
+            max_busy_per_connection: 32,
+            request_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_unread_bytes_per_connection: 16 << 20,
+            max_unread_bytes_per_address: 256 << 20,
+        }
+    }
 }
 
 impl Default for Config {
@@ -82,12 +102,7 @@ impl Default for Config {
         };
         Config {
             core,
-            max_streams_per_connection: 256,
-            max_busy_streams_per_connection: 32,
-            request_timeout: Duration::from_secs(10),
-            write_timeout: Duration::from_secs(10),
-            max_unread_bytes_per_connection: 16 << 20,
-            max_unread_bytes_per_address: 256 << 20,
+            substreams: Substreams::default(),
             idle_timeout: Some(Duration::from_secs(60)),
         }
     }
@@ -102,11 +117,12 @@ impl Config {
     /// The bounds each connection's handler admits substreams and requests
     /// under.
     pub(crate) fn admission(&self) -> AdmissionLimits {
+        let s = &self.substreams;
         AdmissionLimits {
-            max_streams: self.max_streams_per_connection.max(1),
-            max_busy_streams: self.max_busy_streams_per_connection,
-            max_unread: self.max_unread_bytes_per_connection,
-            max_unread_per_origin: self.max_unread_bytes_per_address,
+            max_streams: s.max_per_connection.max(1),
+            max_busy_streams: s.max_busy_per_connection,
+            max_unread: s.max_unread_bytes_per_connection,
+            max_unread_per_origin: s.max_unread_bytes_per_address,
             max_page: self.core.limits.max_response_frame,
         }
     }

@@ -32,7 +32,7 @@ pub enum Rejection {
     /// Reading or writing failed.
     Io(io::Error),
     /// It did not deliver a complete request within
-    /// [`Config::request_timeout`](super::Config::request_timeout).
+    /// [`Substreams::request_timeout`](super::Substreams::request_timeout).
     TimedOut,
     /// It arrived while the connection was over both substream limits.
     OverLimit,

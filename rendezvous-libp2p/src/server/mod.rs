@@ -8,7 +8,7 @@
 //! Give it what identify learns ([`Behaviour::set_agent_version`]) so that
 //! each peer is served the record flavour its stack verifies. Raise the
 //! swarm's `max_negotiating_inbound_streams` (default 128) to at least
-//! [`Config::max_streams_per_connection`], or bursts of new substreams wait
+//! [`Substreams::max_per_connection`], or bursts of new substreams wait
 //! in the muxer before the handler sees them.
 //!
 //! The behaviour translates: requests from the handlers go to the core
@@ -44,7 +44,7 @@ use rendezvous_core::{
 use crate::clock::{Clock, Timer};
 use crate::histogram;
 use crate::store::{Change, Snapshot, Store};
-pub use config::Config;
+pub use config::{Config, Substreams};
 pub use events::{Event, Rejection, StreamStats};
 pub use handler::Handler;
 use handler::{FromBehaviour, Shared, StreamId, ToBehaviour};
@@ -100,8 +100,8 @@ impl Behaviour {
         let idle_timeout = config.idle_timeout.filter(|t| !t.is_zero());
         let shared = Arc::new(Shared {
             admission: config.admission(),
-            request_timeout: config.request_timeout,
-            write_timeout: config.write_timeout,
+            request_timeout: config.substreams.request_timeout,
+            write_timeout: config.substreams.write_timeout,
             max_frame: config.core.limits.max_request_frame,
             keep_alive: idle_timeout.is_some(),
             durations: histogram::Histogram::new(),
@@ -195,10 +195,21 @@ impl Behaviour {
         self.core.pending_writes()
     }
 
+    /// Whether the point has a store.
+    pub fn has_store(&self) -> bool {
+        self.store.is_some()
+    }
+
     /// Why the store cannot take writes now, if it cannot (`None` without a
     /// store, or when it can).
     pub fn store_trouble(&self) -> Option<String> {
         self.store.as_ref().and_then(|store| store.trouble())
+    }
+
+    /// This machine's wall clock minus a shared store's, in seconds, once
+    /// known.
+    pub fn store_clock_offset(&self) -> Option<f64> {
+        self.store.as_ref().and_then(|store| store.clock_offset())
     }
 
     /// Starts a graceful shutdown: new rendezvous substreams are reset
