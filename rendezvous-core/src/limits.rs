@@ -208,6 +208,10 @@ pub struct ServerConfig {
     /// bounded by the registry's limits). Defaults to 4096: with records of
     /// up to 4 KiB, 16 MiB at most.
     pub max_pending_writes: usize,
+    /// Longest a DISCOVER waits for the writes its peer made before it (so
+    /// that it sees them); then it is answered `E_UNAVAILABLE`. Defaults to
+    /// 5 s: a store that takes longer is away, and the peer learns it.
+    pub max_discover_wait: std::time::Duration,
     /// Most requests per second one peer may make, over all its
     /// connections; beyond it requests are answered `E_UNAVAILABLE`
     /// (UNREGISTERs are still applied). A REGISTER with a record not seen
@@ -298,6 +302,7 @@ impl Default for ServerConfig {
             max_queued_events: 65_536,
             durability: Durability::Volatile,
             max_pending_writes: 4096,
+            max_discover_wait: Duration::from_secs(5),
             rate_limit: None,
             initial_sequence: 0,
             discover_start: DiscoverStart::default(),

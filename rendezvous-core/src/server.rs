@@ -8,7 +8,7 @@ mod register;
 mod requests;
 mod writes;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -97,10 +97,14 @@ pub struct Server {
     /// When each action went to the store, to time its commit.
     submitted: HashMap<ActionId, Timestamp>,
     commit_durations: Histogram,
-    /// The last position applied from a shared log.
+    /// The last position applied from a shared log, and the latest ranges
+    /// of positions it lost (a failover).
     log_position: u64,
-    /// DISCOVERs waiting for the writes their peer made before them.
+    lost_positions: VecDeque<(u64, u64)>,
+    /// DISCOVERs waiting for the writes their peer made before them, and
+    /// when each stops waiting.
     waiting: HashMap<PeerId, VecDeque<Waiting>>,
+    waiting_until: BTreeMap<(Timestamp, u64), PeerId>,
     waiting_len: usize,
     /// Each peer's tokens, when requests are rate-limited.
     rate: Option<Buckets>,
@@ -180,7 +184,9 @@ impl Server {
             submitted: HashMap::new(),
             commit_durations: Histogram::new(),
             log_position: 0,
+            lost_positions: VecDeque::new(),
             waiting: HashMap::new(),
+            waiting_until: BTreeMap::new(),
             waiting_len: 0,
             now: Timestamp::ZERO,
             dropped_events: 0,
@@ -381,9 +387,11 @@ impl Server {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called:
-    /// the earliest expiry, or `None` while nothing is registered.
+    /// the earliest expiry, or a DISCOVER's wait running out; `None` while
+    /// there is neither.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.registry.next_expiry()
+        let waiting = self.waiting_until.keys().next().map(|(at, _)| *at);
+        [self.registry.next_expiry(), waiting].into_iter().flatten().min()
     }
 
     /// Current counts.
@@ -422,6 +430,7 @@ impl Server {
 
     fn advance(&mut self, now: Timestamp) {
         self.now = self.now.max(now);
+        self.stop_waiting(self.now);
         let mut expired = Vec::new();
         self.registry.expire(self.now, |peer, entry| {
             expired.push((peer, entry.namespace, entry.seq));

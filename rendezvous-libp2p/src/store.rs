@@ -63,6 +63,15 @@ pub enum Change {
     /// The point fell too far behind: everything the store holds, to hold
     /// instead of what the point has.
     Resync(Snapshot),
+    /// The store lost the writes it had logged at positions after `after`,
+    /// up to `up_to` (a failover to a replica that lagged); a
+    /// [`Change::Resync`] follows.
+    Lost {
+        /// The last position the store still holds.
+        after: u64,
+        /// The highest position it had given.
+        up_to: u64,
+    },
 }
 
 /// What a store holds when the server starts.

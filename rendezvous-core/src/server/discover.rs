@@ -18,6 +18,7 @@ use crate::namespace::Namespace;
 use crate::proto::{self, MessageType, ResponseStatus};
 use crate::record::Reader;
 use crate::request::RequestId;
+use crate::time::Timestamp;
 
 /// Most DISCOVERs of one peer waiting for its writes; more are answered
 /// `E_UNAVAILABLE`. An adapter bounds a peer's requests in flight far
@@ -30,6 +31,7 @@ pub(super) struct Waiting {
     ticket: Ticket,
     request: RequestId,
     discover: proto::Discover,
+    until: Timestamp,
 }
 
 impl Server {
@@ -54,9 +56,47 @@ impl Server {
             self.refused(peer, MessageType::Discover, status, reason.clone());
             return Admitted::Now(discover_error(status, reason));
         }
-        self.waiting.entry(peer).or_default().push_back(Waiting { ticket, request, discover });
+        let until = self.now + self.config.max_discover_wait;
+        self.waiting.entry(peer).or_default().push_back(Waiting {
+            ticket,
+            request,
+            discover,
+            until,
+        });
+        self.waiting_until.insert((until, ticket), peer);
         self.waiting_len += 1;
         Admitted::Held
+    }
+
+    /// Answers `E_UNAVAILABLE` to the DISCOVERs that have waited for their
+    /// peer's writes as long as they may (the store is slow or away).
+    pub(super) fn stop_waiting(&mut self, now: Timestamp) {
+        while let Some(entry) = self.waiting_until.first_entry() {
+            let (until, ticket) = *entry.key();
+            if until > now {
+                return;
+            }
+            let peer = entry.remove();
+            let Some(queue) = self.waiting.get_mut(&peer) else { continue };
+            // A peer's waits run out in the order they began.
+            if queue.front().is_some_and(|w| w.ticket == ticket) {
+                let waited = queue.pop_front().expect("the front was just seen");
+                if queue.is_empty() {
+                    self.waiting.remove(&peer);
+                }
+                self.waiting_len -= 1;
+                let reason =
+                    "this peer's earlier writes are not stored yet; retry later".to_owned();
+                let status = ResponseStatus::EUnavailable;
+                self.refused(peer, MessageType::Discover, status, reason.clone());
+                self.answer(
+                    peer,
+                    waited.request,
+                    Ok(MessageType::Discover),
+                    Some(discover_error(status, reason)),
+                );
+            }
+        }
     }
 
     /// Serves `peer`'s waiting DISCOVERs whose writes are settled, in order.
@@ -68,7 +108,8 @@ impl Server {
             if queue.is_empty() {
                 self.waiting.remove(&peer);
             }
-            let Some(Waiting { request, discover, .. }) = next else { return };
+            let Some(Waiting { request, discover, ticket, until }) = next else { return };
+            self.waiting_until.remove(&(until, ticket));
             self.waiting_len -= 1;
             let response = self.discover_now(peer, discover);
             self.answer(peer, request, Ok(MessageType::Discover), Some(response));

@@ -43,6 +43,12 @@ impl Durability {
     }
 }
 
+/// Why a REGISTER a failover lost is refused.
+const LOST: &str = "the shared store lost the registration in a failover; retry";
+/// Ranges of lost positions remembered, for writes whose position comes
+/// back after the loss was learnt.
+const LOST_RANGES: usize = 16;
+
 /// What a successful REGISTER grants, to apply and to answer with.
 #[derive(Clone, Debug)]
 pub(crate) struct Grant {
@@ -81,14 +87,9 @@ impl Server {
         match commit {
             Commit::Stored { id, seq } => self.settle_put(id, seq, None),
             Commit::Removed { id } => self.settle_delete(id),
-            Commit::Logged { id, seq } if seq <= self.log_position => {
-                // Back through the log already (applied as it came).
-                match self.writes.key_of(id).map(|key| self.writes.is_put(key, id)) {
-                    Some(true) => self.answer_put_applied(id, seq),
-                    Some(false) => self.settle_delete(id),
-                    None => {}
-                }
-            }
+            Commit::Logged { id, seq } if self.position_lost(seq) => self.lose(id),
+            // Back through the log already (applied as it came).
+            Commit::Logged { id, seq } if seq <= self.log_position => self.settle_passed(id, seq),
             Commit::Logged { id, seq } => self.writes.await_log(seq, id),
             Commit::Refused { id, status, reason } => {
                 let Some(key) = self.writes.key_of(id).cloned() else { return };
@@ -149,10 +150,10 @@ impl Server {
         match change {
             Replicated::Put(stored) => {
                 self.log_position = self.log_position.max(stored.seq);
-                if let Some(id) = self.writes.take_logged(stored.seq) {
+                let key = (stored.peer, stored.namespace.clone());
+                if let Some(id) = self.take_logged(stored.seq, &key) {
                     return self.settle_put(id, stored.seq, Some(stored.expires));
                 }
-                let key = (stored.peer, stored.namespace.clone());
                 let held = self.registry.get(&stored.peer, &stored.namespace).map(|e| e.seq);
                 if held.is_none_or(|seq| seq < stored.seq) {
                     let StoredRegistration { peer, namespace, seq, expires, record } = stored;
@@ -165,9 +166,10 @@ impl Server {
                 if self.registry.get(&peer, &namespace).is_some_and(|e| e.seq <= seq) {
                     self.registry.remove(&peer, &namespace);
                 }
-                match self.writes.take_logged(position) {
+                let key = (peer, namespace);
+                match self.take_logged(position, &key) {
                     Some(id) => self.settle_delete(id),
-                    None => self.recount(&(peer, namespace)),
+                    None => self.recount(&key),
                 }
             }
         }
@@ -189,16 +191,75 @@ impl Server {
         // Cookies issued before stay valid.
         self.registry.raise_seq(keep);
         for (seq, id) in self.writes.logged_up_to(last_seq) {
-            match self.writes.key_of(id).map(|key| self.writes.is_put(key, id)) {
-                Some(true) => self.answer_put_applied(id, seq),
-                Some(false) => self.settle_delete(id),
-                None => {}
-            }
+            self.settle_passed(id, seq);
         }
         for key in self.writes.keys() {
             self.recount(&key);
         }
         loaded
+    }
+
+    /// A shared store lost the writes it had logged at positions after
+    /// `after`, up to `up_to` (a failover to a replica that lagged): the
+    /// REGISTERs among them still waiting are answered `E_UNAVAILABLE`, and
+    /// the UNREGISTERs go to the store again; so are those whose position
+    /// in that range the store reports later. Call it before the
+    /// [`resync`](Self::resync) that follows.
+    pub fn handle_lost_writes(&mut self, now: Timestamp, after: u64, up_to: u64) {
+        self.advance(now);
+        if self.lost_positions.len() >= LOST_RANGES {
+            self.lost_positions.pop_front();
+        }
+        self.lost_positions.push_back((after, up_to));
+        for (_, id) in self.writes.logged_between(after, up_to) {
+            self.lose(id);
+        }
+    }
+
+    fn position_lost(&self, position: u64) -> bool {
+        self.lost_positions.iter().any(|(after, up_to)| (after + 1..=*up_to).contains(&position))
+    }
+
+    /// Our write waiting for the log entry at `position`, if that entry is
+    /// for the same registration; one that finds another registration's
+    /// entry at its position was lost (a failover gave the position again).
+    fn take_logged(&mut self, position: u64, key: &Key) -> Option<ActionId> {
+        let id = self.writes.take_logged(position)?;
+        if self.writes.key_of(id) == Some(key) {
+            return Some(id);
+        }
+        self.lose(id);
+        None
+    }
+
+    /// Our write `id`, which the store put at `position`, which the log
+    /// has passed: a put took effect if the registry holds the registration
+    /// from there or later (else a failover lost it); a delete is settled.
+    fn settle_passed(&mut self, id: ActionId, position: u64) {
+        let Some((peer, namespace)) = self.writes.key_of(id).cloned() else { return };
+        if !self.writes.is_put(&(peer, namespace.clone()), id) {
+            return self.settle_delete(id);
+        }
+        match self.registry.get(&peer, &namespace) {
+            Some(held) if held.seq >= position => self.answer_put_applied(id, position),
+            _ => self.lose(id),
+        }
+    }
+
+    /// A write the store lost: a REGISTER is refused `E_UNAVAILABLE`, an
+    /// UNREGISTER goes to the store again.
+    fn lose(&mut self, id: ActionId) {
+        let Some(key) = self.writes.key_of(id).cloned() else { return };
+        if self.writes.is_put(&key, id) {
+            let Some(Write::Put(put)) = self.writes.settle(id, None) else { return };
+            let (status, reason) = (ResponseStatus::EUnavailable, LOST.to_owned());
+            let message = register_response(status, Some(reason.clone()), None);
+            self.refused(put.grant.peer, MessageType::Register, status, reason);
+            self.answer(put.grant.peer, put.request, Ok(MessageType::Register), Some(message));
+            self.after_settling(&key);
+        } else if let Some(key) = self.writes.unsubmit(id) {
+            self.after_settling(&key);
+        }
     }
 
     /// Writes (puts and deletes) waiting for the store.

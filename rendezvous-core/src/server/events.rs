@@ -99,7 +99,8 @@ pub struct Stats {
     /// Remembered readers forgotten to make room for newer ones.
     pub readers_evicted: u64,
     /// Requests answered `E_UNAVAILABLE` because the adapter was over a
-    /// bound ([`Server::handle_frame_busy`]) or the peer over its rate.
+    /// bound ([`Server::handle_frame_busy`](crate::Server::handle_frame_busy)) or the peer
+    /// over its rate.
     pub busy_refusals: u64,
     /// Writes (puts and deletes) waiting for the store.
     pub pending_writes: usize,

@@ -371,6 +371,31 @@ impl Writes {
         std::mem::replace(&mut self.logged, later).into_iter().collect()
     }
 
+    /// The writes waiting for the log in `after < position <= up_to`, in
+    /// log order, taken.
+    pub(crate) fn logged_between(&mut self, after: u64, up_to: u64) -> Vec<(u64, ActionId)> {
+        let taken: Vec<_> =
+            self.logged.range(after.saturating_add(1)..=up_to).map(|(s, a)| (*s, *a)).collect();
+        for (seq, _) in &taken {
+            self.logged.remove(seq);
+        }
+        taken
+    }
+
+    /// Takes the delete `action` back, as if never handed to the store: it
+    /// goes again once it is at the head of its queue. Returns its key.
+    pub(crate) fn unsubmit(&mut self, action: ActionId) -> Option<Key> {
+        let key = self.submitted.remove(&action)?;
+        for write in self.queues.get_mut(&key)?.writes.iter_mut() {
+            if let Write::Delete(delete) = write
+                && delete.action == Some(action)
+            {
+                delete.action = None;
+            }
+        }
+        Some(key)
+    }
+
     /// Every registration with pending writes, in key order.
     pub(crate) fn keys(&self) -> Vec<Key> {
         self.queues.keys().cloned().collect()

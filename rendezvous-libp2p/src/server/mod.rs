@@ -380,6 +380,7 @@ impl Behaviour {
             Change::Resync(snapshot) => {
                 self.core.resync(now, snapshot.registrations, snapshot.last_seq);
             }
+            Change::Lost { after, up_to } => self.core.handle_lost_writes(now, after, up_to),
         }
     }
 }

@@ -421,3 +421,85 @@ fn a_shared_point_uses_only_the_stores_positions() {
     // rebuilt from the last position, means the same at every point.
     assert_eq!(s.registry.last_seq(), 1);
 }
+
+#[test]
+fn a_discover_waits_for_its_peers_writes_only_so_long() {
+    let mut s = durable(Limits::default());
+    let a = TestPeer::new(1);
+    register(&mut s, at(1), &a, "x", RUST);
+    s.handle_request(at(1), a.id, RequestId(8), testing::discover(Some("x"), None, None));
+    assert!(s.poll_transmit().is_none());
+    assert_eq!(s.poll_timeout(), Some(at(6)), "the wait runs out after 5 s");
+    s.handle_timeout(at(6));
+    let answer = s.poll_transmit().unwrap();
+    assert_eq!(answer.request_id, RequestId(8));
+    let page = answer.message.unwrap().discover_response.unwrap();
+    assert_eq!(read_status(page.status), Ok(ResponseStatus::EUnavailable));
+    // The put, stored later, is still answered.
+    let [(id, stored)] = puts(&mut s).try_into().unwrap();
+    assert_eq!(status(&commit(&mut s, at(7), id, stored.seq)), ResponseStatus::Ok);
+}
+
+#[test]
+fn writes_a_failover_lost_are_refused_or_sent_again() {
+    let mut s = with(Durability::Shared, Limits::default());
+    let (a, b) = (TestPeer::new(1), TestPeer::new(2));
+    // b is held at 5; a's put is logged at 7, then the primary fails and
+    // the new one ends at 6.
+    register(&mut s, at(1), &b, "x", RUST);
+    let [(put, stored)] = puts(&mut s).try_into().unwrap();
+    s.handle_commit(at(1), Commit::Logged { id: put, seq: 5 });
+    s.apply_replicated(at(1), Replicated::Put(StoredRegistration { seq: 5, ..stored }));
+    assert_eq!(status(&s.poll_transmit().unwrap().message.unwrap()), ResponseStatus::Ok);
+    register(&mut s, at(1), &a, "x", RUST);
+    let [(put, _)] = puts(&mut s).try_into().unwrap();
+    s.handle_commit(at(1), Commit::Logged { id: put, seq: 7 });
+    s.handle_request(at(1), b.id, RequestId(9), testing::unregister("x"));
+    let Some(StoreAction::Delete { id: delete, .. }) = s.poll_store() else { panic!("a delete") };
+    s.handle_commit(at(1), Commit::Logged { id: delete, seq: 8 });
+    s.handle_lost_writes(at(2), 6, 8);
+    let answer = s.poll_transmit().unwrap();
+    assert_eq!(answer.request_id, RequestId(7));
+    assert_eq!(status(&answer.message.unwrap()), ResponseStatus::EUnavailable);
+    // The UNREGISTER goes to the store again, and takes effect then.
+    let Some(StoreAction::Delete { id: again, .. }) = s.poll_store() else { panic!("sent again") };
+    assert_ne!(again, delete);
+    s.handle_commit(at(2), Commit::Logged { id: again, seq: 9 });
+    let (peer, namespace) = (b.id, Namespace::new("x", 255).unwrap());
+    s.apply_replicated(at(2), Replicated::Delete { peer, namespace, seq: 5, position: 9 });
+    assert_eq!(s.poll_transmit().unwrap().request_id, RequestId(9));
+    assert_eq!((s.pending_writes(), s.stats().registrations), (0, 0));
+}
+
+#[test]
+fn a_write_whose_position_another_history_holds_is_refused_not_confirmed() {
+    let mut s = with(Durability::Shared, Limits::default());
+    let (a, b, c) = (TestPeer::new(1), TestPeer::new(2), TestPeer::new(3));
+    let refused = |s: &mut Server| {
+        let answer = s.poll_transmit().expect("an answer");
+        status(&answer.message.expect("a REGISTER answer"))
+    };
+    // The store reports a's position only after the log lost it.
+    register(&mut s, at(1), &a, "x", RUST);
+    let [(late, _)] = puts(&mut s).try_into().unwrap();
+    s.handle_lost_writes(at(1), 3, 9);
+    s.handle_commit(at(1), Commit::Logged { id: late, seq: 7 });
+    assert_eq!(refused(&mut s), ResponseStatus::EUnavailable);
+    // b's position comes back holding c's registration: a failover gave
+    // it again.
+    register(&mut s, at(1), &b, "x", RUST);
+    let [(put, _)] = puts(&mut s).try_into().unwrap();
+    s.handle_commit(at(1), Commit::Logged { id: put, seq: 12 });
+    register(&mut s, at(1), &c, "y", RUST);
+    let [(_, other)] = puts(&mut s).try_into().unwrap();
+    s.apply_replicated(at(1), Replicated::Put(StoredRegistration { seq: 12, ..other }));
+    assert_eq!(refused(&mut s), ResponseStatus::EUnavailable);
+    assert_eq!(s.stats().registrations, 1, "c's registration, as the log holds it");
+    // A reload past a's next position that does not hold it.
+    register(&mut s, at(1), &a, "z", RUST);
+    let [(put, _)] = puts(&mut s).try_into().unwrap();
+    s.handle_commit(at(1), Commit::Logged { id: put, seq: 20 });
+    s.resync(at(2), Vec::new(), 30);
+    assert_eq!(refused(&mut s), ResponseStatus::EUnavailable);
+    assert_eq!((s.pending_writes(), s.stats().registrations), (1, 0), "c's put still waits");
+}
