@@ -53,6 +53,15 @@ pub fn spawn(task: impl Future<Output = ()> + Send + 'static) {
     }
 }
 
+/// Ctrl+C and SIGTERM, as a stream: what a node's `run` stops on. Installed
+/// once per process.
+pub fn interrupts() -> Result<futures::channel::mpsc::UnboundedReceiver<()>, String> {
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    ctrlc::set_handler(move || drop(tx.unbounded_send(())))
+        .map_err(|e| format!("cannot handle Ctrl+C: {e}"))?;
+    Ok(rx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

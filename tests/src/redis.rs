@@ -16,6 +16,8 @@ pub struct RedisServer {
     dir: PathBuf,
     /// Its TLS port and the certificate and key it serves, if any.
     tls: Option<(u16, PathBuf, PathBuf)>,
+    /// More arguments for `redis-server`.
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -38,12 +40,25 @@ impl RedisServer {
         Self::start_with(name, Some((free_port(), certificate, key)))
     }
 
+    /// Starts one with more arguments (`--replicaof HOST PORT`, ...).
+    pub fn start_args(name: &str, extra: &[&str]) -> RedisServer {
+        Self::start_full(name, None, extra.iter().map(|a| a.to_string()).collect())
+    }
+
     fn start_with(name: &str, tls: Option<(u16, PathBuf, PathBuf)>) -> RedisServer {
+        Self::start_full(name, tls, Vec::new())
+    }
+
+    fn start_full(
+        name: &str,
+        tls: Option<(u16, PathBuf, PathBuf)>,
+        extra: Vec<String>,
+    ) -> RedisServer {
         let dir =
             std::env::temp_dir().join(format!("rendezvous-redis-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a temporary directory");
-        let mut server = RedisServer { child: None, port: free_port(), dir, tls };
+        let mut server = RedisServer { child: None, port: free_port(), dir, tls, extra };
         server.restart();
         server
     }
@@ -83,7 +98,8 @@ impl RedisServer {
             ])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
             .arg("--dir")
-            .arg(&self.dir);
+            .arg(&self.dir)
+            .args(&self.extra);
         if let Some((port, certificate, key)) = &self.tls {
             command
                 .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
@@ -144,5 +160,139 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A primary, a replica and three Sentinels (quorum 2, a primary down after
+/// 1 s), each a `redis-server` of the test's own on loopback.
+pub struct Sentinels {
+    /// The first primary.
+    pub primary: RedisServer,
+    /// Its replica, which a failover promotes.
+    pub replica: RedisServer,
+    sentinels: Vec<(Child, u16, PathBuf)>,
+}
+
+/// The name the Sentinels monitor the primary by.
+pub const MASTER: &str = "main";
+
+impl Sentinels {
+    /// Starts them all and returns once every Sentinel knows the replica
+    /// and the other two (which takes a few seconds: Sentinels meet through
+    /// hello messages every 2 s, and learn replicas from the primary's
+    /// INFO). The replica takes `DEBUG` commands, so a test can stall it.
+    pub fn start(name: &str) -> Sentinels {
+        // Replicas sync at once, not after diskless sync's 5 s wait.
+        let primary = RedisServer::start_args(
+            &format!("{name}-primary"),
+            &["--repl-diskless-sync-delay", "0"],
+        );
+        let port = primary.port.to_string();
+        let replica = RedisServer::start_args(
+            &format!("{name}-replica"),
+            &["--replicaof", "127.0.0.1", &port, "--enable-debug-command", "yes"],
+        );
+        wait_until("the replica to sync", || {
+            cli(replica.port, &["INFO", "replication"]).contains("master_link_status:up")
+        });
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            let dir = std::env::temp_dir()
+                .join(format!("rendezvous-sentinel-{name}-{i}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("a temporary directory");
+            let sentinel_port = free_port();
+            let config = format!(
+                "bind 127.0.0.1\nport {sentinel_port}\ndir {}\nsentinel monitor {MASTER} 127.0.0.1 {port} 2\nsentinel down-after-milliseconds {MASTER} 1000\nsentinel failover-timeout {MASTER} 2000\n",
+                dir.display()
+            );
+            let file = dir.join("sentinel.conf");
+            std::fs::write(&file, config).expect("the sentinel's config");
+            let child = Command::new("redis-server")
+                .arg(&file)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server runs Sentinel (--sentinel)");
+            sentinels.push((child, sentinel_port, dir));
+        }
+        let ready = Sentinels { primary, replica, sentinels };
+        wait_until("the Sentinels to know the replica and each other", || {
+            ready.sentinels.iter().all(|(_, port, _)| {
+                let master = cli(*port, &["SENTINEL", "master", MASTER]);
+                let field = |name: &str| {
+                    let mut lines = master.lines();
+                    lines
+                        .find(|l| l.trim() == name)
+                        .and_then(|_| lines.next())
+                        .map(str::trim)
+                        .map(str::to_owned)
+                };
+                field("num-slaves").as_deref() == Some("1")
+                    && field("num-other-sentinels").as_deref() == Some("2")
+            })
+        });
+        ready
+    }
+
+    /// `redis+sentinel://` naming the three Sentinels.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> =
+            self.sentinels.iter().map(|(_, p, _)| format!("127.0.0.1:{p}")).collect();
+        format!("redis+sentinel://{}/{MASTER}", hosts.join(","))
+    }
+
+    /// The port of the primary the Sentinels name now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let (_, port, _) = self.sentinels.first()?;
+        let answer = cli(*port, &["SENTINEL", "get-master-addr-by-name", MASTER]);
+        answer.lines().nth(1)?.trim().parse().ok()
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for (child, _, dir) in &mut self.sentinels {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// `redis-cli -p port args…`'s output (Debian's redis-tools, which
+/// redis-server depends on).
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (Debian's redis-tools) runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `commands`, one per line, sent by `redis-cli -p port` on one
+/// connection; its output.
+pub fn cli_script(port: u16, commands: &str) -> String {
+    let mut child = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli (Debian's redis-tools) runs");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(commands.as_bytes()).expect("redis-cli reads its commands");
+    }
+    let out = child.wait_with_output().expect("redis-cli ends");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits, at most 30 s, until `done`.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited 30 s for {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -104,13 +104,18 @@ pub(crate) struct Args {
     pub(crate) in_memory: bool,
     /// Share the registry with every point using this Redis
     /// (redis://[:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS,
-    /// redis+unix:///PATH) instead of keeping it in the data dir.
+    /// redis+unix:///PATH, or redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER
+    /// to follow the primary that Sentinels name) instead of the data dir.
     #[arg(long, value_name = "URL", conflicts_with = "in_memory")]
     pub(crate) redis: Option<String>,
     /// Accept a Redis that evicts any key (maxmemory-policy allkeys-*),
     /// which may drop registrations and the counts that enforce the limits.
     #[arg(long, requires = "redis")]
     pub(crate) redis_allow_eviction: bool,
+    /// Acknowledge a registration only once this many Redis replicas hold
+    /// it (0: once the primary has it, which a failover can lose).
+    #[arg(long, default_value_t = 0, value_name = "N", requires = "redis")]
+    pub(crate) redis_min_replicas: usize,
     /// Log namespace statistics every this many seconds (server; 0: never).
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub(crate) stats_interval: u64,
@@ -230,6 +235,7 @@ impl Args {
             );
         }
         o.redis.allow_eviction = self.redis_allow_eviction;
+        o.redis.min_replicas = self.redis_min_replicas;
         o.limits.min_ttl = secs(self.min_ttl);
         o.limits.max_ttl = secs(self.max_ttl);
         o.limits.max_registrations_per_namespace = self.max_per_namespace;

@@ -3,14 +3,17 @@
 //! demo's lines out ([`rendezvous_async_std::node::demo`]). See
 //! `rendezvous --help`.
 
+// The flags' doc comments are `--help` text, written for a terminal.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
 mod cli;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use futures::StreamExt;
-use rendezvous_async_std::logging;
 use rendezvous_async_std::node::{ClientNode, ServerNode, Session, demo, server_address};
+use rendezvous_async_std::{logging, runtime};
 use tracing::error;
 
 use cli::{Args, Mode};
@@ -37,7 +40,7 @@ fn main() -> ExitCode {
             Mode::Client => run_client(&args).await,
         }
     };
-    let Err(message) = rendezvous_async_std::runtime::run(args.threads, run) else {
+    let Err(message) = runtime::run(args.threads, run) else {
         return ExitCode::SUCCESS;
     };
     match args.mode {
@@ -47,16 +50,8 @@ fn main() -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Ctrl+C and SIGTERM, as a stream.
-fn interrupts() -> Result<futures::channel::mpsc::UnboundedReceiver<()>, String> {
-    let (tx, rx) = futures::channel::mpsc::unbounded();
-    ctrlc::set_handler(move || drop(tx.unbounded_send(())))
-        .map_err(|e| format!("cannot handle Ctrl+C: {e}"))?;
-    Ok(rx)
-}
-
 async fn run_server(args: &Args) -> Result<(), String> {
-    let mut interrupts = interrupts()?;
+    let mut interrupts = runtime::interrupts()?;
     let mut node = ServerNode::start(args.server_options()?).await.map_err(|e| e.to_string())?;
     demo::server_started(&node, &args.namespace);
     node.run(async { interrupts.next().await.unwrap_or(()) }).await;
@@ -72,7 +67,7 @@ async fn run_client(args: &Args) -> Result<(), String> {
     let address = server_address(&args.address)?;
     let session = Session::new(&args.namespace, Duration::from_secs(args.ttl), args.refresh)
         .map_err(|e| e.to_string())?;
-    let interrupts = interrupts()?;
+    let interrupts = runtime::interrupts()?;
     let mut node =
         ClientNode::connect(args.client_options(address)).await.map_err(|e| e.to_string())?;
     demo::client_started(&node, args.refresh);

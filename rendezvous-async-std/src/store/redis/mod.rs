@@ -1,6 +1,6 @@
 //! A registry shared by several points through one Redis.
 //!
-//! Every write is one Lua script ([`scripts`]), so it is atomic: a put
+//! Every write is one Lua script (`scripts.rs`), so it is atomic: a put
 //! checks the limits per peer, per namespace and in all across every point,
 //! takes the next position, appends to one stream and records the
 //! registration with an expiry read from Redis's own clock; a delete
@@ -21,20 +21,21 @@
 //! refusal, unless accepted).
 
 mod follower;
+mod primary;
 mod scripts;
 mod url;
 mod writer;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
-use redis::aio::{ConnectionLike, ConnectionManagerConfig};
-use redis::{Client, Value};
+use redis::Value;
+use redis::aio::ConnectionLike;
 use rendezvous_libp2p::core::Limits;
 use rendezvous_libp2p::core::store::{Replicated, split_store_key};
 use rendezvous_libp2p::store::{Change, Commit, Snapshot, Store, StoreAction, StoredRegistration};
@@ -44,6 +45,7 @@ use tracing::warn;
 pub use url::redacted;
 
 use super::StoreError;
+use follower::Says;
 
 const LOG: &str = "rendezvous::server";
 /// How long a command may take before Redis counts as unreachable.
@@ -56,6 +58,13 @@ pub struct RedisOptions {
     /// (`allkeys-*`): it may drop registrations and the counts that enforce
     /// the limits. Off by default: such a Redis is refused at start.
     pub allow_eviction: bool,
+    /// Acknowledge a write only once this many replicas hold it (`WAIT`);
+    /// one they do not take within half a second is refused
+    /// `E_UNAVAILABLE` (a delete is retried). 0, the default, acknowledges
+    /// what the primary holds: a primary that fails before its replicas
+    /// have a write loses it at a failover, and the point then says how
+    /// many of its acknowledged registrations were lost.
+    pub min_replicas: usize,
 }
 
 /// Limits checked in Redis, across every point.
@@ -74,15 +83,80 @@ struct Health {
     /// This machine's wall clock minus Redis's, in nanoseconds; `i64::MIN`
     /// until first read.
     clock_offset: AtomicI64,
+    /// This point's last writes that Redis (and, with `min_replicas`, its
+    /// replicas) took, by position, and whether the point answered them
+    /// (it does once it reads them back from the log): to count those a
+    /// failover lost.
+    taken: Mutex<BTreeMap<u64, bool>>,
+    /// The highest position a write of this point was given.
+    highest_written: AtomicU64,
+    /// The last position this point read from the log.
+    applied: AtomicU64,
 }
+
+/// Writes remembered, to count what a failover lost.
+const REMEMBERED: usize = 100_000;
 
 impl Health {
     fn new() -> Self {
-        Health { trouble: Mutex::new(None), clock_offset: AtomicI64::new(i64::MIN) }
+        Health { clock_offset: AtomicI64::new(i64::MIN), ..Health::default() }
     }
 
     fn set_trouble(&self, trouble: Option<String>) {
         *self.trouble.lock().unwrap_or_else(|e| e.into_inner()) = trouble;
+    }
+
+    /// The highest position this point has seen: the next ones Redis gives
+    /// must come after it.
+    fn seen(&self) -> u64 {
+        self.highest_written.load(Ordering::Relaxed).max(self.applied.load(Ordering::Relaxed))
+    }
+
+    /// A write of this point was given `position`.
+    fn written(&self, position: u64) {
+        self.highest_written.fetch_max(position, Ordering::Relaxed);
+    }
+
+    /// Redis took a write of this point at `position`; it is answered now
+    /// if the log was read past it already.
+    fn taken(&self, position: u64) {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.len() >= REMEMBERED {
+            taken.pop_first();
+        }
+        taken.insert(position, position <= self.applied.load(Ordering::Relaxed));
+    }
+
+    /// The point read the log's entry at `position`: a write of its own
+    /// there is answered.
+    fn applied(&self, position: u64) {
+        self.applied.store(position, Ordering::Relaxed);
+        if let Some(answered) =
+            self.taken.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&position)
+        {
+            *answered = true;
+        }
+    }
+
+    /// The positions after `after`, up to `up_to`, were lost: how many of
+    /// this point's writes there it had answered (as far as it remembers);
+    /// it forgets them.
+    fn lost(&self, after: u64, up_to: u64) -> usize {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lost = taken.split_off(&(after + 1));
+        let later = lost.split_off(&up_to.saturating_add(1));
+        taken.extend(later);
+        lost.values().filter(|answered| **answered).count()
+    }
+
+    /// The point reloaded everything at `position`: its writes up to there
+    /// are answered.
+    fn reloaded(&self, position: u64) {
+        self.applied.store(position, Ordering::Relaxed);
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, answered) in taken.range_mut(..=position) {
+            *answered = true;
+        }
     }
 }
 
@@ -96,8 +170,10 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port/db`, `rediss://…`, or a unix
-    /// socket), checks Redis's settings and the layout it holds, reads the
+    /// Connects to `url` (`redis://host:port/db`, `rediss://…`, a unix
+    /// socket, or `redis+sentinel://…/MASTER`, the primary its Sentinels
+    /// name, followed through failovers), checks Redis's settings and the
+    /// layout it holds, reads the
     /// whole registry at one log position, and starts writing and
     /// following. The limits of `limits` hold across every point sharing the
     /// Redis.
@@ -109,14 +185,13 @@ impl RedisStore {
         let shown = redacted(url);
         let failed =
             |e: &dyn std::fmt::Display| StoreError(format!("cannot use redis at {shown}: {e}"));
-        let client = Client::open(url).map_err(|e| failed(&e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let mut writer =
-            client.get_connection_manager_with_config(config).await.map_err(|e| failed(&e))?;
+        let primary = Arc::new(primary::Primary::new(url).map_err(|e| failed(&e))?);
+        crate::runtime::spawn(primary::Primary::watch(Arc::downgrade(&primary)));
+        let patience = Duration::from_secs(10);
+        let mut writer = primary
+            .first_connection(&writer::link_config(), patience)
+            .await
+            .map_err(|e| failed(&e))?;
         for warning in check_settings(&mut writer, options).await.map_err(|e| failed(&e))? {
             warn!(target: LOG, "Redis at {shown}: {warning}");
         }
@@ -138,6 +213,8 @@ impl RedisStore {
             );
         }
         let snapshot = snapshot(&mut writer).await.map_err(|e| failed(&e))?;
+        let last =
+            follower::entry_at(&mut writer, snapshot.last_seq).await.map_err(|e| failed(&e))?;
         let limits = SharedLimits {
             per_peer: limits.max_registrations_per_peer,
             per_namespace: limits.max_registrations_per_namespace,
@@ -146,12 +223,18 @@ impl RedisStore {
         let (actions, queued) = unbounded();
         let (committed, commits) = unbounded();
         let (changed, changes) = unbounded();
-        let writer_task = writer::Writer::new(writer.clone(), committed, limits, health.clone());
-        crate::runtime::spawn(writer_task.run(queued));
+        let writes = writer::Writer::new(
+            primary.clone(),
+            committed,
+            limits,
+            health.clone(),
+            options.min_replicas,
+        );
+        crate::runtime::spawn(writes.run(queued, writer));
         let follower = follower::Follower {
-            client,
-            snapshots: writer,
+            primary,
             last: snapshot.last_seq,
+            last_key: last.map(|e| e.key).unwrap_or_default(),
             changed,
             url: shown,
             options: options.clone(),
@@ -326,14 +409,14 @@ async fn snapshot(con: &mut impl ConnectionLike) -> redis::RedisResult<Snapshot>
             let read = entries.len();
             for entry in entries {
                 last = last.max(entry.position);
-                match entry.change {
-                    Some(Replicated::Put(put)) => {
+                match entry.says {
+                    Says::Change(Replicated::Put(put)) => {
                         let key = put.key();
                         if held.get(&key).is_none_or(|old| old.seq < put.seq) {
                             held.insert(key, put);
                         }
                     }
-                    Some(Replicated::Delete { peer, namespace, seq, .. }) => {
+                    Says::Change(Replicated::Delete { peer, namespace, seq, .. }) => {
                         let key = rendezvous_libp2p::store::store_key(&peer, &namespace);
                         if held.get(&key).is_some_and(|old| old.seq <= seq) {
                             held.remove(&key);
@@ -346,7 +429,7 @@ async fn snapshot(con: &mut impl ConnectionLike) -> redis::RedisResult<Snapshot>
                 break;
             }
         }
-        if first == 0 || follower::holds(con, first).await? || attempts >= 5 {
+        if first == 0 || follower::entry_at(con, first).await?.is_some() || attempts >= 5 {
             let registrations = held.into_values().collect();
             return Ok(Snapshot { registrations, last_seq: last });
         }

@@ -8,17 +8,24 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `format` | string | the layout's version, [`FORMAT`] |
-//! | `reg` | hash | store key → `<position>|<expiry ms>|<encoded registration>` |
+//! | `reg` | hash | store key → `<position>\|<expiry ms>\|<encoded registration>` |
 //! | `exp` | sorted set | store key → its expiry, in Redis's milliseconds |
 //! | `peers`, `namespaces` | hashes | live registrations per peer, per namespace |
 //! | `total` | string | live registrations in all |
 //! | `pos` | string | the last position given: positions are dense |
-//! | `log` | stream | every put and delete, as entry `0-<position>` |
+//! | `log` | stream | every put and delete, as entry `0-<position>`, and every gap |
 //!
 //! The stream is trimmed as it is written (`XADD … MAXLEN ~`) to twice the
 //! live registrations, and never below [`MIN_LOG`] entries: what Redis holds
 //! stays proportional to what is live, whatever the TTLs. A point that falls
 //! further behind than that reloads from `reg`.
+//!
+//! A primary that lost its last writes (a failover to a replica that
+//! lagged) would give their positions again. The first point back raises
+//! `pos` past every position it saw and logs a gap entry (`op gap`, `after`
+//! the last position the primary still held) at the new position: every
+//! point reading the log learns which positions were lost, and none is
+//! given twice.
 
 /// The layout's version; a Redis holding another is refused, not guessed at.
 pub(super) const FORMAT: &str = "2";
@@ -122,6 +129,26 @@ for _, key in ipairs(due) do
 end
 return #due
 "#;
+
+/// KEYS: `pos`, `log`; ARGV: the highest position seen. Below it, `pos`
+/// jumps past it and a gap entry says what was skipped. Returns the gap's
+/// position, or 0 when `pos` was not below.
+const RAISE: &str = r#"
+local pos = tonumber(redis.call('GET', KEYS[1]) or '0')
+local top = tonumber(ARGV[1])
+if pos >= top then return 0 end
+local at = top + 1
+redis.call('SET', KEYS[1], at)
+redis.call('XADD', KEYS[2], '0-' .. at, 'op', 'gap', 'after', pos)
+return at
+"#;
+
+/// The keys [`raise`] takes.
+pub(super) const RAISE_KEYS: [&str; 2] = [KEYS[6], KEYS[4]];
+
+pub(super) fn raise() -> redis::Script {
+    redis::Script::new(RAISE)
+}
 
 pub(super) fn put() -> redis::Script {
     redis::Script::new(&format!("{COMMON}{PUT}"))

@@ -1,85 +1,149 @@
 //! The writer: runs the scripts in the order the point submitted them, up
-//! to [`WRITES_IN_FLIGHT`] at once on one connection (which keeps their
-//! order), and reports every action's fate.
+//! to [`WRITES_IN_FLIGHT`] at once on one connection to the primary (which
+//! keeps their order), and reports every action's fate.
 //!
 //! A put that Redis has not taken within [`PUT_DEADLINE`] of its
-//! submission, in flight or still queued behind others, is refused
-//! `E_UNAVAILABLE`: under load with Redis paused or unreachable every
-//! REGISTER is answered within a second, never queued without end (the
-//! core bounds how many writes wait here). A delete is never refused: one
-//! that fails goes again after a backoff until it commits.
+//! submission while queued, or within [`PUT_ANSWER_WITHIN`] in all, is
+//! refused `E_UNAVAILABLE`: with Redis paused or unreachable under load,
+//! every REGISTER is answered within a second, never queued without end
+//! (the core bounds how many writes wait here). A delete is never refused:
+//! one that fails goes again after a backoff until it commits.
+//!
+//! With `--redis-min-replicas N`, what the scripts wrote is acknowledged
+//! only once `N` replicas hold it: after scripts complete, one `WAIT N` on
+//! the same connection covers all of them (it waits for that connection's
+//! last write), and a `WAIT` that times out refuses the puts it covered
+//! and retries the deletes. A connection that fails is replaced by one to
+//! the primary of the moment (see [`Primary`]), never reused: a `WAIT` on
+//! a new connection would acknowledge nothing it wrote.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures::future::BoxFuture;
+use futures::future::FusedFuture;
 use futures::stream::FuturesOrdered;
-use futures::{StreamExt, select};
-use redis::Value;
-use redis::aio::ConnectionManager;
+use futures::{FutureExt, StreamExt, select};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Value};
 use rendezvous_libp2p::core::proto::ResponseStatus;
 use rendezvous_libp2p::store::{ActionId, Commit, StoreAction, store_key};
 
+use super::primary::Primary;
 use super::{Health, SharedLimits, scripts};
 
 /// Writes sent to Redis at once, in order (one connection keeps the order).
 const WRITES_IN_FLIGHT: usize = 64;
-/// The longest a put may wait, queued and in flight, before its REGISTER
-/// is refused; its response timeout adds at most 0.5 s more.
-const PUT_DEADLINE: Duration = Duration::from_millis(500);
+/// The longest a put may wait in the queue before its REGISTER is refused.
+const PUT_DEADLINE: Duration = Duration::from_millis(300);
+/// The longest a put's script may take from the put's submission, queued
+/// and in flight, before its REGISTER is refused: every REGISTER is
+/// answered within a second (with `--redis-min-replicas`, plus the `WAIT`).
+const PUT_ANSWER_WITHIN: Duration = Duration::from_millis(900);
+/// How long a `WAIT` waits for replicas.
+const WAIT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often queued puts are checked against their deadline, and failed
 /// deletes retried.
-const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(50);
 /// Wait before a failed delete goes again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// Wait between attempts to reach the primary.
+const RECONNECT_AFTER: Duration = Duration::from_millis(200);
 
 static PUT: LazyLock<redis::Script> = LazyLock::new(scripts::put);
 static DELETE: LazyLock<redis::Script> = LazyLock::new(scripts::delete);
 
-/// What one write came to.
-enum Written {
-    Put(ActionId, redis::RedisResult<Vec<Value>>),
-    Delete(Box<StoreAction>, redis::RedisResult<u64>),
+/// What one script came to, on the connection it ran on.
+struct Written {
+    action: StoreAction,
+    generation: u64,
+    result: Result<Outcome, redis::RedisError>,
+}
+
+enum Outcome {
+    /// A put's answer: its position, or a refusal for a limit.
+    Put(Vec<Value>),
+    /// A delete's position (0: nothing removed).
+    Delete(u64),
+}
+
+/// A write Redis took, waiting for replicas.
+struct Taken {
+    commit: Commit,
+    action: StoreAction,
+    generation: u64,
 }
 
 pub(super) struct Writer {
-    con: ConnectionManager,
+    primary: Arc<Primary>,
     committed: UnboundedSender<Commit>,
     limits: SharedLimits,
     health: Arc<Health>,
+    min_replicas: usize,
 }
 
 impl Writer {
     pub(super) fn new(
-        con: ConnectionManager,
+        primary: Arc<Primary>,
         committed: UnboundedSender<Commit>,
         limits: SharedLimits,
         health: Arc<Health>,
+        min_replicas: usize,
     ) -> Self {
-        Writer { con, committed, limits, health }
+        Writer { primary, committed, limits, health, min_replicas }
     }
 
-    pub(super) async fn run(self, queued: UnboundedReceiver<(StoreAction, Instant)>) {
+    pub(super) async fn run(
+        self,
+        queued: UnboundedReceiver<(StoreAction, Instant)>,
+        link: MultiplexedConnection,
+    ) {
         let mut queued = queued.fuse();
         let mut waiting: VecDeque<(StoreAction, Instant)> = VecDeque::new();
         let mut retrying: VecDeque<(StoreAction, Instant)> = VecDeque::new();
         let mut in_flight = FuturesOrdered::new();
-        let mut ticks = async_io::Timer::interval(TICK).fuse();
+        // Taken by Redis, waiting for the replicas, and the WAIT under way.
+        let mut taken: Vec<Taken> = Vec::new();
+        let mut replicated: futures::future::Fuse<BoxFuture<'static, (Vec<Taken>, usize)>> =
+            futures::future::Fuse::terminated();
+        let mut ticks = StreamExt::fuse(async_io::Timer::interval(TICK));
+        // The connection, its generation, and the primary's epoch it was
+        // made in; `None` while reconnecting.
+        let (mut link, mut generation) = (Some(link), 0u64);
+        let mut epoch = self.primary.epoch();
+        let mut connecting: futures::future::Fuse<BoxFuture<'static, _>> =
+            futures::future::Fuse::terminated();
         let mut open = true;
         loop {
-            while in_flight.len() < WRITES_IN_FLIGHT
-                && let Some((action, since)) = waiting.pop_front()
-            {
-                if let StoreAction::Put { id, .. } = &action
-                    && since.elapsed() >= PUT_DEADLINE
+            if let Some(connection) = &link {
+                while in_flight.len() < WRITES_IN_FLIGHT
+                    && let Some((action, since)) = waiting.pop_front()
                 {
-                    self.refuse_late(*id);
-                    continue;
+                    if let StoreAction::Put { id, .. } = &action
+                        && since.elapsed() >= PUT_DEADLINE
+                    {
+                        self.refuse(*id, "the shared store did not take the registration in time");
+                        continue;
+                    }
+                    let connection = connection.clone();
+                    in_flight.push_back(run(connection, action, since, generation, self.limits));
                 }
-                in_flight.push_back(run(self.con.clone(), action, self.limits));
+                if replicated.is_terminated() && !taken.is_empty() && in_flight.is_empty() {
+                    let batch = std::mem::take(&mut taken);
+                    replicated =
+                        wait_for_replicas(connection.clone(), self.min_replicas, batch).fuse();
+                }
+            } else if connecting.is_terminated() {
+                connecting = reconnect(self.primary.clone(), self.health.clone()).fuse();
             }
-            if !open && waiting.is_empty() && in_flight.is_empty() && retrying.is_empty() {
+            if !open
+                && waiting.is_empty()
+                && in_flight.is_empty()
+                && retrying.is_empty()
+                && taken.is_empty()
+            {
                 return;
             }
             select! {
@@ -88,15 +152,50 @@ impl Writer {
                     None => open = false,
                 },
                 written = in_flight.select_next_some() => {
-                    if let Some(retry) = self.report(written) {
+                    let failed = written.generation == generation && written.result.as_ref().is_err_and(broken);
+                    if let Some(retry) = self.report(written, &mut taken) {
                         retrying.push_back((retry, Instant::now() + RETRY_AFTER));
                     }
+                    if failed {
+                        link = None;
+                    }
                 }
+                (batch, replicas) = replicated => {
+                    for Taken { commit, action, generation: on } in batch {
+                        if on == generation && replicas >= self.min_replicas {
+                            if let Commit::Logged { seq, .. } = commit {
+                                self.health.taken(seq);
+                            }
+                            let _ = self.committed.unbounded_send(commit);
+                        } else if let StoreAction::Put { id, .. } = action {
+                            self.refuse(id, &format!(
+                                "{replicas} of the {} replicas asked for took the registration in time",
+                                self.min_replicas
+                            ));
+                        } else {
+                            retrying.push_back((action, Instant::now() + RETRY_AFTER));
+                        }
+                    }
+                }
+                connected = connecting => match connected {
+                    Ok((made_in, connection)) => {
+                        generation += 1;
+                        (link, epoch) = (Some(connection), made_in);
+                        self.health.set_trouble(None);
+                    }
+                    Err(error) => {
+                        self.health.set_trouble(Some(format!("the shared store is unreachable: {error}")));
+                    }
+                },
                 _ = ticks.next() => {
+                    if link.is_some() && self.primary.moved_since(epoch) {
+                        // Writes go to the primary Sentinel names now.
+                        link = None;
+                    }
                     // Puts queued past their deadline, in order of age.
                     waiting.retain(|(action, since)| match action {
                         StoreAction::Put { id, .. } if since.elapsed() >= PUT_DEADLINE => {
-                            self.refuse_late(*id);
+                            self.refuse(*id, "the shared store did not take the registration in time");
                             false
                         }
                         _ => true,
@@ -114,38 +213,61 @@ impl Writer {
         }
     }
 
-    fn refuse_late(&self, id: ActionId) {
-        let reason = format!(
-            "the shared store did not take the registration within {} ms",
-            PUT_DEADLINE.as_millis()
-        );
-        let _ = self.committed.unbounded_send(Commit::Refused {
-            id,
-            status: ResponseStatus::EUnavailable,
-            reason,
-        });
+    fn refuse(&self, id: ActionId, reason: &str) {
+        let status = ResponseStatus::EUnavailable;
+        let refusal = Commit::Refused { id, status, reason: reason.to_owned() };
+        let _ = self.committed.unbounded_send(refusal);
     }
 
-    /// Reports what a write came to; gives back a delete to retry.
-    fn report(&self, written: Written) -> Option<StoreAction> {
-        let commit = match written {
-            Written::Put(id, answer) => put_commit(id, answer, &self.health),
-            Written::Delete(action, Ok(position)) => {
-                self.health.set_trouble(None);
-                let id = action_id(&action)?;
-                match position {
-                    0 => Commit::Removed { id },
-                    seq => Commit::Logged { id, seq },
+    /// Reports what a script came to, or, with replicas to wait for, keeps
+    /// it in `taken`; gives back a delete to retry.
+    fn report(&self, written: Written, taken: &mut Vec<Taken>) -> Option<StoreAction> {
+        let Written { action, generation, result } = written;
+        let id = action_id(&action)?;
+        let commit = match result {
+            Ok(Outcome::Put(values)) => put_commit(id, values),
+            Ok(Outcome::Delete(0)) => Commit::Removed { id },
+            Ok(Outcome::Delete(seq)) => Commit::Logged { id, seq },
+            Err(error) => {
+                let why = format!("the shared store is unreachable: {error}");
+                self.health.set_trouble(Some(why.clone()));
+                if matches!(action, StoreAction::Delete { .. }) {
+                    return Some(action);
                 }
-            }
-            Written::Delete(action, Err(error)) => {
-                self.health.set_trouble(Some(format!("the shared store is unreachable: {error}")));
-                return Some(*action);
+                // Sent to the requester: no address or credentials of ours.
+                let _ = self.committed.unbounded_send(Commit::Refused {
+                    id,
+                    status: ResponseStatus::EUnavailable,
+                    reason: why,
+                });
+                return None;
             }
         };
-        let _ = self.committed.unbounded_send(commit);
+        self.health.set_trouble(None);
+        if let Commit::Logged { seq, .. } = commit {
+            self.health.written(seq);
+        }
+        let stored = matches!(commit, Commit::Logged { .. });
+        if stored && self.min_replicas > 0 {
+            taken.push(Taken { commit, action, generation });
+        } else {
+            if let Commit::Logged { seq, .. } = commit {
+                self.health.taken(seq);
+            }
+            let _ = self.committed.unbounded_send(commit);
+        }
         None
     }
+}
+
+/// Whether an error means the connection should be replaced: it broke, or
+/// it reaches a node that is no longer the primary.
+fn broken(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_unrecoverable_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
 }
 
 fn action_id(action: &StoreAction) -> Option<ActionId> {
@@ -155,37 +277,97 @@ fn action_id(action: &StoreAction) -> Option<ActionId> {
     }
 }
 
-/// Runs one action's script.
-async fn run(mut con: ConnectionManager, action: StoreAction, limits: SharedLimits) -> Written {
-    match action {
-        StoreAction::Put { id, registration, ttl } => {
-            let mut invocation = PUT.prepare_invoke();
-            invocation
-                .key(&scripts::KEYS[..])
-                .arg(registration.key())
-                .arg(registration.encode())
-                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-                .arg(limits.per_peer)
-                .arg(limits.per_namespace)
-                .arg(limits.total)
-                .arg(scripts::MIN_LOG);
-            Written::Put(id, invocation.invoke_async(&mut con).await)
+/// A connection to the primary of the moment, after a pause; its layout
+/// checked (or claimed, if it lost everything) and positions raised past
+/// everything this point saw first, in case it is a new primary that lost
+/// writes.
+fn reconnect(
+    primary: Arc<Primary>,
+    health: Arc<Health>,
+) -> BoxFuture<'static, redis::RedisResult<(u64, MultiplexedConnection)>> {
+    async move {
+        async_io::Timer::after(RECONNECT_AFTER).await;
+        let epoch = primary.epoch();
+        let mut connection = primary.connect(&link_config()).await?;
+        // A primary that lost everything is claimed again before any write.
+        if let Err(refusal) = super::check_format(&mut connection).await {
+            return Err(redis::RedisError::from((redis::ErrorKind::Io, "refused", refusal)));
         }
-        StoreAction::Delete { ref peer, ref namespace, seq, .. } => {
-            let mut invocation = DELETE.prepare_invoke();
-            invocation
-                .key(&scripts::KEYS[..])
-                .arg(store_key(peer, namespace))
-                .arg(seq)
-                .arg(scripts::MIN_LOG);
-            let answer = invocation.invoke_async(&mut con).await;
-            Written::Delete(Box::new(action), answer)
-        }
-        other => Written::Delete(Box::new(other), Ok(0)),
+        super::follower::raise_positions(&mut connection, health.seen()).await?;
+        Ok((epoch, connection))
     }
+    .boxed()
 }
 
-fn put_commit(id: ActionId, answer: redis::RedisResult<Vec<Value>>, health: &Health) -> Commit {
+/// The writer's connection settings: its answers may wait behind a `WAIT`.
+pub(super) fn link_config() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(PUT_ANSWER_WITHIN + WAIT_TIMEOUT))
+}
+
+/// `WAIT min_replicas` for what `batch` wrote: how many replicas hold it.
+fn wait_for_replicas(
+    mut connection: MultiplexedConnection,
+    min_replicas: usize,
+    batch: Vec<Taken>,
+) -> BoxFuture<'static, (Vec<Taken>, usize)> {
+    async move {
+        let replicas: redis::RedisResult<usize> = redis::cmd("WAIT")
+            .arg(min_replicas)
+            .arg(WAIT_TIMEOUT.as_millis() as u64)
+            .query_async(&mut connection)
+            .await;
+        (batch, replicas.unwrap_or(0))
+    }
+    .boxed()
+}
+
+/// Runs one action's script; a put submitted at `since` gives up at
+/// [`PUT_ANSWER_WITHIN`].
+fn run(
+    mut connection: MultiplexedConnection,
+    action: StoreAction,
+    since: Instant,
+    generation: u64,
+    limits: SharedLimits,
+) -> BoxFuture<'static, Written> {
+    async move {
+        let result = match &action {
+            StoreAction::Put { registration, ttl, .. } => {
+                let mut invocation = PUT.prepare_invoke();
+                invocation
+                    .key(&scripts::KEYS[..])
+                    .arg(registration.key())
+                    .arg(registration.encode())
+                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+                    .arg(limits.per_peer)
+                    .arg(limits.per_namespace)
+                    .arg(limits.total)
+                    .arg(scripts::MIN_LOG);
+                let late = async_io::Timer::at(since + PUT_ANSWER_WITHIN);
+                select! {
+                    answer = invocation.invoke_async(&mut connection).fuse() => answer.map(Outcome::Put),
+                    _ = FutureExt::fuse(late) => Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "no answer in time",
+                        format!("{} ms", PUT_ANSWER_WITHIN.as_millis()),
+                    ))),
+                }
+            }
+            StoreAction::Delete { peer, namespace, seq, .. } => {
+                let mut invocation = DELETE.prepare_invoke();
+                invocation.key(&scripts::KEYS[..]).arg(store_key(peer, namespace)).arg(*seq).arg(scripts::MIN_LOG);
+                invocation.invoke_async(&mut connection).await.map(Outcome::Delete)
+            }
+            _ => Ok(Outcome::Delete(0)),
+        };
+        Written { action, generation, result }
+    }
+    .boxed()
+}
+
+fn put_commit(id: ActionId, values: Vec<Value>) -> Commit {
     let int = |v: &Value| match v {
         Value::Int(n) => u64::try_from(*n).ok(),
         _ => None,
@@ -194,19 +376,6 @@ fn put_commit(id: ActionId, answer: redis::RedisResult<Vec<Value>>, health: &Hea
         Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
         _ => "refused by the shared store".to_owned(),
     };
-    let values = match answer {
-        Ok(values) => values,
-        Err(error) => {
-            health.set_trouble(Some(format!("the shared store is unreachable: {error}")));
-            return Commit::Refused {
-                id,
-                status: ResponseStatus::EUnavailable,
-                // Sent to the requester: no address or credentials of ours.
-                reason: format!("the shared store is unreachable: {error}"),
-            };
-        }
-    };
-    health.set_trouble(None);
     match values.first().and_then(int) {
         Some(0) => match values.get(1).and_then(int) {
             Some(seq) => Commit::Logged { id, seq },

@@ -1,0 +1,237 @@
+//! Redis behind Sentinel, with real processes on loopback: one primary, one
+//! replica and three Sentinels. A point registers under load while the
+//! replica falls behind (its link to the primary cut and the replica
+//! stalled with `DEBUG SLEEP`) and the primary is killed with SIGKILL;
+//! Sentinel promotes the replica, which lacks the last writes, and the old
+//! primary, restarted once Sentinel promoted the replica, comes back as its
+//! replica. With `--redis-min-replicas 0`, what is lost is what the point
+//! says it lost, and REGISTERs succeed again within 10 s of the kill. With
+//! `--redis-min-replicas 1`, nothing the point acknowledged is lost, and
+//! REGISTERs succeed again once a replica follows the new primary: here the
+//! old primary, which Sentinel demotes about ten seconds after it comes
+//! back. Either way no point serves what the registry no longer holds.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the failure report
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Proc, peer_of, runtime, served, start};
+use futures::StreamExt;
+use rendezvous_libp2p::core::testing::{self, TestPeer};
+use rendezvous_libp2p::core::{Dialect, Flavour};
+use rendezvous_tests::net::raw_connection_as;
+use rendezvous_tests::redis::{Sentinels, cli_script};
+
+const RUST: Dialect = Dialect::Signed(Flavour::RustLibp2p);
+
+fn point(sentinels: &Sentinels, min_replicas: &str) -> (Proc, String) {
+    let url = sentinels.url();
+    let args = ["--mode", "server", "-v", "--listen", "127.0.0.1", "--stats-interval", "0"];
+    let mut args: Vec<&str> = args.into();
+    args.extend(["--redis", &url, "--redis-min-replicas", min_replicas]);
+    args.extend([
+        "--max-per-peer",
+        "100000",
+        "--max-per-ip",
+        "100000",
+        "--max-per-namespace",
+        "100000",
+    ]);
+    start(Proc::start(&args))
+}
+
+struct Outcome {
+    /// Namespaces acknowledged OK.
+    acknowledged: BTreeSet<String>,
+    /// From the kill to the first REGISTER sent after it that was acknowledged.
+    recovered: Duration,
+}
+
+/// Registers in new namespaces, 16 at a time, while the replica stalls and
+/// the primary is killed (then restarted once Sentinel promoted the
+/// replica, to come back as its replica); goes on until REGISTERs succeed
+/// again.
+fn register_through_a_failover(sentinels: &mut Sentinels, address: &str, me: &TestPeer) -> Outcome {
+    let (id, addr) = peer_of(address);
+    let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
+    let kill = Arc::new(Mutex::new(None::<Instant>));
+    let load = {
+        let (acknowledged, kill, me) = (acknowledged.clone(), kill.clone(), me.clone());
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let raw = raw_connection_as(me.keypair.clone(), id, &addr).await;
+                let started = Instant::now();
+                let mut recovered = None;
+                let requests = futures::stream::iter(0..)
+                    .map(|i| {
+                        let (mut raw, acknowledged) = (raw.clone_handle(), acknowledged.clone());
+                        let ns = format!("r{i:06}");
+                        let request = testing::register(&ns, me.record(RUST), Some(3600));
+                        async move {
+                            let sent = Instant::now();
+                            let answer = raw.request(id, &request).await;
+                            let ok = answer
+                                .ok()
+                                .and_then(|a| a.register_response)
+                                .is_some_and(|r| r.status == Some(0));
+                            if ok {
+                                acknowledged.lock().unwrap().insert(ns);
+                            }
+                            (ok, sent, Instant::now())
+                        }
+                    })
+                    .buffer_unordered(16);
+                futures::pin_mut!(requests);
+                while let Some((ok, sent, at)) = requests.next().await {
+                    let killed = *kill.lock().unwrap();
+                    if let (true, Some(killed)) = (ok, killed)
+                        && sent > killed
+                        && recovered.is_none()
+                    {
+                        recovered = Some(at - killed);
+                    }
+                    if let (Some(killed), Some(after)) = (killed, recovered)
+                        && at > killed + after + Duration::from_millis(500)
+                    {
+                        return after;
+                    }
+                    assert!(
+                        started.elapsed() < Duration::from_secs(40),
+                        "REGISTERs never succeeded again"
+                    );
+                }
+                unreachable!("the requests never end")
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    // The replica drops its link to the primary and stalls 0.9 s before it
+    // can make another; 0.3 s into it, the primary dies with what it could
+    // not pass on.
+    let replica = sentinels.replica.port;
+    let stall = std::thread::spawn(move || {
+        cli_script(replica, "CLIENT KILL TYPE master\nDEBUG SLEEP 0.9\n")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    sentinels.primary.kill();
+    *kill.lock().unwrap() = Some(Instant::now());
+    assert!(stall.join().unwrap().ends_with("OK\n"), "the replica stalled");
+    // Back once Sentinel promoted the replica (it would not fail over if
+    // the primary came back within its 1 s), as its replica.
+    let old = Some(sentinels.primary.port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sentinels.primary_port() == old {
+        assert!(Instant::now() < deadline, "Sentinel never promoted the replica");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sentinels.primary.restart();
+    let recovered = load.join().unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    Outcome { acknowledged, recovered }
+}
+
+/// Two sets as a short account of how they differ.
+fn differ(a: &BTreeSet<String>, b: &BTreeSet<String>) -> String {
+    let only_a: Vec<_> = a.difference(b).take(5).collect();
+    let only_b: Vec<_> = b.difference(a).take(5).collect();
+    format!(
+        "{} against {}; only in the first: {only_a:?}…; only in the second: {only_b:?}…",
+        a.len(),
+        b.len()
+    )
+}
+
+/// What `address` serves of `me`, once it settles (a point reloads after a
+/// failover).
+fn held(address: &str, me: &TestPeer) -> BTreeSet<String> {
+    let (id, addr) = peer_of(address);
+    runtime().block_on(async {
+        let mut raw = raw_connection_as(TestPeer::new(900).keypair, id, &addr).await;
+        let mut last = BTreeSet::new();
+        for _ in 0..50 {
+            let now: BTreeSet<String> = served(&mut raw, id, me.id).await.into_keys().collect();
+            if now == last {
+                return now;
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        last
+    })
+}
+
+#[test]
+fn with_one_replica_required_nothing_acknowledged_is_lost_in_a_failover() {
+    let mut sentinels = Sentinels::start("min1");
+    let (mut first, address) = point(&sentinels, "1");
+    let me = TestPeer::new(1);
+    let outcome = register_through_a_failover(&mut sentinels, &address, &me);
+    assert!(
+        outcome.recovered < Duration::from_secs(35),
+        "writes resumed after {:?}; the point said:\n{}",
+        outcome.recovered,
+        first.drain().join("\n")
+    );
+    // A point started after the failover, and the one that lived through
+    // it, hold every registration acknowledged.
+    let (_later, later) = point(&sentinels, "1");
+    let registry = held(&later, &me);
+    let missing: Vec<_> = outcome.acknowledged.difference(&registry).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged are gone: {missing:?}",
+        missing.len(),
+        outcome.acknowledged.len()
+    );
+    assert_eq!(
+        held(&address, &me),
+        registry,
+        "the point that lived through it serves the registry"
+    );
+    eprintln!(
+        "{} acknowledged, writes back {:?} after the kill",
+        outcome.acknowledged.len(),
+        outcome.recovered
+    );
+}
+
+#[test]
+fn without_replicas_required_a_failover_loses_only_what_the_point_says_it_lost() {
+    let mut sentinels = Sentinels::start("min0");
+    let (mut first, address) = point(&sentinels, "0");
+    let me = TestPeer::new(2);
+    let outcome = register_through_a_failover(&mut sentinels, &address, &me);
+    assert!(
+        outcome.recovered < Duration::from_secs(10),
+        "writes resumed after {:?}; the point said:\n{}",
+        outcome.recovered,
+        first.drain().join("\n")
+    );
+    let (_later, later) = point(&sentinels, "0");
+    let registry = held(&later, &me);
+    let lost = outcome.acknowledged.difference(&registry).count();
+    // The point that lived through it serves what the registry holds, and
+    // said how many of its acknowledged registrations were lost.
+    let survivor = held(&address, &me);
+    assert!(
+        survivor == registry,
+        "the point that lived through it: {}; it said:\n{}",
+        differ(&survivor, &registry),
+        first.drain().join("\n")
+    );
+    assert!(lost > 0, "the replica lagged, yet the failover lost nothing acknowledged");
+    let line = first.expect("registrations this point had acknowledged are gone");
+    assert!(
+        line.contains(&format!(": {lost} registrations")),
+        "{lost} lost; the point said:\n{}",
+        first.drain().join("\n")
+    );
+    eprintln!(
+        "{} acknowledged, {lost} lost, writes back {:?} after the kill",
+        outcome.acknowledged.len(),
+        outcome.recovered
+    );
+}
