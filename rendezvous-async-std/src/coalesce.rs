@@ -13,7 +13,7 @@
 //! ends, before the task sleeps, exactly as if they had been handed to the
 //! kernel's send buffer. If the socket cannot take them all, the rest waits
 //! in the stream (at most [`HIGH_WATER`] before writes wait) and the task is
-//! woken when the socket is writable. Past [`SEND_AT`] bytes, a stream sends
+//! woken when the socket is writable. Past `SEND_AT` (16 KiB), a stream sends
 //! at once rather than holding more. Outside such a task, a stream writes
 //! through as a plain TCP stream does.
 

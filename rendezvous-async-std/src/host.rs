@@ -4,7 +4,7 @@
 //! A point's connections are bounded at every stage: handshakes under way
 //! ([`handshakes`](crate::handshakes), oldest evicted), established ones in
 //! all and per peer (libp2p-connection-limits) and per IP address
-//! ([`per_ip`](crate::per_ip)); a handshake has [`ConnectionLimits::handshake_timeout`]
+//! ([`per_ip`]); a handshake has [`ConnectionLimits::handshake_timeout`]
 //! to finish, and a connection that carries no rendezvous request for the
 //! rendezvous behaviour's idle timeout is closed.
 

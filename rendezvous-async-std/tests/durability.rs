@@ -6,31 +6,17 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Proc, start};
+use common::{Proc, SmallDisk, free_port, peer_of, runtime, served, start, temp_dir};
 use futures::StreamExt;
-use libp2p_core::multiaddr::{Multiaddr, Protocol};
 use libp2p_identity::PeerId;
 use rendezvous_libp2p::core::proto::{ResponseStatus, read_status};
-use rendezvous_libp2p::core::record::{Record, RecordLimits};
 use rendezvous_libp2p::core::testing::{self, TestPeer};
 use rendezvous_libp2p::core::{Dialect, Flavour, codec};
 use rendezvous_libp2p::framed::Framed;
 use rendezvous_tests::net::{Raw, raw_connection_as};
-
-/// A fresh directory for one test.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rendezvous-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn point(dir: &Path, port: u16) -> (Proc, String) {
     let server = Proc::start(&[
@@ -53,38 +39,6 @@ fn point(dir: &Path, port: u16) -> (Proc, String) {
         "0",
     ]);
     start(server)
-}
-
-fn peer_of(address: &str) -> (PeerId, Multiaddr) {
-    let address: Multiaddr = address.parse().unwrap();
-    let Some(Protocol::P2p(peer)) = address.iter().last() else { panic!("{address}") };
-    (peer, address)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-/// Every registration of `me` the point serves: namespace → seconds left.
-async fn served(raw: &mut Raw, server: PeerId, me: PeerId) -> BTreeMap<String, u64> {
-    let (mut found, mut cookie) = (BTreeMap::new(), None);
-    loop {
-        let page =
-            raw.request(server, &testing::discover(None, Some(1000), cookie.take())).await.unwrap();
-        let page = page.discover_response.unwrap();
-        assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok));
-        if page.registrations.is_empty() {
-            return found;
-        }
-        for entry in &page.registrations {
-            let limits = RecordLimits { max_bytes: 4096, max_addresses: 8 };
-            let record = Record::parse(entry.signed_peer_record.clone().unwrap(), &limits).unwrap();
-            if record.peer == Some(me) {
-                found.insert(entry.ns.clone().unwrap(), entry.ttl.unwrap());
-            }
-        }
-        cookie = page.cookie;
-    }
 }
 
 #[test]
@@ -175,7 +129,7 @@ async fn register_until_killed(
     let record = me.record(Dialect::Signed(Flavour::RustLibp2p));
     let answers = futures::stream::iter(0..100_000usize)
         .map(|i| {
-            let mut raw = Raw { id: raw.id, control: raw.control.clone() };
+            let mut raw = raw.clone_handle();
             let ns = format!("r{round}-{i}");
             let request = testing::register(&ns, record.clone(), Some(3600));
             async move {
@@ -302,40 +256,6 @@ fn an_in_memory_point_writes_nothing() {
     drop(server);
     assert_eq!(std::fs::read_dir(&home).unwrap().count(), 0, "nothing under HOME");
     std::fs::remove_dir_all(&home).unwrap();
-}
-
-/// A tmpfs of a given size, mounted for one test (root only).
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(name: &str, size: &str) -> SmallDisk {
-        let dir = temp_dir(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()])
-            .status()
-            .expect("mount runs");
-        assert!(
-            status.success(),
-            "this test fills a tmpfs it mounts, which needs root (CI runs as root)"
-        );
-        SmallDisk(dir)
-    }
-
-    fn resize(&self, size: &str) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}"), self.0.to_str().unwrap()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]

@@ -150,7 +150,7 @@ async fn register_until_gone(
     let record = me.record(RUST);
     let answers = futures::stream::iter(0..1_000_000usize)
         .map(|i| {
-            let mut raw = Raw { id: raw.id, control: raw.control.clone() };
+            let mut raw = raw.clone_handle();
             let ns = format!("n{i}");
             let request = testing::register(&ns, record.clone(), Some(3600));
             async move { (ns, raw.request(server, &request).await) }

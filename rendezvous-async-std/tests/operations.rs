@@ -12,25 +12,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Proc, start};
-use libp2p_core::multiaddr::{Multiaddr, Protocol};
-use libp2p_identity::PeerId;
+use common::{Proc, peer_of, runtime, start};
 use rendezvous_libp2p::core::testing::{self, TestPeer};
 use rendezvous_libp2p::core::{Dialect, Flavour};
 use rendezvous_tests::net::raw_connection_as;
 use rendezvous_tests::redis::RedisServer;
 
 const RUST: Dialect = Dialect::Signed(Flavour::RustLibp2p);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-fn peer_of(address: &str) -> (PeerId, Multiaddr) {
-    let address: Multiaddr = address.parse().unwrap();
-    let Some(Protocol::P2p(peer)) = address.iter().last() else { panic!("{address}") };
-    (peer, address)
-}
 
 /// `GET path`: the status and the body, every wait bounded.
 fn get(at: SocketAddr, path: &str) -> (u16, String) {

@@ -160,6 +160,11 @@ pub async fn raw_connection_as(keypair: Keypair, server: PeerId, addr: &Multiadd
 }
 
 impl Raw {
+    /// Another handle on the same connection, for requests in parallel.
+    pub fn clone_handle(&self) -> Raw {
+        Raw { id: self.id, control: self.control.clone() }
+    }
+
     /// Opens a `/rendezvous/1.0.0` substream.
     pub async fn open(&mut self, server: PeerId) -> libp2p::Stream {
         let protocol = libp2p::StreamProtocol::new("/rendezvous/1.0.0");

@@ -144,7 +144,7 @@ async fn register_all(
     }
     for start in (0..n).step_by(IN_FLIGHT) {
         let requests = (start..(start + IN_FLIGHT).min(n)).map(|i| {
-            let mut raw = Raw { id: raw.id, control: raw.control.clone() };
+            let mut raw = raw.clone_handle();
             let message = request(i);
             async move { raw.request(server, &message).await }
         });

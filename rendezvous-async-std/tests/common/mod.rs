@@ -2,10 +2,20 @@
 //! with every wait bounded.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // shared by several test files
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
+
+use libp2p_core::multiaddr::{Multiaddr, Protocol};
+use libp2p_identity::PeerId;
+use rendezvous_libp2p::core::proto::{ResponseStatus, read_status};
+use rendezvous_libp2p::core::record::{Record, RecordLimits};
+use rendezvous_libp2p::core::testing;
+use rendezvous_tests::net::Raw;
 
 /// Bound on every wait for a line or an exit.
 pub(crate) const LIMIT: Duration = Duration::from_secs(30);
@@ -67,6 +77,14 @@ impl Proc {
                 }
             }
         }
+    }
+
+    /// Every line read so far, and those waiting to be read.
+    pub(crate) fn drain(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
     }
 
     /// Every line read so far.
@@ -178,4 +196,83 @@ pub(crate) fn finds(address: &str, namespace: &str, peer: &str) {
 
 pub(crate) fn peer_id(line: &str) -> String {
     line.rsplit(' ').next().unwrap().to_owned()
+}
+
+/// A fresh directory for one test.
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rendezvous-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The peer and address of a point's `/p2p/` address.
+pub(crate) fn peer_of(address: &str) -> (PeerId, Multiaddr) {
+    let address: Multiaddr = address.parse().unwrap();
+    let Some(Protocol::P2p(peer)) = address.iter().last() else { panic!("{address}") };
+    (peer, address)
+}
+
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Every registration of `me` the point serves, walking every namespace
+/// with cookies: namespace → seconds left.
+pub(crate) async fn served(raw: &mut Raw, server: PeerId, me: PeerId) -> BTreeMap<String, u64> {
+    let (mut found, mut cookie) = (BTreeMap::new(), None);
+    loop {
+        let page =
+            raw.request(server, &testing::discover(None, Some(1000), cookie.take())).await.unwrap();
+        let page = page.discover_response.unwrap();
+        assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok));
+        if page.registrations.is_empty() {
+            return found;
+        }
+        for entry in &page.registrations {
+            let limits = RecordLimits { max_bytes: 4096, max_addresses: 8 };
+            let record = Record::parse(entry.signed_peer_record.clone().unwrap(), &limits).unwrap();
+            if record.peer == Some(me) {
+                found.insert(entry.ns.clone().unwrap(), entry.ttl.unwrap());
+            }
+        }
+        cookie = page.cookie;
+    }
+}
+
+/// A tmpfs of a given size, mounted for one test (root only).
+pub(crate) struct SmallDisk(pub(crate) PathBuf);
+
+impl SmallDisk {
+    pub(crate) fn mount(name: &str, size: &str) -> SmallDisk {
+        let dir = temp_dir(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()])
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "this test fills a tmpfs it mounts, which needs root (CI runs as root)"
+        );
+        SmallDisk(dir)
+    }
+
+    pub(crate) fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}"), self.0.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
