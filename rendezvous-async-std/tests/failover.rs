@@ -48,6 +48,8 @@ struct Outcome {
     acknowledged: BTreeSet<String>,
     /// From the kill to the first REGISTER sent after it that was acknowledged.
     recovered: Duration,
+    /// From the first REGISTER refused to the first acknowledged after it.
+    gap: Duration,
 }
 
 /// Registers in new namespaces, 16 at a time, while the replica stalls and
@@ -64,7 +66,7 @@ fn register_through_a_failover(sentinels: &mut Sentinels, address: &str, me: &Te
             runtime().block_on(async move {
                 let raw = raw_connection_as(me.keypair.clone(), id, &addr).await;
                 let started = Instant::now();
-                let mut recovered = None;
+                let (mut recovered, mut first_refused) = (None, None);
                 let requests = futures::stream::iter(0..)
                     .map(|i| {
                         let (mut raw, acknowledged) = (raw.clone_handle(), acknowledged.clone());
@@ -86,6 +88,9 @@ fn register_through_a_failover(sentinels: &mut Sentinels, address: &str, me: &Te
                     .buffer_unordered(16);
                 futures::pin_mut!(requests);
                 while let Some((ok, sent, at)) = requests.next().await {
+                    if !ok && first_refused.is_none() {
+                        first_refused = Some(at);
+                    }
                     let killed = *kill.lock().unwrap();
                     if let (true, Some(killed)) = (ok, killed)
                         && sent > killed
@@ -96,7 +101,8 @@ fn register_through_a_failover(sentinels: &mut Sentinels, address: &str, me: &Te
                     if let (Some(killed), Some(after)) = (killed, recovered)
                         && at > killed + after + Duration::from_millis(500)
                     {
-                        return after;
+                        let refused = first_refused.expect("REGISTERs were refused");
+                        return (after, killed + after - refused);
                     }
                     assert!(
                         started.elapsed() < Duration::from_secs(40),
@@ -128,9 +134,9 @@ fn register_through_a_failover(sentinels: &mut Sentinels, address: &str, me: &Te
         std::thread::sleep(Duration::from_millis(100));
     }
     sentinels.primary.restart();
-    let recovered = load.join().unwrap();
+    let (recovered, gap) = load.join().unwrap();
     let acknowledged = acknowledged.lock().unwrap().clone();
-    Outcome { acknowledged, recovered }
+    Outcome { acknowledged, recovered, gap }
 }
 
 /// Two sets as a short account of how they differ.
@@ -192,9 +198,10 @@ fn with_one_replica_required_nothing_acknowledged_is_lost_in_a_failover() {
         "the point that lived through it serves the registry"
     );
     eprintln!(
-        "{} acknowledged, writes back {:?} after the kill",
+        "{} acknowledged, writes back {:?} after the kill, {:?} after the first refusal",
         outcome.acknowledged.len(),
-        outcome.recovered
+        outcome.recovered,
+        outcome.gap
     );
 }
 
@@ -230,8 +237,9 @@ fn without_replicas_required_a_failover_loses_only_what_the_point_says_it_lost()
         first.drain().join("\n")
     );
     eprintln!(
-        "{} acknowledged, {lost} lost, writes back {:?} after the kill",
+        "{} acknowledged, {lost} lost, writes back {:?} after the kill, {:?} after the first refusal",
         outcome.acknowledged.len(),
-        outcome.recovered
+        outcome.recovered,
+        outcome.gap
     );
 }
