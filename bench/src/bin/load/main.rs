@@ -9,6 +9,7 @@
 //!   [--connections 20] [--inflight 8] [--svg PATH]
 //!   [--inflight-list 64,128,256|none] [--inflight-n 20000] [--py-inflight-n 1000]
 //!   [--sustain SECONDS --rate PER_S]
+//! target/release/load --soak SECONDS [--soak-ttl 15] [--points 3] [--rate 1000]
 //! ```
 //!
 //! Two sweeps, each against every server in turn, each server a fresh
@@ -34,18 +35,43 @@
 //! register the first size, ask for pages, and a probe measures how long a
 //! REGISTER acknowledged at one point takes to be served by another.
 //!
+//! **Soak** (`--soak SECONDS`, nothing else runs): `--points` points (3)
+//! share one Redis, each with `--min-ttl` at `--soak-ttl` (15 s) and every
+//! limit opened but `--max-per-peer`, set to each identity's stable share plus
+//! room for churn. Four connections per point, each its own identity, send
+//! about `--rate` requests/s (1000) in all: 3,000 stable registrations of
+//! `--soak-ttl` refreshed at 60–80 % of it, churn (a REGISTER, then an
+//! UNREGISTER 0.1–0.5 s after the answer) and DISCOVERs for pages of 100,
+//! some following cookies. A model of every (identity, namespace) follows
+//! the requests and answers. Every 10 s it samples Redis's `used_memory`,
+//! `XLEN rendezvous:log`, `HLEN rendezvous:reg` and each point's RSS, and
+//! walks every point (all namespaces, pages of 1000, cookies followed to an
+//! empty page) from a watcher, counting **lost** (acknowledged, within its TTL
+//! by 2 s, nothing in flight, not served), **resurrected** (unregistered more
+//! than 2 s before, nothing since, served) and **over a limit** (more than
+//! `--max-per-peer` of one identity in a walk's first page, or a REGISTER of
+//! a key known absent acknowledged while the identity held that many others).
+//! A key a walk gets wrong is watched for 5 s more, walking again: one that
+//! comes right (replication from another point, an UNREGISTER waiting for
+//! Redis) is counted late, not lost or resurrected.
+//! It prints a row per sample, what was sent, acknowledged and refused, the
+//! three counts, Redis's memory after the first TTL window against the last
+//! sample and each point's RSS first against last; it exits non-zero if a
+//! count is not 0, a walk failed or a point exited (see `soak.rs`).
+//!
 //! `RENDEZVOUS_BIN=path` runs that build as "ours", to compare two builds.
 //!
 //! Records are signed once per connection and reused, unless `--fresh` signs
 //! a new one for every request. The tool fails when it cannot run, and in
-//! `--quick` mode (the CI's smoke test) when our server lost a request;
-//! never on a timing.
+//! `--quick` mode (the CI's smoke test) when our server lost a request, and
+//! in a soak as said above; never on a timing.
 
 mod conn;
 mod phases;
 mod report;
 mod rounds;
 mod servers;
+mod soak;
 
 use std::path::PathBuf;
 
@@ -70,8 +96,13 @@ struct Options {
     points: usize,
     /// Seconds of sustained, paced refreshes (0: skip).
     sustain: u64,
-    /// Refreshes per second in the sustained run.
-    rate: u64,
+    /// Refreshes per second in the sustained run (10,000), requests per
+    /// second in the soak (1000).
+    rate: Option<u64>,
+    /// Seconds of soak (0: skip).
+    soak: u64,
+    /// The soak's TTL, in seconds.
+    soak_ttl: u64,
 }
 
 fn options() -> Result<Options, Error> {
@@ -87,7 +118,9 @@ fn options() -> Result<Options, Error> {
         strict: false,
         points: 3,
         sustain: 0,
-        rate: 10_000,
+        rate: None,
+        soak: 0,
+        soak_ttl: 15,
     };
     let mut args = std::env::args().skip(1);
     // `none` skips a sweep: `--sizes none` runs only the in-flight one.
@@ -121,7 +154,9 @@ fn options() -> Result<Options, Error> {
             "--points" => o.points = take()?.parse()?,
             "--svg" => o.svg = Some(take()?.into()),
             "--sustain" => o.sustain = take()?.parse()?,
-            "--rate" => o.rate = take()?.parse()?,
+            "--rate" => o.rate = Some(take()?.parse()?),
+            "--soak" => o.soak = take()?.parse()?,
+            "--soak-ttl" => o.soak_ttl = take()?.parse()?,
             "--servers" => {
                 o.servers = take()?.split(',').map(Kind::parse).collect::<Result<_, _>>()?;
             }
@@ -148,6 +183,29 @@ async fn main() {
 
 async fn real_main() -> Result<(), Error> {
     let o = options()?;
+    if o.soak > 0 {
+        let config = soak::Config {
+            seconds: o.soak,
+            ttl: o.soak_ttl,
+            points: o.points,
+            rate: o.rate.unwrap_or(1_000),
+        };
+        let run = soak::soak(config).await?;
+        report::soak_table(&run);
+        let k = &run.checks;
+        if run.failed() {
+            return Err(format!(
+                "the soak found lost {}, resurrected {}, over a limit {}; failed walks {}, points exited {}",
+                k.lost,
+                k.resurrected,
+                k.over(),
+                k.walk_failures,
+                run.exits.len()
+            )
+            .into());
+        }
+        return Ok(());
+    }
     println!(
         "{} connections, {} requests in flight each, records {}; machine: {} cores",
         o.shape.connections,
@@ -162,7 +220,7 @@ async fn real_main() -> Result<(), Error> {
     if o.sustain > 0 {
         for &kind in &o.servers {
             let pool = o.sizes.first().copied().unwrap_or(100_000);
-            phases::sustain(kind, pool, &o.shape, o.rate, o.sustain).await?;
+            phases::sustain(kind, pool, &o.shape, o.rate.unwrap_or(10_000), o.sustain).await?;
         }
         return Ok(());
     }

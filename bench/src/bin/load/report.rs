@@ -1,9 +1,12 @@
-//! The tables, ratios and chart the runs print.
+//! The tables, ratios and chart the runs print, and the soak's samples.
+
+use rendezvous_core::proto;
 
 use crate::phases::{InflightRun, ScaleRun, SharedRun};
 use crate::rounds::Carry;
 use crate::rounds::percentile_ms;
 use crate::servers::Kind;
+use crate::soak::{GRACE, SoakRun};
 
 /// The registry-size sweep, one row per server and size.
 pub(crate) fn scale_table(runs: &[ScaleRun]) {
@@ -272,4 +275,134 @@ pub(crate) fn svg(runs: &[ScaleRun]) -> String {
         out += "\n";
     }
     out + "</svg>\n"
+}
+
+/// The soak: a row per sample, then what was sent and what the walks found.
+pub(crate) fn soak_table(run: &SoakRun) {
+    let points = run.config.points.max(1);
+    let mib = |r: &Option<f64>| r.map_or("exited".to_owned(), |r| format!("{r:.1}"));
+    let per_point = |label: &str| (0..points).map(|p| format!("{label} {p}")).collect::<Vec<_>>();
+    println!(
+        "| t s | requests/s | Redis MiB | XLEN | HLEN | live (model) | {} | {} | lost | resurrected | over a limit |",
+        per_point("RSS MiB, point").join(" | "),
+        per_point("walked, point").join(" | ")
+    );
+    println!("|---:|---:|---:|---:|---:|---:|{}---:|---:|---:|", "---:|".repeat(2 * points));
+    for s in &run.samples {
+        let rss: Vec<String> = s.rss_mib.iter().map(mib).collect();
+        let walked: Vec<String> =
+            s.walked.iter().map(|w| w.map_or("failed".to_owned(), |n| n.to_string())).collect();
+        println!(
+            "| {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.at_s,
+            s.per_s,
+            s.redis_mib,
+            s.xlen,
+            s.hlen,
+            s.live,
+            rss.join(" | "),
+            walked.join(" | "),
+            s.lost,
+            s.resurrected,
+            s.over
+        );
+    }
+    println!();
+    let c = &run.counts;
+    let refused: Vec<String> = c
+        .refused
+        .iter()
+        .map(|(&status, n)| {
+            let name = proto::ResponseStatus::try_from(status).map_or("unknown", |s| s.label());
+            format!("{n} {name}")
+        })
+        .collect();
+    println!(
+        "requests: {} sent ({} stable REGISTERs, {} churn REGISTERs, {} UNREGISTERs, {} DISCOVERs); {} acknowledged, {} refused{}, {} lost; {} ticks skipped at the in-flight bound",
+        c.sent(),
+        c.stable_registers,
+        c.churn_registers,
+        c.unregisters,
+        c.discovers,
+        c.acknowledged,
+        c.refused_total(),
+        if refused.is_empty() { String::new() } else { format!(" ({})", refused.join(", ")) },
+        c.lost,
+        c.skipped
+    );
+    if let Some(problem) = &c.first_problem {
+        println!("first refusal or loss: {problem}");
+    }
+    let k = &run.checks;
+    println!(
+        "checks over {} walks ({} failed): lost {}, resurrected {}, over a limit {} ({} in first pages, {} REGISTERs acknowledged beyond --max-per-peer {})",
+        k.walks,
+        k.walk_failures,
+        k.lost,
+        k.resurrected,
+        k.over(),
+        k.over_page,
+        k.over_ack,
+        run.max_per_peer
+    );
+    println!(
+        "came right late, within {} s: {} registrations served late (at most {:.2} s after their acknowledgment), {} removals seen late (at most {:.2} s after their UNREGISTER); {} left undecided (a request sent, or the TTL running low, first)",
+        GRACE.as_secs(),
+        k.late_live,
+        k.most_late_live.as_secs_f64(),
+        k.late_gone,
+        k.most_late_gone.as_secs_f64(),
+        k.undecided
+    );
+    let walks = k.walks.max(1) as f64;
+    println!(
+        "each walk was held to {:.0} live keys and {:.0} unregistered ones on average; the most an identity was known to hold with a new REGISTER acknowledged: {} of {}",
+        k.held_live as f64 / walks,
+        k.held_gone as f64 / walks,
+        k.most_held,
+        run.max_per_peer
+    );
+    let ttl = run.config.ttl as f64;
+    let after_ttl = run.samples.iter().find(|s| s.at_s >= ttl);
+    if let (Some(first), Some(last)) = (after_ttl, run.samples.last()) {
+        println!(
+            "Redis used_memory after the first TTL window (t = {:.0} s) {:.1} MiB, last sample (t = {:.0} s) {:.1} MiB ({:+.1}%); XLEN {} then {}, HLEN {} then {}",
+            first.at_s,
+            first.redis_mib,
+            last.at_s,
+            last.redis_mib,
+            100.0 * (last.redis_mib / first.redis_mib.max(f64::MIN_POSITIVE) - 1.0),
+            first.xlen,
+            last.xlen,
+            first.hlen,
+            last.hlen
+        );
+    }
+    if let (Some(first), Some(last)) = (run.samples.first(), run.samples.last()) {
+        let rss: Vec<String> = first
+            .rss_mib
+            .iter()
+            .zip(&last.rss_mib)
+            .map(|(a, b)| format!("{} -> {}", mib(a), mib(b)))
+            .collect();
+        println!(
+            "RSS per point MiB, first sample (t = {:.0} s) -> last (t = {:.0} s): {}",
+            first.at_s,
+            last.at_s,
+            rss.join(", ")
+        );
+    }
+    for line in &k.evidence {
+        println!("  {line}");
+    }
+    for e in &run.exits {
+        println!(
+            "point {} exited ({}), seen at t = {:.0} s; its last lines:",
+            e.point, e.status, e.at_s
+        );
+        for line in &e.tail {
+            println!("    {line}");
+        }
+    }
+    println!();
 }

@@ -1,6 +1,7 @@
 //! The servers under load, each its own process on loopback, and what
 //! `/proc` says about a process's CPU and memory.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -57,6 +58,21 @@ impl Kind {
     }
 }
 
+/// What a point of ours allows: everything opened up, so that the load and
+/// not a limit is measured, unless a run sets a limit to check it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Allowance {
+    /// `--max-per-peer`.
+    pub(crate) max_per_peer: usize,
+    /// `--min-ttl` in seconds; `None` keeps the point's default.
+    pub(crate) min_ttl_s: Option<u64>,
+}
+
+impl Allowance {
+    /// Every limit far above any load here; the default shortest TTL.
+    pub(crate) const OPEN: Allowance = Allowance { max_per_peer: 1_000_000, min_ttl_s: None };
+}
+
 /// A server process and what the load needs of it.
 pub(crate) struct Server {
     pub(crate) kind: Kind,
@@ -69,7 +85,12 @@ pub(crate) struct Server {
     redis: Option<RedisServer>,
     /// Stops the scraper, when there is one.
     scraping: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Its last [`TAIL`] lines of output, to say why it stopped.
+    tail: std::sync::Arc<std::sync::Mutex<VecDeque<String>>>,
 }
+
+/// Lines of a server's output kept.
+const TAIL: usize = 20;
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -96,6 +117,16 @@ impl Server {
 
     /// Starts a server of `kind`, sharing the Redis at `redis` if given.
     pub(crate) fn start_with(kind: Kind, redis: Option<String>) -> Result<Server, Error> {
+        Self::start_allowing(kind, redis, Allowance::OPEN)
+    }
+
+    /// Starts a server of `kind`, sharing the Redis at `redis` if given,
+    /// with what `allow` sets (a point of ours; theirs take no limits).
+    pub(crate) fn start_allowing(
+        kind: Kind,
+        redis: Option<String>,
+        allow: Allowance,
+    ) -> Result<Server, Error> {
         let data_dir = (kind == Kind::OursDurable).then(|| {
             static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -107,16 +138,12 @@ impl Server {
                 let binary = our_binary()?;
                 let mut c = Command::new(binary);
                 c.args(["--mode", "server", "--listen", "127.0.0.1", "--stats-interval", "0"]);
-                c.args([
-                    "--max-total",
-                    "10000000",
-                    "--max-per-peer",
-                    "1000000",
-                    "--max-per-namespace",
-                    "1000000",
-                    "--max-per-ip",
-                    "10000000",
-                ]);
+                c.args(["--max-total", "10000000", "--max-per-namespace", "1000000"]);
+                c.args(["--max-per-ip", "10000000"]);
+                c.arg("--max-per-peer").arg(allow.max_per_peer.to_string());
+                if let Some(seconds) = allow.min_ttl_s {
+                    c.arg("--min-ttl").arg(seconds.to_string());
+                }
                 if kind == Kind::OursMetrics {
                     c.args(["--metrics", "127.0.0.1:0"]);
                 }
@@ -140,13 +167,23 @@ impl Server {
         let mut child =
             command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let tail = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::with_capacity(TAIL)));
         for pipe in [
             Box::new(child.stdout.take().ok_or("stdout")?) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().ok_or("stderr")?),
         ] {
-            let tx = tx.clone();
+            let (tx, tail) = (tx.clone(), tail.clone());
             std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                // Read to the end whatever the bytes: a reader that stopped
+                // would leave the server writing to a closed pipe.
+                for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
+                    let line = String::from_utf8_lossy(&line).into_owned();
+                    if let Ok(mut tail) = tail.lock() {
+                        if tail.len() == TAIL {
+                            tail.pop_front();
+                        }
+                        tail.push_back(line.clone());
+                    }
                     let _ = tx.send(line);
                 }
             });
@@ -183,7 +220,7 @@ impl Server {
             return Err("server address without /p2p/".into());
         };
         let scraping = metrics.map(scrape_every_second);
-        Ok(Server { kind, child, address, peer, data_dir, redis: None, scraping })
+        Ok(Server { kind, child, address, peer, data_dir, redis: None, scraping, tail })
     }
 
     /// The server's CPU seconds so far.
@@ -194,6 +231,14 @@ impl Server {
     /// The server's peak resident set, in MiB.
     pub(crate) fn peak_rss_mib(&self) -> f64 {
         status_kib(self.child.id(), "VmHWM:").unwrap_or(0) as f64 / 1024.0
+    }
+
+    /// How the server exited, with its last lines of output; `None` while
+    /// it runs.
+    pub(crate) fn exited(&mut self) -> Option<(String, Vec<String>)> {
+        let status = self.child.try_wait().ok()??;
+        let tail = self.tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+        Some((status.to_string(), tail))
     }
 
     /// The server's resident set now, in MiB.
