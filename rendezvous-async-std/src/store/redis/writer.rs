@@ -41,7 +41,10 @@ const PUT_DEADLINE: Duration = Duration::from_millis(300);
 /// The longest a put's script may take from the put's submission, queued
 /// and in flight, before its REGISTER is refused: every REGISTER is
 /// answered within a second (with `--redis-min-replicas`, plus the `WAIT`).
-const PUT_ANSWER_WITHIN: Duration = Duration::from_millis(900);
+/// A healthy Redis answers in milliseconds even at full load; the other
+/// 400 ms are for the core, the connection and a busy host, where a CI
+/// run measured 100 ms between this deadline and the requester's answer.
+const PUT_ANSWER_WITHIN: Duration = Duration::from_millis(600);
 /// How long a `WAIT` waits for replicas.
 const WAIT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often queued puts are checked against their deadline, and failed
