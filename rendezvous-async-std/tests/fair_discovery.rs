@@ -8,14 +8,12 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use libp2p_core::multiaddr::{Multiaddr, Protocol};
+use common::{page, peer_of};
 use libp2p_identity::PeerId;
-use rendezvous_libp2p::core::proto::{ResponseStatus, read_status};
-use rendezvous_libp2p::core::record::{Record, RecordLimits};
 use rendezvous_libp2p::core::testing::{self, TestPeer};
 use rendezvous_libp2p::core::{Dialect, Flavour};
 use rendezvous_tests::net::libp2p::rendezvous as theirs;
-use rendezvous_tests::net::{Raw, connect, raw_connection, raw_connection_as, swarm, until};
+use rendezvous_tests::net::{connect, raw_connection, raw_connection_as, swarm, until};
 
 /// Peers registered in the namespace.
 const PEERS: u32 = 50;
@@ -25,32 +23,6 @@ const LIMIT: u64 = 5;
 /// More pages than a walk of [`PEERS`] in pages of [`LIMIT`] takes.
 const MAX_PAGES: usize = 2 * PEERS as usize / LIMIT as usize + 2;
 const NS: &str = "fair";
-
-fn peer_of(address: &str) -> (PeerId, Multiaddr) {
-    let address: Multiaddr = address.parse().unwrap();
-    let Some(Protocol::P2p(peer)) = address.iter().last() else { panic!("{address}") };
-    (peer, address)
-}
-
-/// One page: the peers in it and the cookie.
-async fn page(
-    raw: &mut Raw,
-    server: PeerId,
-    cookie: Option<bytes::Bytes>,
-) -> (Vec<PeerId>, Option<bytes::Bytes>) {
-    let answer = raw.request(server, &testing::discover(Some(NS), Some(LIMIT), cookie)).await;
-    let page = answer.unwrap().discover_response.unwrap();
-    assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok), "{:?}", page.status_text);
-    let limits = RecordLimits { max_bytes: 4096, max_addresses: 8 };
-    let peers = page
-        .registrations
-        .iter()
-        .map(|r| {
-            Record::parse(r.signed_peer_record.clone().unwrap(), &limits).unwrap().peer.unwrap()
-        })
-        .collect();
-    (peers, page.cookie)
-}
 
 /// Asserts that `served` holds each of `registered` exactly once.
 fn each_once(who: &str, served: &[PeerId], registered: &BTreeSet<PeerId>) {
@@ -81,12 +53,12 @@ fn small_first_pages_are_spread_over_the_namespace_and_every_walk_sees_each_peer
         let mut named = BTreeSet::new();
         for asker in 0..ASKERS {
             let mut raw = raw_connection(server_id, &addr).await;
-            let (first, mut cookie) = page(&mut raw, server_id, None).await;
+            let (first, mut cookie) = page(&mut raw, server_id, NS, Some(LIMIT), None).await;
             assert_eq!(first.len(), LIMIT as usize);
             named.extend(first.iter().copied());
             let mut served = first;
             for _ in 0..MAX_PAGES {
-                let (more, next) = page(&mut raw, server_id, cookie.take()).await;
+                let (more, next) = page(&mut raw, server_id, NS, Some(LIMIT), cookie.take()).await;
                 if more.is_empty() {
                     break;
                 }

@@ -98,21 +98,19 @@ fn help_names_the_environment_variable_of_every_flag() {
     }
 }
 
+/// A point on `redis` with its metrics listener.
+fn metered_point(redis: &RedisServer) -> Proc {
+    let url = redis.url();
+    let args = ["--mode", "server", "--listen", "127.0.0.1", "--stats-interval", "0"];
+    let mut args: Vec<&str> = args.into();
+    args.extend(["--metrics", "127.0.0.1:0", "--redis", &url]);
+    Proc::start(&args)
+}
+
 #[test]
 fn readiness_follows_the_shared_store_and_health_the_loop() {
     let mut redis = RedisServer::start("ready");
-    let mut server = Proc::start(&[
-        "--mode",
-        "server",
-        "--listen",
-        "127.0.0.1",
-        "--stats-interval",
-        "0",
-        "--metrics",
-        "127.0.0.1:0",
-        "--redis",
-        &redis.url(),
-    ]);
+    let mut server = metered_point(&redis);
     let http = http_of(&mut server);
     let (_server, address) = start(server);
     let until = |want: u16| {
@@ -226,18 +224,7 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
 #[test]
 fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     let redis = RedisServer::start("dashboard");
-    let mut server = Proc::start(&[
-        "--mode",
-        "server",
-        "--listen",
-        "127.0.0.1",
-        "--stats-interval",
-        "0",
-        "--metrics",
-        "127.0.0.1:0",
-        "--redis",
-        &redis.url(),
-    ]);
+    let mut server = metered_point(&redis);
     let http = http_of(&mut server);
     let (_server, address) = start(server);
     let (id, addr) = peer_of(&address);

@@ -10,11 +10,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{Proc, start};
+use common::{Proc, page, start};
 use libp2p_core::multiaddr::{Multiaddr, Protocol};
 use libp2p_identity::PeerId;
 use rendezvous_libp2p::core::proto::{ResponseStatus, read_status};
-use rendezvous_libp2p::core::record::{Record, RecordLimits};
 use rendezvous_libp2p::core::testing::{self, TestPeer};
 use rendezvous_libp2p::core::{Dialect, Flavour};
 use rendezvous_tests::net::{Raw, raw_connection_as};
@@ -76,33 +75,11 @@ async fn register(
     (read_status(answer.status).unwrap(), answer.status_text.unwrap_or_default())
 }
 
-/// The peers of one discover page, and its cookie.
-async fn page(
-    raw: &mut Raw,
-    point: &Point,
-    ns: &str,
-    limit: Option<u64>,
-    cookie: Option<bytes::Bytes>,
-) -> (Vec<PeerId>, Option<bytes::Bytes>) {
-    let answer = raw.request(point.id, &testing::discover(Some(ns), limit, cookie)).await.unwrap();
-    let page = answer.discover_response.unwrap();
-    assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok), "{:?}", page.status_text);
-    let limits = RecordLimits { max_bytes: 4096, max_addresses: 8 };
-    let peers = page
-        .registrations
-        .iter()
-        .map(|r| {
-            Record::parse(r.signed_peer_record.clone().unwrap(), &limits).unwrap().peer.unwrap()
-        })
-        .collect();
-    (peers, page.cookie)
-}
-
 /// Waits until `point` serves `want` in `ns`; returns how long it took.
 async fn until_served(raw: &mut Raw, point: &Point, ns: &str, want: &BTreeSet<PeerId>) -> Duration {
     let started = Instant::now();
     loop {
-        let (found, _) = page(raw, point, ns, Some(1000), None).await;
+        let (found, _) = page(raw, point.id, ns, Some(1000), None).await;
         if found.iter().copied().collect::<BTreeSet<_>>() == *want {
             return started.elapsed();
         }
@@ -135,8 +112,8 @@ fn three_points_share_one_registry_through_faults() {
         }
         let all: BTreeSet<_> = peers.iter().map(|p| p.id).collect();
         until_served(&mut at_b, &b, "chat", &all).await;
-        let (first, cookie) = page(&mut at_a, &a, "chat", Some(2), None).await;
-        let (rest, _) = page(&mut at_b, &b, "chat", Some(100), cookie).await;
+        let (first, cookie) = page(&mut at_a, a.id, "chat", Some(2), None).await;
+        let (rest, _) = page(&mut at_b, b.id, "chat", Some(100), cookie).await;
         assert_eq!(first.len() + rest.len(), all.len(), "{first:?} then {rest:?}");
         assert_eq!(first.iter().chain(&rest).copied().collect::<BTreeSet<_>>(), all);
     });
@@ -161,7 +138,7 @@ fn three_points_share_one_registry_through_faults() {
         assert_eq!(status, ResponseStatus::EUnavailable, "{text}");
         assert!(text.contains("unreachable"), "{text}");
         let mut at_b = connect(&peers[1], &b).await;
-        let (found, _) = page(&mut at_b, &b, "chat", Some(1000), None).await;
+        let (found, _) = page(&mut at_b, b.id, "chat", Some(1000), None).await;
         assert_eq!(found.len(), peers.len(), "served from memory");
     });
 

@@ -45,6 +45,18 @@ impl RedisServer {
         Self::start_full(name, None, extra.iter().map(|a| a.to_string()).collect())
     }
 
+    /// Starts a replica of `primary` and waits until it is in sync.
+    pub fn start_replica_of(name: &str, primary: &RedisServer, extra: &[&str]) -> RedisServer {
+        let port = primary.port.to_string();
+        let mut args = vec!["--replicaof", "127.0.0.1", &port];
+        args.extend(extra);
+        let replica = Self::start_args(name, &args);
+        wait_until("the replica to sync", || {
+            cli(replica.port, &["INFO", "replication"]).contains("master_link_status:up")
+        });
+        replica
+    }
+
     fn start_with(name: &str, tls: Option<(u16, PathBuf, PathBuf)>) -> RedisServer {
         Self::start_full(name, tls, Vec::new())
     }
@@ -188,13 +200,11 @@ impl Sentinels {
             &["--repl-diskless-sync-delay", "0"],
         );
         let port = primary.port.to_string();
-        let replica = RedisServer::start_args(
+        let replica = RedisServer::start_replica_of(
             &format!("{name}-replica"),
-            &["--replicaof", "127.0.0.1", &port, "--enable-debug-command", "yes"],
+            &primary,
+            &["--enable-debug-command", "yes"],
         );
-        wait_until("the replica to sync", || {
-            cli(replica.port, &["INFO", "replication"]).contains("master_link_status:up")
-        });
         let mut sentinels = Vec::new();
         for i in 0..3 {
             let dir = std::env::temp_dir()

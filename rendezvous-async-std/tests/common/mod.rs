@@ -216,6 +216,28 @@ pub(crate) fn peer_of(address: &str) -> (PeerId, Multiaddr) {
     (peer, address)
 }
 
+/// The peers of one page of `ns` at `server`, and its cookie.
+pub(crate) async fn page(
+    raw: &mut Raw,
+    server: PeerId,
+    ns: &str,
+    limit: Option<u64>,
+    cookie: Option<bytes::Bytes>,
+) -> (Vec<PeerId>, Option<bytes::Bytes>) {
+    let answer = raw.request(server, &testing::discover(Some(ns), limit, cookie)).await.unwrap();
+    let page = answer.discover_response.unwrap();
+    assert_eq!(read_status(page.status), Ok(ResponseStatus::Ok), "{:?}", page.status_text);
+    let limits = RecordLimits { max_bytes: 4096, max_addresses: 8 };
+    let peers = page
+        .registrations
+        .iter()
+        .map(|r| {
+            Record::parse(r.signed_peer_record.clone().unwrap(), &limits).unwrap().peer.unwrap()
+        })
+        .collect();
+    (peers, page.cookie)
+}
+
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
