@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release --bins && target/release/load [--quick] [--fresh]
-//!   [--sizes 1000,10000,100000|none] [--py-sizes 1000|none] [--servers ours,ours-durable,ours-redis,ours-metrics,ours-ws,rust,py]
+//!   [--sizes 1000,10000,100000|none] [--py-sizes 1000|none] [--servers ours,ours-durable,ours-redis,ours-redis-replica,ours-metrics,ours-ws,rust,py]
 //!   [--connections 20] [--inflight 8] [--svg PATH]
 //!   [--inflight-list 64,128,256|none] [--inflight-n 20000] [--py-inflight-n 1000]
 //!   [--sustain SECONDS --rate PER_S]
@@ -166,13 +166,6 @@ fn options() -> Result<Options, Error> {
     Ok(o)
 }
 
-fn ours(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Ours | Kind::OursDurable | Kind::OursRedis | Kind::OursMetrics | Kind::OursWs
-    )
-}
-
 #[tokio::main]
 async fn main() {
     if let Err(err) = real_main().await {
@@ -247,7 +240,7 @@ async fn real_main() -> Result<(), Error> {
             inflight.push(phases::inflight(kind, n, w, Carry::PerRequest).await?);
         }
         // Only our point answers several requests on one substream.
-        if ours(kind) {
+        if kind.is_ours() {
             for &w in &o.inflight_list {
                 eprintln!("load: {} with {w} in flight on one substream...", kind.name());
                 inflight.push(phases::inflight(kind, n, w, Carry::OneSubstream).await?);
@@ -271,10 +264,10 @@ async fn real_main() -> Result<(), Error> {
         shared_lost = run.register.lost + run.pages.lost;
     }
     if o.strict {
-        let lost: usize = runs.iter().filter(|r| ours(r.kind)).map(|r| r.lost()).sum::<usize>()
+        let lost: usize = runs.iter().filter(|r| r.kind.is_ours()).map(|r| r.lost()).sum::<usize>()
             + inflight
                 .iter()
-                .filter(|r| ours(r.kind))
+                .filter(|r| r.kind.is_ours())
                 .map(|r| r.register.lost + r.refresh.as_ref().map_or(0, |f| f.lost))
                 .sum::<usize>();
         let lost = lost + shared_lost;

@@ -102,10 +102,10 @@ pub(crate) fn inflight_table(runs: &[InflightRun]) {
         }
     }
     println!();
-    for durable in runs
-        .iter()
-        .filter(|r| matches!(r.kind, Kind::OursDurable | Kind::OursRedis) && r.refresh.is_some())
-    {
+    for durable in runs.iter().filter(|r| {
+        matches!(r.kind, Kind::OursDurable | Kind::OursRedis | Kind::OursRedisReplica)
+            && r.refresh.is_some()
+    }) {
         let memory = runs.iter().find(|r| {
             r.kind == Kind::Ours && r.inflight == durable.inflight && r.client == durable.client
         });
@@ -250,6 +250,7 @@ pub(crate) fn svg(runs: &[ScaleRun]) -> String {
         (Kind::OursRedis, "#c92a2a", 2),
         (Kind::OursMetrics, "#0b7285", 5),
         (Kind::OursWs, "#862e9c", 6),
+        (Kind::OursRedisReplica, "#e8590c", 7),
         (Kind::Rust, "#b5651d", 3),
         (Kind::Py, "#3b5bdb", 4),
     ] {

@@ -23,6 +23,9 @@ pub(crate) enum Kind {
     OursDurable,
     /// Ours sharing its registry through a Redis of the tool's own.
     OursRedis,
+    /// The same with a replica, each write acknowledged once the replica
+    /// holds it (`--redis-min-replicas 1`).
+    OursRedisReplica,
     /// Ours with `--metrics`, scraped every second as Prometheus would.
     OursMetrics,
     /// Ours, its clients connected over `/ws` instead of TCP.
@@ -37,6 +40,7 @@ impl Kind {
             Kind::Ours => "ours",
             Kind::OursDurable => "ours, data dir",
             Kind::OursRedis => "ours, redis",
+            Kind::OursRedisReplica => "ours, redis + replica",
             Kind::OursMetrics => "ours, metrics scraped 1/s",
             Kind::OursWs => "ours, over /ws",
             Kind::Rust => "rust-libp2p 0.18",
@@ -44,11 +48,17 @@ impl Kind {
         }
     }
 
+    /// Whether it is a point of ours.
+    pub(crate) fn is_ours(self) -> bool {
+        !matches!(self, Kind::Rust | Kind::Py)
+    }
+
     pub(crate) fn parse(s: &str) -> Result<Kind, String> {
         match s {
             "ours" => Ok(Kind::Ours),
             "ours-durable" => Ok(Kind::OursDurable),
             "ours-redis" => Ok(Kind::OursRedis),
+            "ours-redis-replica" => Ok(Kind::OursRedisReplica),
             "ours-metrics" => Ok(Kind::OursMetrics),
             "ours-ws" => Ok(Kind::OursWs),
             "rust" => Ok(Kind::Rust),
@@ -81,8 +91,9 @@ pub(crate) struct Server {
     pub(crate) peer: PeerId,
     /// A data dir to remove when done.
     data_dir: Option<PathBuf>,
-    /// The Redis it shares, when it has one of its own.
+    /// The Redis it shares, and its replica, when it has them of its own.
     redis: Option<RedisServer>,
+    replica: Option<RedisServer>,
     /// Stops the scraper, when there is one.
     scraping: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Its last [`TAIL`] lines of output, to say why it stopped.
@@ -109,9 +120,18 @@ impl Server {
     /// Starts a server of `kind` with its limits opened up, so that the load
     /// and not a limit is what is measured.
     pub(crate) fn start(kind: Kind) -> Result<Server, Error> {
-        let redis = (kind == Kind::OursRedis).then(|| RedisServer::start("load"));
+        let (redis, replica) = match kind {
+            Kind::OursRedis => (Some(RedisServer::start("load")), None),
+            Kind::OursRedisReplica => {
+                let sync_at_once = ["--repl-diskless-sync-delay", "0"];
+                let primary = RedisServer::start_args("load-primary", &sync_at_once);
+                let replica = RedisServer::start_replica_of("load-replica", &primary, &[]);
+                (Some(primary), Some(replica))
+            }
+            _ => (None, None),
+        };
         let mut server = Self::start_with(kind, redis.as_ref().map(RedisServer::url))?;
-        server.redis = redis;
+        (server.redis, server.replica) = (redis, replica);
         Ok(server)
     }
 
@@ -133,7 +153,13 @@ impl Server {
             std::env::temp_dir().join(format!("rendezvous-load-{}-{run}", std::process::id()))
         });
         let mut command = match kind {
-            Kind::Ours | Kind::OursDurable | Kind::OursRedis | Kind::OursMetrics | Kind::OursWs => {
+            Kind::Rust => Command::new(sibling("rust-libp2p-server")?),
+            Kind::Py => {
+                let mut c = Command::new(rendezvous_tests::py::python());
+                c.arg(rendezvous_tests::py::script("interop.py")).arg("serve");
+                c
+            }
+            _ => {
                 // `RENDEZVOUS_BIN` measures another build (say, the one before a change).
                 let binary = our_binary()?;
                 let mut c = Command::new(binary);
@@ -150,17 +176,14 @@ impl Server {
                 if kind == Kind::OursWs {
                     c.args(["--ws-port", "0"]);
                 }
+                if kind == Kind::OursRedisReplica {
+                    c.args(["--redis-min-replicas", "1"]);
+                }
                 match (&data_dir, &redis) {
                     (Some(dir), _) => c.arg("--data-dir").arg(dir),
                     (None, Some(url)) => c.arg("--redis").arg(url),
                     (None, None) => c.arg("--in-memory"),
                 };
-                c
-            }
-            Kind::Rust => Command::new(sibling("rust-libp2p-server")?),
-            Kind::Py => {
-                let mut c = Command::new(rendezvous_tests::py::python());
-                c.arg(rendezvous_tests::py::script("interop.py")).arg("serve");
                 c
             }
         };
@@ -201,13 +224,10 @@ impl Server {
             {
                 ws = Some(at.trim().parse::<Multiaddr>()?);
             }
-            let found = match kind {
-                Kind::Ours
-                | Kind::OursDurable
-                | Kind::OursRedis
-                | Kind::OursMetrics
-                | Kind::OursWs => line.split(" --address ").nth(1),
-                Kind::Rust | Kind::Py => line.strip_prefix("ADDR "),
+            let found = if kind.is_ours() {
+                line.split(" --address ").nth(1)
+            } else {
+                line.strip_prefix("ADDR ")
             };
             if let Some(address) = found.and_then(|a| a.split_whitespace().next()) {
                 match kind {
@@ -220,7 +240,8 @@ impl Server {
             return Err("server address without /p2p/".into());
         };
         let scraping = metrics.map(scrape_every_second);
-        Ok(Server { kind, child, address, peer, data_dir, redis: None, scraping, tail })
+        let (redis, replica) = (None, None);
+        Ok(Server { kind, child, address, peer, data_dir, redis, replica, scraping, tail })
     }
 
     /// The server's CPU seconds so far.
