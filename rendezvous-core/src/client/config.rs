@@ -83,8 +83,9 @@ pub struct ClientConfig {
     /// ([`Client::watch`](crate::Client::watch)). Defaults to 60 s.
     pub discover_interval: Duration,
     /// Every this many rediscoveries, one walks the whole namespace instead
-    /// of only what is new since the last cookie, to learn who left.
-    /// Defaults to 10.
+    /// of only what is new since the last cookie, to learn who left. A
+    /// namespace whose last whole walk fitted in one page is walked whole
+    /// every time, and so is the first round. Defaults to 10.
     pub full_discover_every: u32,
     /// Most requests in flight; commands beyond it are refused. Defaults to 1024.
     pub max_pending: usize,

@@ -15,7 +15,10 @@
 //! [`full_discover_every`](crate::ClientConfig::full_discover_every)th time
 //! the whole namespace, to learn who left: peers it no longer finds are
 //! reported [`LostReason::Unregistered`]; peers whose TTL runs out before
-//! that, [`LostReason::Expired`](super::LostReason::Expired).
+//! that, [`LostReason::Expired`](super::LostReason::Expired). Its first
+//! round walks the whole namespace too, and while the last whole walk
+//! fitted in one page, every round does: a small namespace costs no more
+//! that way, and a departure shows within two intervals.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -49,6 +52,8 @@ pub(crate) struct Walk {
     found: Vec<Discovery>,
     seen: BTreeSet<(Namespace, PeerId)>,
     skipped: usize,
+    /// Pages that held a registration.
+    filled: usize,
     /// For a watch: whether this round walks the whole namespace.
     watch: Option<bool>,
 }
@@ -59,6 +64,9 @@ pub(crate) struct Watch {
     rounds: u32,
     /// A round is walking.
     busy: bool,
+    /// The last whole walk fitted in one page (or none has run yet): the
+    /// next round walks the whole namespace again.
+    small: bool,
     timer: Timestamp,
 }
 
@@ -112,7 +120,7 @@ impl Client {
         }
         let timer = self.now + self.config.discover_interval;
         self.timers.set(timer, Timer::Watch(key.0, key.1.clone()));
-        self.watches.insert(key, Watch { rounds: 0, busy: false, timer });
+        self.watches.insert(key, Watch { rounds: 0, busy: false, small: true, timer });
         Ok(())
     }
 
@@ -156,7 +164,7 @@ impl Client {
         }
         watch.busy = true;
         watch.rounds += 1;
-        let full = watch.rounds.is_multiple_of(every);
+        let full = watch.small || watch.rounds.is_multiple_of(every);
         let cookie =
             if full { None } else { self.cookies.get_mut(&(server, Some(key.1.clone()))).cloned() };
         let walk = Walk::new(Some(key.1), None, true, cookie, Some(full));
@@ -218,6 +226,7 @@ impl Client {
             self.take_entry(server, command, &mut walk, entry);
         }
         walk.pages += 1;
+        walk.filled += usize::from(!empty);
         let more = walk.all && !empty && walk.cookie.is_some();
         if more && walk.pages < self.config.max_discover_pages {
             return self.send_page(id, server, command, walk);
@@ -284,6 +293,7 @@ impl Client {
             let Some(namespace) = walk.namespace else {
                 return;
             };
+            let small = full && complete && walk.filled <= 1;
             if full && complete {
                 let present: BTreeSet<PeerId> = walk.seen.iter().map(|(_, p)| *p).collect();
                 for gone in self.cache.retain_found(server, &namespace, &present) {
@@ -298,6 +308,9 @@ impl Client {
             }
             if let Some(watch) = self.watches.get_mut(&(server, namespace)) {
                 watch.busy = false;
+                if full {
+                    watch.small = small;
+                }
             }
             return;
         }
@@ -359,6 +372,7 @@ impl Walk {
             found: Vec::new(),
             seen: BTreeSet::new(),
             skipped: 0,
+            filled: 0,
             watch,
         }
     }

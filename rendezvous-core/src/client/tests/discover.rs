@@ -316,3 +316,76 @@ fn a_watch_whose_walks_start_anywhere_reports_each_arrival_and_departure_once() 
     round(&mut s, &mut found, &mut lost);
     assert_eq!((found, lost), (vec![c.id], vec![]));
 }
+
+/// Records whether each DISCOVER the client sends carries a cookie.
+fn record_cookies(s: &mut Setup) -> Rc<RefCell<Vec<bool>>> {
+    let cookies = Rc::new(RefCell::new(Vec::new()));
+    let seen = cookies.clone();
+    s.w.network = Box::new(move |sent| {
+        if let Some(discover) = &sent.transmit.message.discover {
+            seen.borrow_mut().push(discover.cookie.is_some());
+        }
+        deliver()
+    });
+    cookies
+}
+
+#[test]
+fn a_watched_namespace_that_fits_in_one_page_shows_each_departure_at_the_next_round() {
+    // The default: a whole walk every tenth round, and every round while
+    // the namespace fits in one page.
+    let config = ClientConfig { discover_interval: secs(60), ..ClientConfig::default() };
+    let mut s = Setup::new(config);
+    let crowd = crowd(&mut s, "chat", 30..35);
+    let (now, server) = (s.w.now, s.server);
+    s.client().watch(now, server, ns("chat")).unwrap();
+    let cookies = record_cookies(&mut s);
+    s.w.advance(secs(60));
+    let found: Vec<PeerId> = s
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            ClientEvent::PeerFound { discovery, .. } => Some(discovery.peer),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sorted(found), sorted(crowd.clone()));
+    for (round, leaving) in crowd.iter().take(3).enumerate() {
+        s.other_unregisters(&TestPeer::new(30 + round as u32), "chat");
+        cookies.borrow_mut().clear();
+        s.w.advance(secs(60));
+        let lost = ClientEvent::PeerLost {
+            peer: *leaving,
+            namespace: ns("chat"),
+            reason: LostReason::Unregistered,
+        };
+        assert_eq!(s.events(), vec![lost], "round {}", round + 2);
+        // A whole walk: a first page asked without a cookie, and an empty
+        // second page.
+        assert_eq!(*cookies.borrow(), vec![false, true], "round {}", round + 2);
+    }
+}
+
+#[test]
+fn a_watched_namespace_of_several_pages_is_walked_whole_only_every_so_often() {
+    let limits =
+        crate::Limits { default_discover_limit: 3, max_discover_limit: 3, ..Default::default() };
+    let config = ClientConfig {
+        discover_interval: secs(60),
+        full_discover_every: 3,
+        ..ClientConfig::default()
+    };
+    let mut s = Setup::with_server(config, ServerConfig { limits, ..ServerConfig::default() });
+    crowd(&mut s, "chat", 30..40);
+    let (now, server) = (s.w.now, s.server);
+    s.client().watch(now, server, ns("chat")).unwrap();
+    let cookies = record_cookies(&mut s);
+    let mut whole = Vec::new();
+    for _ in 0..6 {
+        cookies.borrow_mut().clear();
+        s.w.advance(secs(60));
+        whole.push(!cookies.borrow()[0]);
+    }
+    // The first round learns the namespace's size; then every third.
+    assert_eq!(whole, vec![true, false, true, false, false, true]);
+}
