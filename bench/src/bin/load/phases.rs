@@ -243,13 +243,17 @@ pub(crate) async fn their_client(
                 ..
             }) => {
                 sent_at.remove(&namespace.to_string());
-                // Their client reports a missing answer as Unavailable.
-                if error == theirs::ErrorCode::Unavailable {
+                // Their client reports a missing answer as Unavailable, and
+                // an answer of E_UNAVAILABLE the same way: counted as lost,
+                // and said so.
+                let problem = if error == theirs::ErrorCode::Unavailable {
                     tally.lost += 1;
+                    "Unavailable (rust-libp2p's client reports a missing answer and E_UNAVAILABLE alike)".to_owned()
                 } else {
                     tally.refused += 1;
-                }
-                tally.first_problem.get_or_insert(format!("{error:?}"));
+                    format!("{error:?}")
+                };
+                tally.first_problem.get_or_insert(problem);
             }
             _ => {}
         }
