@@ -15,6 +15,38 @@ fn crowd(s: &mut Setup, name: &str, seeds: std::ops::Range<u32>) -> Vec<PeerId> 
         .collect()
 }
 
+/// The peers a watch reported found, in order.
+fn found_by_watch(events: Vec<ClientEvent>) -> Vec<PeerId> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            ClientEvent::PeerFound { request: None, discovery, .. } => Some(discovery.peer),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A server that serves pages of three, the peers of `seeds` registered in
+/// "chat", and a watch of it every 60 s that walks it whole every
+/// `full_discover_every`th round.
+fn watch_in_pages_of_three(
+    full_discover_every: u32,
+    seeds: std::ops::Range<u32>,
+) -> (Setup, Vec<PeerId>) {
+    let limits =
+        crate::Limits { default_discover_limit: 3, max_discover_limit: 3, ..Default::default() };
+    let config = ClientConfig {
+        discover_interval: secs(60),
+        full_discover_every,
+        ..ClientConfig::default()
+    };
+    let mut s = Setup::with_server(config, ServerConfig { limits, ..ServerConfig::default() });
+    let crowd = crowd(&mut s, "chat", seeds);
+    let (now, server) = (s.w.now, s.server);
+    s.client().watch(now, server, ns("chat")).unwrap();
+    (s, crowd)
+}
+
 #[test]
 fn a_request_without_an_answer_times_out() {
     let mut s = Setup::new(ClientConfig::default());
@@ -236,15 +268,7 @@ fn a_watch_reports_each_peer_that_arrives_and_each_that_leaves() {
     s.other_registers(&arriving, "chat", RUST, None);
     s.other_registers(&leaving, "chat", RUST, Some(150));
     s.w.advance(secs(60));
-    let found: Vec<PeerId> = s
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            ClientEvent::PeerFound { request: None, discovery, .. } => Some(discovery.peer),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(found, vec![arriving.id, leaving.id]);
+    assert_eq!(found_by_watch(s.events()), vec![arriving.id, leaving.id]);
     // One unregisters; the next full walk (the second round) notices.
     s.other_unregisters(&arriving, "chat");
     s.w.advance(secs(60));
@@ -272,17 +296,7 @@ fn a_watch_reports_each_peer_that_arrives_and_each_that_leaves() {
 fn a_watch_whose_walks_start_anywhere_reports_each_arrival_and_departure_once() {
     // Pages of three: every walk spans pages, and each full walk starts at
     // a random place in the namespace.
-    let limits =
-        crate::Limits { default_discover_limit: 3, max_discover_limit: 3, ..Default::default() };
-    let config = ClientConfig {
-        discover_interval: secs(60),
-        full_discover_every: 2,
-        ..ClientConfig::default()
-    };
-    let mut s = Setup::with_server(config, ServerConfig { limits, ..ServerConfig::default() });
-    let crowd = crowd(&mut s, "chat", 30..50);
-    let (now, server) = (s.w.now, s.server);
-    s.client().watch(now, server, ns("chat")).unwrap();
+    let (mut s, crowd) = watch_in_pages_of_three(2, 30..50);
     let mut found = Vec::new();
     let mut lost = Vec::new();
     let round = |s: &mut Setup, found: &mut Vec<PeerId>, lost: &mut Vec<PeerId>| {
@@ -341,15 +355,7 @@ fn a_watched_namespace_that_fits_in_one_page_shows_each_departure_at_the_next_ro
     s.client().watch(now, server, ns("chat")).unwrap();
     let cookies = record_cookies(&mut s);
     s.w.advance(secs(60));
-    let found: Vec<PeerId> = s
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            ClientEvent::PeerFound { discovery, .. } => Some(discovery.peer),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(sorted(found), sorted(crowd.clone()));
+    assert_eq!(sorted(found_by_watch(s.events())), sorted(crowd.clone()));
     for (round, leaving) in crowd.iter().take(3).enumerate() {
         s.other_unregisters(&TestPeer::new(30 + round as u32), "chat");
         cookies.borrow_mut().clear();
@@ -368,17 +374,7 @@ fn a_watched_namespace_that_fits_in_one_page_shows_each_departure_at_the_next_ro
 
 #[test]
 fn a_watched_namespace_of_several_pages_is_walked_whole_only_every_so_often() {
-    let limits =
-        crate::Limits { default_discover_limit: 3, max_discover_limit: 3, ..Default::default() };
-    let config = ClientConfig {
-        discover_interval: secs(60),
-        full_discover_every: 3,
-        ..ClientConfig::default()
-    };
-    let mut s = Setup::with_server(config, ServerConfig { limits, ..ServerConfig::default() });
-    crowd(&mut s, "chat", 30..40);
-    let (now, server) = (s.w.now, s.server);
-    s.client().watch(now, server, ns("chat")).unwrap();
+    let (mut s, _) = watch_in_pages_of_three(3, 30..40);
     let cookies = record_cookies(&mut s);
     let mut whole = Vec::new();
     for _ in 0..6 {
