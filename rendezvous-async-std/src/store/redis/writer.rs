@@ -124,10 +124,7 @@ impl Writer {
                 while in_flight.len() < WRITES_IN_FLIGHT
                     && let Some((action, since)) = waiting.pop_front()
                 {
-                    if let StoreAction::Put { id, .. } = &action
-                        && since.elapsed() >= PUT_DEADLINE
-                    {
-                        self.refuse(*id, "the shared store did not take the registration in time");
+                    if self.refused_late(&action, since) {
                         continue;
                     }
                     let connection = connection.clone();
@@ -196,13 +193,7 @@ impl Writer {
                         link = None;
                     }
                     // Puts queued past their deadline, in order of age.
-                    waiting.retain(|(action, since)| match action {
-                        StoreAction::Put { id, .. } if since.elapsed() >= PUT_DEADLINE => {
-                            self.refuse(*id, "the shared store did not take the registration in time");
-                            false
-                        }
-                        _ => true,
-                    });
+                    waiting.retain(|(action, since)| !self.refused_late(action, *since));
                     // Deletes due again go first: they were submitted
                     // before what waits.
                     let now = Instant::now();
@@ -213,6 +204,18 @@ impl Writer {
                     }
                 }
             }
+        }
+    }
+
+    /// Refuses `action` if it is a put that has waited in the queue past
+    /// [`PUT_DEADLINE`] since `since`; whether it did.
+    fn refused_late(&self, action: &StoreAction, since: Instant) -> bool {
+        match action {
+            StoreAction::Put { id, .. } if since.elapsed() >= PUT_DEADLINE => {
+                self.refuse(*id, "the shared store did not take the registration in time");
+                true
+            }
+            _ => false,
         }
     }
 
