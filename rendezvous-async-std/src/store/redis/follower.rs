@@ -176,7 +176,14 @@ impl Follower {
                 }
             };
             if std::mem::replace(&mut lost, false) && !self.rejoin(&mut tail).await {
+                // Refused (its settings) or failed: the same pause as an
+                // unreachable Redis, rather than a loop of connections.
                 lost = true;
+                if self.changed.is_closed() {
+                    return;
+                }
+                async_io::Timer::after(backoff).await;
+                backoff = (backoff * 2).min(longest);
                 continue;
             }
             backoff = Duration::from_millis(100);
