@@ -213,6 +213,9 @@ impl RedisStore {
             );
         }
         let snapshot = snapshot(&mut writer).await.map_err(|e| failed(&e))?;
+        // Everything up to there is applied: a writer that reconnects
+        // before the follower reads an entry raises positions past it.
+        health.reloaded(snapshot.last_seq);
         let last =
             follower::entry_at(&mut writer, snapshot.last_seq).await.map_err(|e| failed(&e))?;
         let limits = SharedLimits {
