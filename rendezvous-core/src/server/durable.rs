@@ -91,15 +91,18 @@ impl Server {
             // Back through the log already (applied as it came).
             Commit::Logged { id, seq } if seq <= self.log_position => self.settle_passed(id, seq),
             Commit::Logged { id, seq } => self.writes.await_log(seq, id),
-            Commit::Refused { id, status, reason } => {
-                let Some(key) = self.writes.key_of(id).cloned() else { return };
-                let Some(Write::Put(put)) = self.writes.settle(id, None) else { return };
-                let message = register_response(status, Some(reason.clone()), None);
-                self.refused(put.grant.peer, MessageType::Register, status, reason);
-                self.answer(put.grant.peer, put.request, Ok(MessageType::Register), Some(message));
-                self.after_settling(&key);
-            }
+            Commit::Refused { id, status, reason } => self.refuse_put(id, status, reason),
         }
+    }
+
+    /// Answers the REGISTER of put `id` with `status`: it took no effect.
+    fn refuse_put(&mut self, id: ActionId, status: ResponseStatus, reason: String) {
+        let Some(key) = self.writes.key_of(id).cloned() else { return };
+        let Some(Write::Put(put)) = self.writes.settle(id, None) else { return };
+        let message = register_response(status, Some(reason.clone()), None);
+        self.refused(put.grant.peer, MessageType::Register, status, reason);
+        self.answer(put.grant.peer, put.request, Ok(MessageType::Register), Some(message));
+        self.after_settling(&key);
     }
 
     /// Restores what a store kept, at start: registrations whose expiry has
@@ -251,12 +254,7 @@ impl Server {
     fn lose(&mut self, id: ActionId) {
         let Some(key) = self.writes.key_of(id).cloned() else { return };
         if self.writes.is_put(&key, id) {
-            let Some(Write::Put(put)) = self.writes.settle(id, None) else { return };
-            let (status, reason) = (ResponseStatus::EUnavailable, LOST.to_owned());
-            let message = register_response(status, Some(reason.clone()), None);
-            self.refused(put.grant.peer, MessageType::Register, status, reason);
-            self.answer(put.grant.peer, put.request, Ok(MessageType::Register), Some(message));
-            self.after_settling(&key);
+            self.refuse_put(id, ResponseStatus::EUnavailable, LOST.to_owned());
         } else if let Some(key) = self.writes.unsubmit(id) {
             self.after_settling(&key);
         }
