@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{page, peer_of};
+use common::{page, peer_of, runtime};
 use libp2p_identity::PeerId;
 use rendezvous_libp2p::core::testing::{self, TestPeer};
 use rendezvous_libp2p::core::{Dialect, Flavour};
@@ -38,7 +38,7 @@ fn each_once(who: &str, served: &[PeerId], registered: &BTreeSet<PeerId>) {
 fn small_first_pages_are_spread_over_the_namespace_and_every_walk_sees_each_peer_once() {
     let (_server, address) = common::server(&[]);
     let (server_id, addr) = peer_of(&address);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let peers: Vec<TestPeer> = (0..PEERS).map(|i| TestPeer::new(100 + i)).collect();
         for peer in &peers {

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, server, start};
+use common::{Proc, peer_of, runtime, server, start};
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p_core::multiaddr::{Multiaddr, Protocol};
 use libp2p_identity::PeerId;
@@ -24,16 +24,6 @@ use rendezvous_libp2p::core::{Dialect, Flavour};
 use rendezvous_tests::net::{Raw, raw_connection_as};
 
 const RUST: Dialect = Dialect::Signed(Flavour::RustLibp2p);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-fn peer_of(address: &str) -> (PeerId, Multiaddr) {
-    let address: Multiaddr = address.parse().unwrap();
-    let Some(Protocol::P2p(peer)) = address.iter().last() else { panic!("{address}") };
-    (peer, address)
-}
 
 fn socket_of(address: &Multiaddr) -> SocketAddr {
     let mut parts = address.iter();

@@ -10,8 +10,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{Proc, page, start};
-use libp2p_core::multiaddr::{Multiaddr, Protocol};
+use common::{Proc, page, peer_of, runtime, start};
+use libp2p_core::multiaddr::Multiaddr;
 use libp2p_identity::PeerId;
 use rendezvous_libp2p::core::proto::{ResponseStatus, read_status};
 use rendezvous_libp2p::core::testing::{self, TestPeer};
@@ -54,8 +54,7 @@ fn spawn_at(url: &str, key: std::path::PathBuf) -> Point {
         key.to_str().unwrap(),
     ]);
     let (proc, address) = start(proc);
-    let addr: Multiaddr = address.parse().unwrap();
-    let Some(Protocol::P2p(id)) = addr.iter().last() else { panic!("{addr}") };
+    let (id, addr) = peer_of(&address);
     Point { proc, id, addr, key }
 }
 
@@ -93,7 +92,7 @@ fn three_points_share_one_registry_through_faults() {
     let mut redis = RedisServer::start("three");
     let (a, b) = (point(&redis, "a"), point(&redis, "b"));
     let mut c = point(&redis, "c");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = runtime();
     let peers: Vec<TestPeer> = (20..26).map(TestPeer::new).collect();
     rt.block_on(async {
         // Registered at A, served by B and C.
@@ -175,7 +174,7 @@ fn a_point_reaches_redis_over_tls() {
     let redis = RedisServer::start_tls("tls", certificate, key);
     let over_tls = point_at(&redis.tls_url().unwrap(), "tls");
     let plain = point(&redis, "plain");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let peer = TestPeer::new(50);
         let mut raw = connect(&peer, &over_tls).await;
