@@ -27,6 +27,11 @@ use rendezvous_tests::redis::RedisServer;
 
 const RUST: Dialect = Dialect::Signed(Flavour::RustLibp2p);
 
+/// Taken by the two tests that load the machine, so that they run one at a
+/// time: a latency bound measured beside 100,000 writes of another test
+/// measures that test.
+static LOADED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Where a point keeps its registrations.
 enum Keeps {
     Memory,
@@ -234,6 +239,7 @@ fn points_with_wrong_clocks_expire_by_the_shared_registrys_clock() {
 
 #[test]
 fn redis_holds_what_is_live_whatever_the_ttls() {
+    let _alone = LOADED.lock().unwrap_or_else(|e| e.into_inner());
     let redis = RedisServer::start("memory");
     let (_server, address) = point(
         &Keeps::Redis(redis.url()),
@@ -414,6 +420,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn with_redis_paused_under_load_every_register_is_refused_within_a_second_and_memory_stays_flat() {
+    let _alone = LOADED.lock().unwrap_or_else(|e| e.into_inner());
     let redis = RedisServer::start("pause-load");
     let args =
         ["--max-per-peer", "1000000", "--max-per-namespace", "1000000", "--max-per-ip", "1000000"];
