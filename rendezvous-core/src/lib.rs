@@ -111,6 +111,7 @@ pub use rate::{RateLimit, RateLimitError};
 pub use record::{AGENT_PREFIX, Dialect, Flavour, Reader};
 pub use request::RequestId;
 pub use server::{
-    Durability, Event as ServerEvent, Loaded, RequestCounts, RequestKind, Server, Stats, Transmit,
+    Durability, Event as ServerEvent, Loaded, Push, RequestCounts, RequestKind, SUBSCRIPTION_TYPE,
+    Server, Stats, SubscriptionId, SubscriptionLimits, Transmit,
 };
 pub use time::Timestamp;

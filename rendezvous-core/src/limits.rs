@@ -230,6 +230,9 @@ pub struct ServerConfig {
     /// [`DiscoverStart::Random`] with seed 0; adapters should pass a seed
     /// of their own, such as the clock, so that runs differ.
     pub discover_start: DiscoverStart,
+    /// The bounds on subscriptions (see
+    /// [`Server::handle_subscribe`](crate::Server::handle_subscribe)).
+    pub subscriptions: crate::server::SubscriptionLimits,
 }
 
 /// Where a DISCOVER without a cookie starts its walk through a namespace (or
@@ -306,6 +309,7 @@ impl Default for ServerConfig {
             rate_limit: None,
             initial_sequence: 0,
             discover_start: DiscoverStart::default(),
+            subscriptions: crate::server::SubscriptionLimits::default(),
         }
     }
 }

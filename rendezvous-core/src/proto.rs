@@ -29,6 +29,12 @@ pub struct Message {
     /// Body of a `DISCOVER_RESPONSE`.
     #[prost(message, optional, tag = "6")]
     pub discover_response: Option<DiscoverResponse>,
+    /// Set for `DISCOVER_SUBSCRIBE`.
+    #[prost(message, optional, tag = "100")]
+    pub discover_subscribe: Option<DiscoverSubscribe>,
+    /// Set for `DISCOVER_SUBSCRIBE_RESPONSE`.
+    #[prost(message, optional, tag = "101")]
+    pub discover_subscribe_response: Option<DiscoverSubscribeResponse>,
 }
 
 /// `Message.type`.
@@ -45,9 +51,10 @@ pub enum MessageType {
     Discover = 3,
     /// The answer to `DISCOVER`.
     DiscoverResponse = 4,
-    /// Legacy dialect's subscription request; not supported.
+    /// Asks to follow a namespace (go-libp2p-rendezvous's number; see
+    /// `docs/subscriptions.md`).
     DiscoverSubscribe = 100,
-    /// Legacy dialect's subscription answer; not supported.
+    /// The answer to `DISCOVER_SUBSCRIBE`.
     DiscoverSubscribeResponse = 101,
 }
 
@@ -178,6 +185,45 @@ pub struct DiscoverResponse {
     /// Human-readable reason for a failure.
     #[prost(string, optional, tag = "4")]
     pub status_text: Option<String>,
+    /// Extension, on the subscription protocol only: registrations that
+    /// left, each as its namespace and its peer id (`Unregister.id`).
+    #[prost(message, repeated, tag = "100")]
+    pub departures: Vec<Unregister>,
+    /// Extension: this page starts a full resend, which replaces what the
+    /// subscriber knew once its last page (the next with a cookie) arrives.
+    #[prost(bool, optional, tag = "101")]
+    pub full: Option<bool>,
+}
+
+/// `DISCOVER_SUBSCRIBE`: follow a namespace as it changes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DiscoverSubscribe {
+    /// The subscription types the client can follow, best first.
+    #[prost(string, repeated, tag = "1")]
+    pub supported_subscription_types: Vec<String>,
+    /// The namespace.
+    #[prost(string, optional, tag = "2")]
+    pub ns: Option<String>,
+    /// Extension: the cookie of the last batch received, to resume from.
+    #[prost(bytes = "bytes", optional, tag = "3")]
+    pub position: Option<Bytes>,
+}
+
+/// `DISCOVER_SUBSCRIBE_RESPONSE`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DiscoverSubscribeResponse {
+    /// The type the server chose from the client's.
+    #[prost(string, optional, tag = "1")]
+    pub subscription_type: Option<String>,
+    /// How to follow it: for this implementation's type, its protocol id.
+    #[prost(string, optional, tag = "2")]
+    pub subscription_details: Option<String>,
+    /// A [`ResponseStatus`].
+    #[prost(enumeration = "ResponseStatus", optional, tag = "3")]
+    pub status: Option<i32>,
+    /// Human-readable reason for a failure.
+    #[prost(string, optional, tag = "4")]
+    pub status_text: Option<String>,
 }
 
 /// Legacy dialect: the embedded record of go-libp2p-rendezvous and py-libp2p.
@@ -243,7 +289,10 @@ impl Message {
     /// omits the field. Read it with [`read_status`].
     pub fn response_status(&self) -> Option<i32> {
         let register = self.register_response.as_ref().and_then(|r| r.status);
-        register.or_else(|| self.discover_response.as_ref().and_then(|d| d.status))
+        let subscribe = || self.discover_subscribe_response.as_ref().and_then(|s| s.status);
+        register
+            .or_else(|| self.discover_response.as_ref().and_then(|d| d.status))
+            .or_else(subscribe)
     }
 }
 

@@ -6,6 +6,7 @@ mod events;
 mod readers;
 mod register;
 mod requests;
+mod subscriptions;
 mod writes;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -32,6 +33,8 @@ pub use durable::{Durability, Loaded};
 pub use events::{Event, Stats};
 use readers::Readers;
 pub use requests::{RequestCounts, RequestKind};
+use subscriptions::Subscriptions;
+pub use subscriptions::{Push, SUBSCRIPTION_TYPE, SubscriptionId, SubscriptionLimits};
 use writes::Writes;
 
 /// A rendezvous point, as a state machine that does no I/O and reads no clock.
@@ -114,6 +117,8 @@ pub struct Server {
     records_verified: u64,
     busy_refusals: u64,
     requests: RequestCounts,
+    /// Who follows which namespace, and the feed they follow.
+    subscriptions: Subscriptions,
 }
 
 /// The outcome of one request: a response to write, or nothing to write.
@@ -167,12 +172,13 @@ impl Server {
         });
         Ok(Server {
             rate: config.rate_limit.map(Buckets::new),
+            subscriptions: Subscriptions::new(
+                config.subscriptions,
+                Rng::new(config.initial_sequence ^ discover_seed(config.discover_start)).next_u64(),
+            ),
             rate_reason,
             registry: Registry::starting_at(config.initial_sequence),
-            rng: Rng::new(match config.discover_start {
-                DiscoverStart::Random { seed } => seed,
-                DiscoverStart::Oldest => 0,
-            }),
+            rng: Rng::new(discover_seed(config.discover_start)),
             readers: Readers::new(config.max_remembered_readers),
             config,
             transmits: VecDeque::new(),
@@ -326,6 +332,7 @@ impl Server {
                     Admitted::Held => return,
                 }
             }
+            Ok(MessageType::DiscoverSubscribe) => Some(self.subscribe_offer(peer, message)),
             Ok(other) => Some(self.unsupported(peer, other as i32, Some(other))),
             Err(raw) => Some(self.unsupported(peer, raw, None)),
         };
@@ -371,6 +378,7 @@ impl Server {
     pub fn handle_disconnected(&mut self, now: Timestamp, peer: &PeerId) {
         self.advance(now);
         self.readers.forget(peer);
+        self.unsubscribe_peer(peer);
         if let Some(rate) = &mut self.rate {
             rate.forget(peer);
         }
@@ -408,6 +416,9 @@ impl Server {
             pending_writes: self.writes.len(),
             waiting_discovers: self.waiting_len,
             requests: self.requests,
+            subscriptions: self.subscriptions.len(),
+            subscription_events: self.subscriptions.events_sent(),
+            subscribers_dropped: self.subscriptions.dropped(),
         }
     }
 
@@ -432,10 +443,10 @@ impl Server {
         self.now = self.now.max(now);
         self.stop_waiting(self.now);
         let mut expired = Vec::new();
-        self.registry.expire(self.now, |peer, entry| {
-            expired.push((peer, entry.namespace, entry.seq));
-        });
-        for (peer, namespace, seq) in expired {
+        self.registry.expire(self.now, |peer, entry| expired.push((peer, entry)));
+        for (peer, entry) in expired {
+            self.publish_removal(peer, &entry);
+            let (namespace, seq) = (entry.namespace, entry.seq);
             self.expired_in_store(peer, namespace.clone(), seq);
             let key = (peer, namespace);
             self.recount(&key);
@@ -483,6 +494,13 @@ impl Server {
 #[cfg(test)]
 mod tests;
 
+fn discover_seed(start: DiscoverStart) -> u64 {
+    match start {
+        DiscoverStart::Random { seed } => seed,
+        DiscoverStart::Oldest => 0,
+    }
+}
+
 pub(crate) fn register_response(
     status: ResponseStatus,
     text: Option<String>,
@@ -507,6 +525,7 @@ fn discover_error(status: ResponseStatus, text: String) -> proto::Message {
             cookie: None,
             status: Some(status as i32),
             status_text: Some(text),
+            ..Default::default()
         }),
         ..Default::default()
     }

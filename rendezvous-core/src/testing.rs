@@ -15,7 +15,7 @@ use crate::proto::{self, MessageType};
 use crate::record::{Dialect, Flavour, Record, encode_peer_info};
 use crate::{
     Client, ClientConfig, ClientEvent, ClientTransmit, Failure, Namespace, RequestId, Server,
-    ServerConfig, ServerEvent, Timestamp,
+    ServerConfig, ServerEvent, SubscriptionId, Timestamp,
 };
 
 /// A peer with a fixed key and one record in each dialect, signed once.
@@ -178,6 +178,8 @@ pub struct World {
     in_transit: BTreeMap<(Timestamp, u64), (PeerId, RequestId, Arrival)>,
     order: u64,
     next_request: u64,
+    /// Subscriptions open, by server and id: the client and its request.
+    subscriptions: BTreeMap<(PeerId, SubscriptionId), (PeerId, RequestId)>,
 }
 
 impl Default for World {
@@ -199,6 +201,7 @@ impl World {
             in_transit: BTreeMap::new(),
             order: 0,
             next_request: 0,
+            subscriptions: BTreeMap::new(),
         }
     }
 
@@ -278,6 +281,7 @@ impl World {
                     Arrival::Failure(failure) => core.handle_failure(now, id, failure),
                 }
             }
+            moved |= self.carry_pushes();
             if !moved {
                 break;
             }
@@ -333,6 +337,17 @@ impl World {
             let failure = Arrival::Failure(Failure::Unreachable);
             return self.arrive(client, transmit.request_id, Duration::ZERO, failure);
         };
+        if transmit.subscription {
+            self.next_request += 1;
+            let id = SubscriptionId(self.next_request);
+            let body = prost::Message::encode_to_vec(&transmit.message);
+            let server_id = transmit.server;
+            self.subscriptions.insert((server_id, id), (client, transmit.request_id));
+            self.server(server_id)
+                .handle_subscribe(now, client, id, &body)
+                .expect("a test subscription decodes");
+            return;
+        }
         server.handle_request(now, client, transmit.request_id, transmit.message);
         let answer = server.poll_transmit().expect("every request completes at once").message;
         assert_eq!(
@@ -352,6 +367,60 @@ impl World {
             (None, _) => Arrival::Sent,
         };
         self.arrive(client, transmit.request_id, delay, arrival);
+    }
+
+    /// Delivers what servers push to subscribers (at once, read at once),
+    /// and closes the subscriptions clients cancel. True if anything moved.
+    fn carry_pushes(&mut self) -> bool {
+        let mut moved = false;
+        for (&client, core) in &mut self.clients {
+            while let Some(request) = core.poll_cancel() {
+                moved = true;
+                let open = self.subscriptions.iter().find(|(_, v)| **v == (client, request));
+                if let Some((&(server, id), _)) = open {
+                    self.subscriptions.remove(&(server, id));
+                    if let Some(server) = self.servers.get_mut(&server) {
+                        server.handle_unsubscribed(id);
+                    }
+                }
+            }
+        }
+        let servers: Vec<PeerId> = self.servers.keys().copied().collect();
+        for server in servers {
+            while let Some(push) = self.server(server).poll_push() {
+                moved = true;
+                let written = push.to_frame().len();
+                let key = (server, push.subscription);
+                let Some(&(client, request)) = self.subscriptions.get(&key) else { continue };
+                self.server(server).handle_push_written(push.subscription, written);
+                self.arrive(client, request, Duration::ZERO, Arrival::Response(push.message));
+                if push.end {
+                    self.subscriptions.remove(&key);
+                    self.server(server).handle_unsubscribed(push.subscription);
+                    let closed = Arrival::Failure(Failure::StreamClosed { written: true });
+                    self.arrive(client, request, Duration::ZERO, closed);
+                }
+            }
+        }
+        moved
+    }
+
+    /// Cuts every subscription of `client` (its connection broke): both
+    /// ends learn it now.
+    pub fn cut_subscriptions(&mut self, client: PeerId) {
+        let cut: Vec<_> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, v)| v.0 == client)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for ((server, id), (client, request)) in cut {
+            self.subscriptions.remove(&(server, id));
+            self.server(server).handle_unsubscribed(id);
+            let closed = Arrival::Failure(Failure::StreamClosed { written: true });
+            self.arrive(client, request, Duration::ZERO, closed);
+        }
+        self.pump();
     }
 
     fn arrive(&mut self, client: PeerId, id: RequestId, delay: Duration, arrival: Arrival) {

@@ -107,6 +107,21 @@ impl Cache {
         gone.iter().filter_map(|key| self.remove(key)).collect()
     }
 
+    /// Removes `peer`'s entry in `namespace` if it was last found at
+    /// `server`: that server says it left.
+    pub(crate) fn remove_found(
+        &mut self,
+        server: PeerId,
+        namespace: &Namespace,
+        peer: &PeerId,
+    ) -> Option<Discovery> {
+        let cached = self.entries.get(namespace)?.get(peer)?;
+        if cached.server != server {
+            return None;
+        }
+        self.remove(&(namespace.clone(), *peer))
+    }
+
     /// Entries of `namespace` (or all) live at `now`, in (namespace, peer) order.
     pub(crate) fn iter<'a>(
         &'a self,

@@ -59,6 +59,10 @@ pub struct ClientConfig {
     /// Re-register at [`REFRESH_PERCENT`] of the granted TTL (the demo's
     /// `--refresh`). Defaults to true.
     pub refresh: bool,
+    /// Watch through a subscription where the server offers one (see
+    /// [`Client::set_server_subscribes`](crate::Client::set_server_subscribes)),
+    /// rather than poll. Defaults to true.
+    pub subscribe: bool,
     /// The record sent to servers. Defaults to [`RecordFlavour::Auto`].
     pub record_flavour: RecordFlavour,
     /// A request with no answer after this long fails with
@@ -118,6 +122,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             refresh: true,
+            subscribe: true,
             record_flavour: RecordFlavour::Auto,
             request_timeout: Duration::from_secs(20),
             retry_base: Duration::from_secs(1),

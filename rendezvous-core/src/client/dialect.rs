@@ -24,6 +24,8 @@ pub(crate) struct ServerState {
     confirmed: bool,
     /// The last connection to it closed.
     pub(crate) disconnected: bool,
+    /// Whether it offers subscriptions, once known.
+    pub(crate) subscribes: Option<bool>,
 }
 
 /// What a failed REGISTER means for the server's dialect.

@@ -61,13 +61,15 @@ pub(crate) struct Walk {
 /// A namespace watched at one server.
 #[derive(Debug)]
 pub(crate) struct Watch {
+    /// Its subscription, where the server offers them.
+    pub(super) following: super::subscribe::Following,
     rounds: u32,
     /// A round is walking.
     busy: bool,
     /// The last whole walk fitted in one page (or none has run yet): the
     /// next round walks the whole namespace again.
     small: bool,
-    timer: Timestamp,
+    pub(super) timer: Timestamp,
 }
 
 impl Client {
@@ -120,7 +122,10 @@ impl Client {
         }
         let timer = self.now + self.config.discover_interval;
         self.timers.set(timer, Timer::Watch(key.0, key.1.clone()));
-        self.watches.insert(key, Watch { rounds: 0, busy: false, small: true, timer });
+        let following = Default::default();
+        let watch = Watch { following, rounds: 0, busy: false, small: true, timer };
+        self.watches.insert(key.clone(), watch);
+        self.subscribe_watch(key.0, key.1);
         Ok(())
     }
 
@@ -128,6 +133,7 @@ impl Client {
     pub fn unwatch(&mut self, server: PeerId, namespace: Namespace) {
         if let Some(watch) = self.watches.remove(&(server, namespace.clone())) {
             self.timers.cancel(watch.timer, Timer::Watch(server, namespace));
+            self.unsubscribe(&watch.following);
         }
     }
 
@@ -159,9 +165,15 @@ impl Client {
         };
         watch.timer = self.now + interval;
         self.timers.set(watch.timer, Timer::Watch(key.0, key.1.clone()));
-        if watch.busy {
-            return; // the last round is still walking
+        if watch.busy || watch.following.id.is_some() {
+            return; // the last round is still walking, or a subscription follows
         }
+        if self.subscribes(&server) {
+            return self.subscribe_watch(key.0, key.1);
+        }
+        let Some(watch) = self.watches.get_mut(&key) else {
+            return;
+        };
         watch.busy = true;
         watch.rounds += 1;
         let full = watch.small || watch.rounds.is_multiple_of(every);
@@ -262,7 +274,11 @@ impl Client {
         }
     }
 
-    fn parse_entry(&self, asked: Option<&Namespace>, entry: proto::Register) -> Option<Discovery> {
+    pub(super) fn parse_entry(
+        &self,
+        asked: Option<&Namespace>,
+        entry: proto::Register,
+    ) -> Option<Discovery> {
         let namespace = match entry.ns.as_deref() {
             None | Some("") => asked?.clone(),
             Some(ns) => Namespace::new(ns, self.config.max_namespace_len).ok()?,
@@ -378,7 +394,9 @@ impl Walk {
     }
 }
 
-fn discover_page(message: proto::Message) -> Result<proto::DiscoverResponse, RequestError> {
+pub(super) fn discover_page(
+    message: proto::Message,
+) -> Result<proto::DiscoverResponse, RequestError> {
     expect_type(&message, MessageType::DiscoverResponse)?;
     let mut body = message.discover_response.unwrap_or_default();
     check_status(body.status, body.status_text.take())?;

@@ -30,6 +30,14 @@ pub struct ClientTransmit {
     /// once the server has closed its side (it read everything) or after a
     /// short wait.
     pub expects_response: bool,
+    /// A subscription ([`SUBSCRIPTION_TYPE`](crate::SUBSCRIPTION_TYPE)):
+    /// open the substream on that protocol rather than
+    /// `/rendezvous/1.0.0`, then hand every frame read to
+    /// [`Client::handle_response_frame`](crate::Client::handle_response_frame)
+    /// under this request id until the substream ends, and report its end
+    /// with [`Client::handle_failure`](crate::Client::handle_failure).
+    /// A server that does not speak it: [`Failure::Unsupported`].
+    pub subscription: bool,
 }
 
 impl ClientTransmit {

@@ -15,6 +15,7 @@ mod dialect;
 mod discover;
 mod events;
 mod register;
+mod subscribe;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -100,6 +101,10 @@ pub struct Client {
     timers: Timers,
     transmits: VecDeque<ClientTransmit>,
     events: VecDeque<ClientEvent>,
+    /// Subscriptions answered OK, and what each follows.
+    subscribed: BTreeMap<RequestId, (PeerId, Namespace)>,
+    /// Subscriptions for the adapter to close.
+    cancels: VecDeque<RequestId>,
 }
 
 /// A request in flight.
@@ -114,9 +119,18 @@ struct Pending {
 
 #[derive(Debug)]
 enum Kind {
-    Register { namespace: Namespace, dialect: Dialect },
-    Unregister { namespace: Namespace },
+    Register {
+        namespace: Namespace,
+        dialect: Dialect,
+    },
+    Unregister {
+        namespace: Namespace,
+    },
     Discover(Box<Walk>),
+    /// A `DISCOVER_SUBSCRIBE`, until its answer.
+    Subscribe {
+        namespace: Namespace,
+    },
 }
 
 impl Client {
@@ -148,6 +162,8 @@ impl Client {
             timers: Timers::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            subscribed: BTreeMap::new(),
+            cancels: VecDeque::new(),
         })
     }
 
@@ -205,7 +221,9 @@ impl Client {
     ) {
         self.set_now(now);
         let Some(pending) = self.take_pending(request_id) else {
-            return; // late (timed out) or unknown: nothing waits for it
+            // A subscription's batch, or late (timed out) or unknown:
+            // nothing waits for it.
+            return self.on_push(request_id, message);
         };
         match pending.kind {
             Kind::Register { namespace, dialect } => {
@@ -219,6 +237,9 @@ impl Client {
             Kind::Unregister { namespace } => {
                 // UNREGISTER has no response; one arriving still means it was delivered.
                 self.on_unregister(pending.server, pending.command, namespace, true);
+            }
+            Kind::Subscribe { namespace } => {
+                self.on_subscribed(request_id, pending.server, namespace, message);
             }
         }
     }
@@ -378,6 +399,7 @@ impl Client {
         message: proto::Message,
     ) {
         let expects_response = !matches!(kind, Kind::Unregister { .. });
+        let subscription = matches!(kind, Kind::Subscribe { .. });
         let deadline = self.now + self.config.request_timeout;
         self.timers.set(deadline, Timer::Deadline(id));
         self.pending.insert(id, Pending { server, command, deadline, kind });
@@ -386,11 +408,15 @@ impl Client {
             request_id: id,
             message,
             expects_response,
+            subscription,
         });
     }
 
     fn fail(&mut self, id: RequestId, error: RequestError) {
         let Some(pending) = self.take_pending(id) else {
+            if let Some((server, namespace)) = self.subscribed.remove(&id) {
+                self.subscription_ended(id, server, namespace, error);
+            }
             return;
         };
         match pending.kind {
@@ -403,6 +429,9 @@ impl Client {
             }
             Kind::Discover(walk) => {
                 self.on_walk_failed(pending.server, pending.command, *walk, error)
+            }
+            Kind::Subscribe { namespace } => {
+                self.subscription_ended(id, pending.server, namespace, error)
             }
         }
     }

@@ -161,7 +161,7 @@ impl Server {
                 registrations,
                 cookie: Some(cookie),
                 status: Some(ResponseStatus::Ok as i32),
-                status_text: None,
+                ..Default::default()
             }),
             ..Default::default()
         })

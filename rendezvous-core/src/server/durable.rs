@@ -141,6 +141,7 @@ impl Server {
             self.registry.insert(peer, namespace, seq, expires, record);
             loaded.registrations += 1;
         }
+        self.subscriptions.loaded(self.registry.last_seq());
         loaded
     }
 
@@ -160,14 +161,17 @@ impl Server {
                 let held = self.registry.get(&stored.peer, &stored.namespace).map(|e| e.seq);
                 if held.is_none_or(|seq| seq < stored.seq) {
                     let StoredRegistration { peer, namespace, seq, expires, record } = stored;
-                    self.registry.insert(peer, namespace, seq, expires, record);
+                    self.registry.insert(peer, namespace.clone(), seq, expires, record);
+                    self.publish_put(&peer, &namespace);
                 }
                 self.recount(&key);
             }
             Replicated::Delete { peer, namespace, seq, position } => {
                 self.log_position = self.log_position.max(position);
-                if self.registry.get(&peer, &namespace).is_some_and(|e| e.seq <= seq) {
-                    self.registry.remove(&peer, &namespace);
+                if self.registry.get(&peer, &namespace).is_some_and(|e| e.seq <= seq)
+                    && let Some(entry) = self.registry.remove(&peer, &namespace)
+                {
+                    self.publish_removal(peer, &entry);
                 }
                 let key = (peer, namespace);
                 match self.take_logged(position, &key) {
@@ -199,6 +203,7 @@ impl Server {
         for key in self.writes.keys() {
             self.recount(&key);
         }
+        self.republish_all();
         loaded
     }
 
@@ -338,8 +343,10 @@ impl Server {
 
     fn finish_delete(&mut self, (peer, namespace): &Key, delete: super::writes::Delete) {
         let covered = self.registry.get(peer, namespace).map(|e| e.seq);
-        if covered.is_some_and(|seq| delete.upto.is_some_and(|upto| seq <= upto)) {
-            self.registry.remove(peer, namespace);
+        if covered.is_some_and(|seq| delete.upto.is_some_and(|upto| seq <= upto))
+            && let Some(entry) = self.registry.remove(peer, namespace)
+        {
+            self.publish_removal(*peer, &entry);
             self.push_event(Event::Unregistered { peer: *peer, namespace: namespace.clone() });
         }
         for request in delete.requests {

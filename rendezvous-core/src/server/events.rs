@@ -60,6 +60,32 @@ pub enum Event {
         /// The `statusText` sent.
         reason: String,
     },
+    /// A peer subscribed to a namespace.
+    Subscribed {
+        /// Who.
+        peer: PeerId,
+        /// Which namespace.
+        namespace: Namespace,
+        /// It came back from a position it had reached, and gets only what
+        /// changed since.
+        resumed: bool,
+    },
+    /// A subscription ended: its substream closed.
+    Unsubscribed {
+        /// Who.
+        peer: PeerId,
+        /// Which namespace.
+        namespace: Namespace,
+    },
+    /// A subscriber that did not read was dropped.
+    SubscriberDropped {
+        /// Who.
+        peer: PeerId,
+        /// Which namespace.
+        namespace: Namespace,
+        /// Bytes handed out and not yet written to it.
+        unread: usize,
+    },
     /// A request of a type the server does not serve (a response type, the
     /// legacy DISCOVER_SUBSCRIBE, or an unknown number) was answered with
     /// `E_UNAVAILABLE`.
@@ -108,4 +134,10 @@ pub struct Stats {
     pub waiting_discovers: usize,
     /// Requests answered, by type and status.
     pub requests: RequestCounts,
+    /// Subscriptions open.
+    pub subscriptions: usize,
+    /// Arrivals and departures pushed to subscribers, so far.
+    pub subscription_events: u64,
+    /// Subscribers dropped for not reading, so far.
+    pub subscribers_dropped: u64,
 }

@@ -151,6 +151,7 @@ impl Server {
     ) {
         let Grant { peer, namespace, ttl, dialect, .. } = grant;
         let inserted = self.registry.insert(peer, namespace.clone(), seq, expires, record);
+        self.publish_put(&peer, &namespace);
         self.readers.registered(peer, dialect.into());
         self.push_event(match inserted {
             Inserted::New => Event::Registered { peer, namespace, ttl, dialect },
@@ -251,6 +252,7 @@ impl Server {
             return Admitted::Held;
         }
         if let Some(entry) = self.registry.remove(&key.0, &key.1) {
+            self.publish_removal(peer, &entry);
             self.push_event(Event::Unregistered { peer, namespace: entry.namespace });
         }
         Admitted::Now(())

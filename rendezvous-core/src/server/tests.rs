@@ -507,7 +507,7 @@ fn each_reader_gets_only_what_it_can_parse() {
 fn unsupported_message_types_get_a_status_not_silence() {
     let mut h = Harness::new();
     let a = TestPeer::new(1);
-    for raw in [1, 4, 100, 7777] {
+    for raw in [1, 4, 101, 7777] {
         let message = proto::Message { r#type: Some(raw), ..Default::default() };
         let response = h.request(&a.id, message).expect("answered");
         let body = response.discover_response.unwrap();
