@@ -176,36 +176,35 @@ impl ConnectionLimits {
 }
 
 impl Identified for ServerBehaviour {
-    fn identified(event: &ServerHostEvent) -> Option<(PeerId, &str)> {
+    fn identified(event: &ServerHostEvent) -> Option<(PeerId, &libp2p_identify::Info)> {
         match event {
             ServerHostEvent::Identify(identify) => received(identify),
             _ => None,
         }
     }
 
-    fn set_agent_version(&mut self, peer: PeerId, agent_version: &str) {
-        self.rendezvous.set_agent_version(peer, agent_version);
+    fn identify(&mut self, peer: PeerId, info: &libp2p_identify::Info) {
+        self.rendezvous.set_agent_version(peer, &info.agent_version);
     }
 }
 
 impl Identified for ClientBehaviour {
-    fn identified(event: &ClientHostEvent) -> Option<(PeerId, &str)> {
+    fn identified(event: &ClientHostEvent) -> Option<(PeerId, &libp2p_identify::Info)> {
         match event {
             ClientHostEvent::Identify(identify) => received(identify),
             _ => None,
         }
     }
 
-    fn set_agent_version(&mut self, peer: PeerId, agent_version: &str) {
-        self.rendezvous.set_agent_version(peer, agent_version);
+    fn identify(&mut self, peer: PeerId, info: &libp2p_identify::Info) {
+        self.rendezvous.set_agent_version(peer, &info.agent_version);
+        self.rendezvous.set_protocols(peer, &info.protocols);
     }
 }
 
-fn received(event: &libp2p_identify::Event) -> Option<(PeerId, &str)> {
+fn received(event: &libp2p_identify::Event) -> Option<(PeerId, &libp2p_identify::Info)> {
     match event {
-        libp2p_identify::Event::Received { peer_id, info, .. } => {
-            Some((*peer_id, info.agent_version.as_str()))
-        }
+        libp2p_identify::Event::Received { peer_id, info, .. } => Some((*peer_id, info)),
         _ => None,
     }
 }

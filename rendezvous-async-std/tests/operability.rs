@@ -8,12 +8,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, peer_of, runtime, server, start};
+use common::{Proc, peer_of, rss_kib, runtime, sample, server, start};
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p_core::multiaddr::{Multiaddr, Protocol};
 use libp2p_identity::PeerId;
@@ -35,23 +35,10 @@ fn socket_of(address: &Multiaddr) -> SocketAddr {
 
 /// `GET /metrics`, with every wait bounded.
 fn scrape(at: SocketAddr) -> String {
-    let mut stream = TcpStream::connect_timeout(&at, Duration::from_secs(5)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let (head, body) = common::http(at, "/metrics");
     assert!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "{head}");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
     body.to_owned()
-}
-
-/// The value of the sample `series` (name and labels, as printed).
-fn sample(text: &str, series: &str) -> f64 {
-    let prefix = format!("{series} ");
-    let line = text.lines().find(|l| l.starts_with(&prefix));
-    let line = line.unwrap_or_else(|| panic!("no sample {series} in:\n{text}"));
-    line[prefix.len()..].parse().unwrap()
 }
 
 /// `promtool check metrics` on `text`. Debian's prometheus package has it;
@@ -247,13 +234,6 @@ fn sigterm_under_load_answers_what_was_read_and_keeps_what_was_acknowledged() {
         assert!(lost.is_empty(), "{} acknowledged and lost, e.g. {:?}", lost.len(), lost.first());
     });
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// The resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// Connections that send nothing, and connections that start the

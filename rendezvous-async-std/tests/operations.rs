@@ -6,37 +6,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Proc, peer_of, runtime, start};
+use common::{Proc, get, http_of, peer_of, runtime, start};
 use rendezvous_libp2p::core::testing::{self, TestPeer};
 use rendezvous_libp2p::core::{Dialect, Flavour};
 use rendezvous_tests::net::raw_connection_as;
 use rendezvous_tests::redis::RedisServer;
 
 const RUST: Dialect = Dialect::Signed(Flavour::RustLibp2p);
-
-/// `GET path`: the status and the body, every wait bounded.
-fn get(at: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect_timeout(&at, Duration::from_secs(5)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
-/// Where a point started with `--metrics 127.0.0.1:0` serves HTTP.
-fn http_of(server: &mut Proc) -> SocketAddr {
-    let line = server.expect("Metrics at http://");
-    line.split("http://").nth(1).unwrap().trim_end_matches("/metrics").parse().unwrap()
-}
 
 fn in_repository(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)

@@ -47,6 +47,12 @@ pub use rendezvous_core as core;
 /// The protocol name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/rendezvous/1.0.0");
 
+/// This implementation's subscriptions
+/// ([`rendezvous_core::SUBSCRIPTION_TYPE`]): a `DISCOVER_SUBSCRIBE`, then
+/// every change to the namespace as it happens (docs/subscriptions.md).
+pub const SUBSCRIBE_PROTOCOL: StreamProtocol =
+    StreamProtocol::new(rendezvous_core::SUBSCRIPTION_TYPE);
+
 /// The origin of a connection whose remote address is `remote`: the IP
 /// address it starts with, an IPv6 one by its /64 (see [`Origin`]); `None`
 /// without one. A relayed connection counts as its relay's. The server

@@ -100,7 +100,6 @@ impl<O: 'static, D: Unpin> TimedSet<O, D> {
     }
 
     /// How many futures the set holds.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.futures.len()
     }

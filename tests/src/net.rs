@@ -190,6 +190,67 @@ impl Raw {
     }
 }
 
+/// A subscription as any rust-libp2p program can hold one: a
+/// `/rendezvous/subscribe/1.0.0` substream, its `DISCOVER_SUBSCRIBE`
+/// written, read frame by frame.
+pub struct Subscriber {
+    stream: libp2p::Stream,
+    decoder: FrameDecoder,
+    /// Bytes read past the last frame.
+    leftover: Vec<u8>,
+}
+
+impl Raw {
+    /// Subscribes to `namespace` at `server`, from `position` (a cookie of
+    /// an earlier subscription's batch) if given.
+    pub async fn subscribe(
+        &mut self,
+        server: PeerId,
+        namespace: &str,
+        position: Option<Bytes>,
+    ) -> Subscriber {
+        let protocol = libp2p::StreamProtocol::new(rendezvous_core::SUBSCRIPTION_TYPE);
+        let mut stream = tokio::time::timeout(LIMIT, self.control.open_stream(server, protocol))
+            .await
+            .expect("a substream in time")
+            .expect("the server takes subscriptions");
+        let request = proto::Message {
+            r#type: Some(proto::MessageType::DiscoverSubscribe as i32),
+            discover_subscribe: Some(proto::DiscoverSubscribe {
+                supported_subscription_types: vec![rendezvous_core::SUBSCRIPTION_TYPE.into()],
+                ns: Some(namespace.into()),
+                position,
+            }),
+            ..Default::default()
+        };
+        stream.write_all(&codec::frame(&request)).await.unwrap();
+        stream.flush().await.unwrap();
+        Subscriber { stream, decoder: FrameDecoder::new(4 * 1024 * 1024), leftover: Vec::new() }
+    }
+}
+
+impl Subscriber {
+    /// The next message, waiting at most `limit`.
+    pub async fn next(&mut self, limit: Duration) -> Result<proto::Message, String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let mut rest = &self.leftover[..];
+            let frame = self.decoder.feed(&mut rest).map_err(|e| e.to_string())?;
+            self.leftover = rest.to_vec();
+            if let Some(body) = frame {
+                return codec::decode_message(&body).map_err(|e| e.to_string());
+            }
+            let mut buf = [0u8; 4096];
+            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await;
+            let n = read.map_err(|_| "nothing in time".to_owned())?.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("the subscription ended".into());
+            }
+            self.leftover.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
 /// Reads one frame body from `stream`.
 pub async fn read_frame(stream: &mut libp2p::Stream) -> Result<Bytes, String> {
     let mut decoder = FrameDecoder::new(4 * 1024 * 1024);

@@ -1,5 +1,5 @@
 //! The loop both nodes run: the swarm's events, the HTTP endpoint's
-//! requests, identify's agent versions handed to the rendezvous behaviour,
+//! requests, what identify learns handed to the rendezvous behaviour,
 //! and the listen addresses, each ending in `/p2p/<peer id>`.
 
 use futures::{FutureExt, StreamExt, select};
@@ -13,13 +13,13 @@ use super::{NodeError, root_cause};
 use crate::http::{Endpoint, Request};
 
 /// A host behaviour the loop drives: it knows identify's events among its
-/// own, and hands agent versions to its rendezvous behaviour.
+/// own, and hands what they say to its rendezvous behaviour.
 pub trait Identified: NetworkBehaviour {
-    /// The peer and agent version an identify event in `event` carries.
-    fn identified(event: &Self::ToSwarm) -> Option<(PeerId, &str)>;
+    /// The peer and what it told identify, if `event` is identify's.
+    fn identified(event: &Self::ToSwarm) -> Option<(PeerId, &libp2p_identify::Info)>;
 
-    /// Tells the rendezvous behaviour what `peer` runs.
-    fn set_agent_version(&mut self, peer: PeerId, agent_version: &str);
+    /// Tells the rendezvous behaviour what `peer` runs and speaks.
+    fn identify(&mut self, peer: PeerId, info: &libp2p_identify::Info);
 }
 
 /// What the loop hands its node next (a swarm event is the common case, and
@@ -105,10 +105,10 @@ impl<B: Identified> EventLoop<B> {
         };
         match &event {
             SwarmEvent::Behaviour(event) => {
-                if let Some((peer, agent)) = B::identified(event) {
-                    debug!(target: "rendezvous::identify", "{peer} runs {agent}");
-                    let agent = agent.to_owned();
-                    self.swarm.behaviour_mut().set_agent_version(peer, &agent);
+                if let Some((peer, info)) = B::identified(event) {
+                    debug!(target: "rendezvous::identify", "{peer} runs {}", info.agent_version);
+                    let info = info.clone();
+                    self.swarm.behaviour_mut().identify(peer, &info);
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {

@@ -233,6 +233,17 @@ impl ServerNode {
             "Registry events dropped from a full queue",
             stats.dropped_events,
         );
+        r.gauge("subscribers", "Subscriptions open", stats.subscriptions);
+        r.counter(
+            "subscription_events",
+            "Arrivals and departures pushed to subscribers",
+            stats.subscription_events,
+        );
+        r.counter(
+            "subscribers_dropped",
+            "Subscribers dropped for not reading",
+            stats.subscribers_dropped,
+        );
         let rejected =
             rendezvous.stream_stats().by_reason().map(|(reason, n)| (vec![("reason", reason)], n));
         r.counters(

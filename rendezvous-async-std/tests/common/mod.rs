@@ -3,8 +3,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // shared by several test files
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -138,12 +138,12 @@ impl Drop for Proc {
 }
 
 /// A server on loopback; returns it and the address clients should use.
-/// In memory unless `extra` gives a `--data-dir`: parallel tests must not
-/// share the user's data dir.
+/// In memory unless `extra` gives a `--data-dir` or a `--redis`: parallel
+/// tests must not share the user's data dir.
 pub(crate) fn server(extra: &[&str]) -> (Proc, String) {
     // -v: the tests read the per-registration lines, logged at DEBUG.
     let mut args = vec!["--mode", "server", "-v", "--listen", "127.0.0.1", "--stats-interval", "0"];
-    if !extra.contains(&"--data-dir") {
+    if !extra.iter().any(|a| *a == "--data-dir" || *a == "--redis") {
         args.push("--in-memory");
     }
     args.extend_from_slice(extra);
@@ -160,6 +160,46 @@ pub(crate) fn start(mut server: Proc) -> (Proc, String) {
     assert!(address.starts_with("/ip4/127.0.0.1/tcp/") && address.contains("/p2p/"), "{address}");
     server.expect("Press Ctrl+C to stop...");
     (server, address)
+}
+
+/// `GET path` from the HTTP endpoint at `at`: the head and the body, every
+/// wait bounded.
+pub(crate) fn http(at: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect_timeout(&at, Duration::from_secs(5)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.to_owned(), body.to_owned())
+}
+
+/// `GET path`: the status and the body.
+pub(crate) fn get(at: SocketAddr, path: &str) -> (u16, String) {
+    let (head, body) = http(at, path);
+    (head.split(' ').nth(1).unwrap().parse().unwrap(), body)
+}
+
+/// Where a point started with `--metrics 127.0.0.1:0` serves HTTP.
+pub(crate) fn http_of(server: &mut Proc) -> SocketAddr {
+    let seen = server.seen().iter().find(|line| line.contains("Metrics at http://")).cloned();
+    let line = seen.unwrap_or_else(|| server.expect("Metrics at http://"));
+    line.split("http://").nth(1).unwrap().trim_end_matches("/metrics").parse().unwrap()
+}
+
+/// The value of the sample `series` (name and labels, as printed).
+pub(crate) fn sample(text: &str, series: &str) -> f64 {
+    let prefix = format!("{series} ");
+    let line = text.lines().find(|l| l.starts_with(&prefix));
+    let line = line.unwrap_or_else(|| panic!("no sample {series} in:\n{text}"));
+    line[prefix.len()..].parse().unwrap()
+}
+
+/// The resident memory of process `pid`, in KiB.
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 pub(crate) fn client(address: &str, extra: &[&str]) -> Proc {

@@ -108,11 +108,7 @@ impl Client {
         let Some((server, namespace)) = self.subscribed.get(&id).cloned() else { return };
         let page = match discover_page(message) {
             Ok(page) => page,
-            Err(error) => {
-                self.subscribed.remove(&id);
-                self.cancels.push_back(id);
-                return self.subscription_ended(id, server, namespace, error);
-            }
+            Err(error) => return self.subscription_ended(id, server, namespace, error),
         };
         let key = (server, namespace.clone());
         let Some(watch) = self.watches.get_mut(&key) else { return };
@@ -181,6 +177,8 @@ impl Client {
         error: RequestError,
     ) {
         self.subscribed.remove(&id);
+        // Whatever is left of its substream.
+        self.cancels.push_back(id);
         if error == RequestError::Transport(Failure::Unsupported) {
             self.servers.entry(server).or_default().subscribes = Some(false);
         }

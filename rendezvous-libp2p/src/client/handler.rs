@@ -5,7 +5,7 @@
 //! protocol state; requests in flight are bounded by the core's
 //! `max_pending`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::channel::{mpsc, oneshot};
-use futures::future::BoxFuture;
+use futures::future::{AbortHandle, Abortable, BoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use libp2p_core::upgrade::{DeniedUpgrade, ReadyUpgrade};
 use libp2p_swarm::handler::{ConnectionEvent, DialUpgradeError, FullyNegotiatedOutbound};
@@ -22,9 +22,9 @@ use libp2p_swarm::{
 };
 use rendezvous_core::{Failure, RequestId};
 
-use crate::PROTOCOL;
 use crate::framed::Framed;
 use crate::timed::TimedSet;
+use crate::{PROTOCOL, SUBSCRIBE_PROTOCOL};
 
 use super::pipeline::{self, Queued};
 
@@ -46,6 +46,9 @@ pub struct Request {
     pub(crate) id: RequestId,
     pub(crate) frame: Bytes,
     pub(crate) expects_response: bool,
+    /// A subscription: on [`SUBSCRIBE_PROTOCOL`], every frame read is an
+    /// [`Outcome::Push`] until the substream ends.
+    pub(crate) subscription: bool,
 }
 
 /// What the behaviour tells a connection's handler.
@@ -57,6 +60,8 @@ pub enum Command {
     /// The server answers several requests per substream, in order: carry
     /// the requests that expect an answer on one long-lived substream.
     Pipeline,
+    /// Close this subscription's substream.
+    Cancel(RequestId),
 }
 
 /// What an outbound substream is opened for.
@@ -70,6 +75,8 @@ pub enum Open {
     /// A request that was on a long-lived substream when it ended, sent
     /// again on its own.
     Resend(Queued),
+    /// A subscription.
+    Subscription(Request),
 }
 
 /// The long-lived substream, when the server takes one.
@@ -96,6 +103,9 @@ pub struct Done {
 #[derive(Debug)]
 pub(crate) enum Outcome {
     Response(Bytes),
+    /// A frame on a subscription; more may follow, and its end comes as
+    /// `Failed`.
+    Push(Bytes),
     /// Written, for a request without a response.
     Sent,
     Failed(Failure),
@@ -114,6 +124,12 @@ pub struct Handler {
     /// reading the answers they owe) and requests sent again on their own;
     /// each gives back the requests it could not carry.
     pipes: FuturesUnordered<BoxFuture<'static, Vec<Queued>>>,
+    /// Subscription substreams, each ending with how it ended; their frames
+    /// come through `pushes`.
+    following: FuturesUnordered<BoxFuture<'static, Done>>,
+    aborts: HashMap<RequestId, AbortHandle>,
+    pushes_tx: mpsc::UnboundedSender<Done>,
+    pushes: mpsc::UnboundedReceiver<Done>,
 }
 
 impl Handler {
@@ -121,7 +137,12 @@ impl Handler {
     /// requests per substream in order.
     pub(crate) fn new(limits: Arc<Limits>, pipeline: bool) -> Self {
         let running = TimedSet::new(limits.timeout, limits.max_in_flight.max(1));
+        let (pushes_tx, pushes) = mpsc::unbounded();
         Handler {
+            following: FuturesUnordered::new(),
+            aborts: HashMap::new(),
+            pushes_tx,
+            pushes,
             limits,
             to_open: VecDeque::new(),
             running,
@@ -194,6 +215,30 @@ async fn exchange(mut framed: Framed<Stream>, frame: Bytes, expects_response: bo
     outcome
 }
 
+/// Writes a subscription's request, then hands on every frame read until
+/// the substream ends; the end is the outcome.
+async fn follow(
+    mut framed: Framed<Stream>,
+    id: RequestId,
+    frame: Bytes,
+    pushes: mpsc::UnboundedSender<Done>,
+) -> Outcome {
+    if framed.write_frame(&frame).await.is_err() {
+        return Outcome::Failed(Failure::StreamClosed { written: false });
+    }
+    loop {
+        match framed.read_frame().await {
+            Ok(Some(body)) => {
+                let _ = pushes.unbounded_send(Done { id, outcome: Outcome::Push(body) });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Outcome::Failed(Failure::InvalidResponse);
+            }
+            Ok(None) | Err(_) => return Outcome::Failed(Failure::StreamClosed { written: true }),
+        }
+    }
+}
+
 impl ConnectionHandler for Handler {
     type FromBehaviour = Command;
     type ToBehaviour = Done;
@@ -230,6 +275,14 @@ impl ConnectionHandler for Handler {
         if let Some(done) = self.done.pop_front() {
             return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(done));
         }
+        // A subscription's frames before its end.
+        if let Poll::Ready(Some(push)) = self.pushes.poll_next_unpin(cx) {
+            return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(push));
+        }
+        if let Poll::Ready(Some(done)) = self.following.poll_next_unpin(cx) {
+            self.aborts.remove(&done.id);
+            return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(done));
+        }
         if let Poll::Ready((result, (id, piped))) = self.running.poll_unpin(cx) {
             if piped && result.is_err() {
                 // An answer did not come in time on the long-lived
@@ -243,7 +296,11 @@ impl ConnectionHandler for Handler {
             return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(Done { id, outcome }));
         }
         if let Some(request) = self.to_open.pop_front() {
-            let protocol = SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), request)
+            let name = match &request {
+                Open::Subscription(_) => SUBSCRIBE_PROTOCOL,
+                _ => PROTOCOL,
+            };
+            let protocol = SubstreamProtocol::new(ReadyUpgrade::new(name), request)
                 .with_timeout(self.limits.timeout);
             return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest { protocol });
         }
@@ -252,6 +309,14 @@ impl ConnectionHandler for Handler {
 
     fn on_behaviour_event(&mut self, command: Command) {
         match command {
+            Command::Send(request) if request.subscription => {
+                self.to_open.push_back(Open::Subscription(request));
+            }
+            Command::Cancel(id) => {
+                if let Some(abort) = self.aborts.remove(&id) {
+                    abort.abort();
+                }
+            }
             Command::Send(request)
                 if request.expects_response && !matches!(self.pipe, Pipe::Off) =>
             {
@@ -282,6 +347,22 @@ impl ConnectionHandler for Handler {
                     // The core bounds requests in flight below the set's room.
                     self.fail(id, Failure::StreamClosed { written: false });
                 }
+            }
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: stream,
+                info: Open::Subscription(request),
+            }) => {
+                let id = request.id;
+                let framed = Framed::new(stream, self.limits.max_frame);
+                let (abort, registration) = AbortHandle::new_pair();
+                let follow = follow(framed, id, request.frame, self.pushes_tx.clone());
+                let ended = Abortable::new(follow, registration).map(move |outcome| Done {
+                    id,
+                    outcome: outcome
+                        .unwrap_or(Outcome::Failed(Failure::StreamClosed { written: true })),
+                });
+                self.aborts.insert(id, abort);
+                self.following.push(ended.boxed());
             }
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol: stream,
@@ -317,7 +398,9 @@ impl ConnectionHandler for Handler {
                     _ => Failure::StreamClosed { written: false },
                 };
                 match info {
-                    Open::Request(request) => self.fail(request.id, failure),
+                    Open::Request(request) | Open::Subscription(request) => {
+                        self.fail(request.id, failure)
+                    }
                     Open::Resend(queued) => {
                         let _ = queued.reply.send(Outcome::Failed(failure));
                     }

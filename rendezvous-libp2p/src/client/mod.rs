@@ -136,6 +136,16 @@ impl Behaviour {
         }
     }
 
+    /// Tells the client the protocols identify learned for `peer`: a server
+    /// that lists [`SUBSCRIBE_PROTOCOL`](crate::SUBSCRIBE_PROTOCOL) is
+    /// watched through a subscription, pushed every change as it happens,
+    /// rather than polled. Call it on every identify `Received` event.
+    pub fn set_protocols(&mut self, peer: PeerId, protocols: &[libp2p_swarm::StreamProtocol]) {
+        let subscribes = protocols.contains(&crate::SUBSCRIBE_PROTOCOL);
+        self.core.set_server_subscribes(self.timer.now(), peer, subscribes);
+        self.flush();
+    }
+
     /// Where to dial `server`. Addresses given to the swarm with
     /// `Swarm::add_peer_address` (or learned by other behaviours) are used
     /// too; at most [`MAX_ADDRESSES_PER_SERVER`] are kept per server.
@@ -234,6 +244,15 @@ impl Behaviour {
     /// Moves the core's requests to connections (dialing where needed), its
     /// events to the swarm, and re-arms the timer.
     fn flush(&mut self) {
+        while let Some(id) = self.core.poll_cancel() {
+            if let Some((server, connection)) = self.in_flight.remove(&id) {
+                self.actions.push_back(ToSwarm::NotifyHandler {
+                    peer_id: server,
+                    handler: NotifyHandler::One(connection),
+                    event: Command::Cancel(id),
+                });
+            }
+        }
         while let Some(transmit) = self.core.poll_transmit() {
             let server = transmit.server;
             match self.connections.get(&server).and_then(|c| c.first()) {
@@ -274,6 +293,7 @@ impl Behaviour {
                 id: transmit.request_id,
                 frame: transmit.to_frame(),
                 expects_response: transmit.expects_response,
+                subscription: transmit.subscription,
             }),
         });
     }
@@ -412,11 +432,20 @@ impl NetworkBehaviour for Behaviour {
     ) {
         let now = self.timer.now();
         let id = event.id;
+        if let Outcome::Push(body) = &event.outcome {
+            if self.in_flight.contains_key(&id) {
+                self.core.handle_response_frame(now, id, body);
+                self.flush();
+            }
+            return;
+        }
         if self.in_flight.remove(&id).is_none() {
             return; // its connection closed and the core was already told
         }
         match event.outcome {
-            Outcome::Response(body) => self.core.handle_response_frame(now, id, &body),
+            Outcome::Response(body) | Outcome::Push(body) => {
+                self.core.handle_response_frame(now, id, &body)
+            }
             Outcome::Sent => self.core.handle_sent(now, id),
             Outcome::Failed(failure) => self.core.handle_failure(now, id, failure),
         }

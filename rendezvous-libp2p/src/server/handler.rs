@@ -21,18 +21,20 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use libp2p_core::upgrade::{DeniedUpgrade, ReadyUpgrade};
+use futures::future::Either;
+use libp2p_core::upgrade::{DeniedUpgrade, ReadyUpgrade, SelectUpgrade};
 use libp2p_swarm::handler::{ConnectionEvent, FullyNegotiatedInbound};
 use libp2p_swarm::{ConnectionHandler, ConnectionHandlerEvent, Stream, SubstreamProtocol};
 use rendezvous_core::admission::{Admission, AdmissionLimits, Opened, asks_for_page};
 use rendezvous_core::histogram::Histogram;
 use smallvec::{SmallVec, smallvec};
 
+use super::subscribers::Subscribers;
 use super::unread::{Totals, Unwritten};
-use crate::PROTOCOL;
 use crate::clock;
 use crate::framed::{Framed, joined};
 use crate::timed::{TimedOut, TimedSet};
+use crate::{PROTOCOL, SUBSCRIBE_PROTOCOL};
 
 /// Most requests of one substream handed to the behaviour at once.
 pub(crate) const BATCH: usize = 16;
@@ -64,6 +66,9 @@ pub(crate) struct Shared {
     pub(crate) in_flight: AtomicUsize,
     /// Shutting down: new substreams are refused; the ones open are served.
     pub(crate) shutting_down: AtomicBool,
+    /// Most subscription substreams open on one connection (the core
+    /// bounds them per peer too).
+    pub(crate) max_subscriptions: usize,
 }
 
 /// A request read and not yet answered: counted in
@@ -114,6 +119,23 @@ pub enum ToBehaviour {
     ShuttingDown,
     /// A substream ended without delivering a request.
     Empty,
+    /// A subscription substream delivered its `DISCOVER_SUBSCRIBE`.
+    Subscribe { stream: StreamId, body: Bytes },
+    /// Bytes of a subscription's pushes were written.
+    PushWritten { stream: StreamId, bytes: usize },
+    /// A subscription substream ended.
+    Unsubscribed { stream: StreamId },
+}
+
+/// What the behaviour tells a handler.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum FromBehaviour {
+    /// Answers to requests.
+    Answers(Answers),
+    /// A frame for a subscription substream (none: just end it); `end`:
+    /// close it once written.
+    Push { stream: StreamId, frame: Option<Bytes>, end: bool },
 }
 
 /// The behaviour's answers to requests of one substream: each with its
@@ -121,7 +143,7 @@ pub enum ToBehaviour {
 /// together go together, so that a batch costs one trip back.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct FromBehaviour {
+pub struct Answers {
     pub(crate) stream: StreamId,
     pub(crate) answers: Batch<(usize, Answer)>,
 }
@@ -129,7 +151,10 @@ pub struct FromBehaviour {
 impl FromBehaviour {
     /// The answer to the request at `index`.
     pub(crate) fn one(stream: StreamId, index: usize, frame: Option<Bytes>, close: bool) -> Self {
-        FromBehaviour { stream, answers: smallvec![(index, Answer { frame, close })] }
+        FromBehaviour::Answers(Answers {
+            stream,
+            answers: smallvec![(index, Answer { frame, close })],
+        })
     }
 }
 
@@ -184,6 +209,8 @@ pub struct Handler {
     /// Bytes of answers this connection's client (and its address's) has
     /// not taken yet, and reserved for answers not yet given.
     unwritten: Totals,
+    /// Subscription substreams.
+    subscribers: Subscribers,
 }
 
 impl Handler {
@@ -198,6 +225,12 @@ impl Handler {
             next_id: 0,
             events: VecDeque::new(),
             unwritten,
+            subscribers: Subscribers::new(
+                shared.request_timeout,
+                shared.write_timeout,
+                shared.max_frame,
+                shared.max_subscriptions,
+            ),
             shared,
         }
     }
@@ -352,13 +385,18 @@ async fn finish(
 impl ConnectionHandler for Handler {
     type FromBehaviour = FromBehaviour;
     type ToBehaviour = ToBehaviour;
-    type InboundProtocol = ReadyUpgrade<libp2p_swarm::StreamProtocol>;
+    type InboundProtocol = SelectUpgrade<
+        ReadyUpgrade<libp2p_swarm::StreamProtocol>,
+        ReadyUpgrade<libp2p_swarm::StreamProtocol>,
+    >;
     type OutboundProtocol = DeniedUpgrade;
     type InboundOpenInfo = ();
     type OutboundOpenInfo = ();
 
     fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, ()> {
-        SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ())
+        let protocols =
+            SelectUpgrade::new(ReadyUpgrade::new(PROTOCOL), ReadyUpgrade::new(SUBSCRIBE_PROTOCOL));
+        SubstreamProtocol::new(protocols, ())
     }
 
     fn connection_keep_alive(&self) -> bool {
@@ -381,6 +419,9 @@ impl ConnectionHandler for Handler {
             if let Some(event) = self.events.pop_front() {
                 return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event));
             }
+            if let Poll::Ready(event) = self.subscribers.poll(cx) {
+                return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event));
+            }
             match self.reading.poll_unpin(cx) {
                 Poll::Ready((result, tag)) => self.on_read(result, tag),
                 Poll::Pending => {
@@ -393,7 +434,13 @@ impl ConnectionHandler for Handler {
         }
     }
 
-    fn on_behaviour_event(&mut self, FromBehaviour { stream, answers }: FromBehaviour) {
+    fn on_behaviour_event(&mut self, event: FromBehaviour) {
+        let Answers { stream, answers } = match event {
+            FromBehaviour::Answers(answers) => answers,
+            FromBehaviour::Push { stream, frame, end } => {
+                return self.subscribers.push(stream, frame, end);
+            }
+        };
         let Some(parked) = self.parked.get_mut(&stream) else {
             return;
         };
@@ -444,11 +491,20 @@ impl ConnectionHandler for Handler {
         event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol, (), ()>,
     ) {
         if let ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
-            protocol: stream,
-            ..
+            protocol, ..
         }) = event
         {
-            self.accept(stream);
+            match protocol {
+                Either::Left(stream) => self.accept(stream),
+                Either::Right(stream) => {
+                    if self.shared.shutting_down.load(Ordering::Relaxed) {
+                        self.events.push_back(ToBehaviour::ShuttingDown);
+                    } else if let Err(()) = self.subscribers.accept(stream) {
+                        tracing::debug!("resetting a subscription substream: over the bound");
+                        self.events.push_back(ToBehaviour::Refused);
+                    }
+                }
+            }
         }
     }
 }

@@ -21,6 +21,7 @@
 mod config;
 mod events;
 mod handler;
+mod subscribers;
 mod unread;
 
 use std::collections::{HashMap, VecDeque};
@@ -38,7 +39,8 @@ use libp2p_swarm::{
 };
 use rendezvous_core::idle::Idle;
 use rendezvous_core::{
-    ConfigError, Durability, Loaded, Origin, Reader, RequestId, Server, Stats, Timestamp,
+    ConfigError, Durability, Loaded, Origin, Reader, RequestId, Server, Stats, SubscriptionId,
+    Timestamp,
 };
 
 use crate::clock::{Clock, Timer};
@@ -84,6 +86,10 @@ pub struct Behaviour {
     /// Bytes of answers not yet taken by the clients at each address with a
     /// connection open (shared with those connections' handlers).
     origins: HashMap<Origin, Arc<OriginTotal>>,
+    /// Subscription substreams, both ways.
+    subscribers: HashMap<SubscriptionId, (PeerId, ConnectionId, StreamId)>,
+    subscriptions: HashMap<(ConnectionId, StreamId), SubscriptionId>,
+    next_subscription: u64,
 }
 
 impl Behaviour {
@@ -107,6 +113,7 @@ impl Behaviour {
             durations: histogram::Histogram::new(),
             in_flight: Default::default(),
             shutting_down: Default::default(),
+            max_subscriptions: config.core.subscriptions.max_per_peer,
         });
         let busy_reason = format!(
             "{} requests in flight on this connection, the server's limit; retry later",
@@ -125,6 +132,9 @@ impl Behaviour {
             store: None,
             connections: HashMap::new(),
             origins: HashMap::new(),
+            subscribers: HashMap::new(),
+            subscriptions: HashMap::new(),
+            next_subscription: 0,
         })
     }
 
@@ -260,8 +270,63 @@ impl Behaviour {
             ToBehaviour::Refused => Rejection::OverLimit,
             ToBehaviour::ShuttingDown => Rejection::ShuttingDown,
             ToBehaviour::Empty => Rejection::Empty,
+            ToBehaviour::Subscribe { stream, body } => {
+                let subscribed = self.subscribe(peer, connection, stream, &body);
+                self.route_core_outputs();
+                match subscribed {
+                    Ok(()) => return,
+                    Err(error) => Rejection::Malformed(error),
+                }
+            }
+            ToBehaviour::PushWritten { stream, bytes } => {
+                if let Some(&id) = self.subscriptions.get(&(connection, stream)) {
+                    self.core.handle_push_written(id, bytes);
+                    self.route_core_outputs();
+                }
+                return;
+            }
+            ToBehaviour::Unsubscribed { stream } => {
+                if let Some(id) = self.subscriptions.remove(&(connection, stream)) {
+                    self.subscribers.remove(&id);
+                    self.idle.answered(self.now(), connection);
+                    self.core.handle_unsubscribed(id);
+                    self.route_core_outputs();
+                }
+                return;
+            }
         };
         self.rejected(peer, rejection);
+    }
+
+    /// Hands a subscription's request to the core; while it is open, its
+    /// connection is not idle.
+    fn subscribe(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        stream: StreamId,
+        body: &[u8],
+    ) -> io::Result<()> {
+        let now = self.now();
+        self.next_subscription += 1;
+        let id = SubscriptionId(self.next_subscription);
+        if let Err(error) = self.core.handle_subscribe(now, peer, id, body) {
+            let end = FromBehaviour::Push { stream, frame: None, end: true };
+            self.notify(peer, connection, end);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, error));
+        }
+        self.subscribers.insert(id, (peer, connection, stream));
+        self.subscriptions.insert((connection, stream), id);
+        self.idle.request(now, connection);
+        Ok(())
+    }
+
+    fn notify(&mut self, peer: PeerId, connection: ConnectionId, event: FromBehaviour) {
+        self.actions.push_back(ToSwarm::NotifyHandler {
+            peer_id: peer,
+            handler: NotifyHandler::One(connection),
+            event,
+        });
     }
 
     fn rejected(&mut self, peer: PeerId, reason: Rejection) {
@@ -305,19 +370,22 @@ impl Behaviour {
     fn answer(&mut self, peer: PeerId, connection: ConnectionId, answer: FromBehaviour) {
         // Answers to one substream queued one after another go as one
         // event: one trip through the swarm for a batch.
-        if let Some(ToSwarm::NotifyHandler { handler: NotifyHandler::One(to), event, .. }) =
-            self.actions.back_mut()
+        let answer = match answer {
+            FromBehaviour::Answers(answer) => answer,
+            push => return self.notify(peer, connection, push),
+        };
+        if let Some(ToSwarm::NotifyHandler {
+            handler: NotifyHandler::One(to),
+            event: FromBehaviour::Answers(event),
+            ..
+        }) = self.actions.back_mut()
             && *to == connection
             && event.stream == answer.stream
         {
             event.answers.extend(answer.answers);
             return;
         }
-        self.actions.push_back(ToSwarm::NotifyHandler {
-            peer_id: peer,
-            handler: NotifyHandler::One(connection),
-            event: answer,
-        });
+        self.notify(peer, connection, FromBehaviour::Answers(answer));
     }
 
     /// Moves the core's outputs where they go: store actions to the store,
@@ -336,6 +404,13 @@ impl Behaviour {
                 let answer =
                     FromBehaviour::one(route.stream, route.index, transmit.to_frame(), false);
                 self.answer(route.peer, route.connection, answer);
+            }
+        }
+        while let Some(push) = self.core.poll_push() {
+            // Gone if its substream or connection ended meanwhile.
+            if let Some(&(peer, connection, stream)) = self.subscribers.get(&push.subscription) {
+                let frame = Some(push.to_frame());
+                self.notify(peer, connection, FromBehaviour::Push { stream, frame, end: push.end });
             }
         }
         while let Some(event) = self.core.poll_event() {
@@ -415,6 +490,15 @@ impl NetworkBehaviour for Behaviour {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         if let FromSwarm::ConnectionClosed(closed) = event {
             self.routes.retain(|_, route| route.connection != closed.connection_id);
+            let ended: Vec<_> = (self.subscriptions.iter())
+                .filter(|((connection, _), _)| *connection == closed.connection_id)
+                .map(|(key, id)| (*key, *id))
+                .collect();
+            for (key, id) in ended {
+                self.subscriptions.remove(&key);
+                self.subscribers.remove(&id);
+                self.core.handle_unsubscribed(id);
+            }
             self.idle.closed(closed.connection_id);
             let gone = self.connections.remove(&closed.connection_id);
             // The address's total goes with its last connection (whose

@@ -74,9 +74,11 @@ fn answers(
     actions
         .into_iter()
         .filter_map(|a| match a {
-            ToSwarm::NotifyHandler { handler: NotifyHandler::One(c), event, .. } => {
-                Some((c, event))
-            }
+            ToSwarm::NotifyHandler {
+                handler: NotifyHandler::One(c),
+                event: FromBehaviour::Answers(event),
+                ..
+            } => Some((c, event)),
             _ => None,
         })
         .flat_map(|(c, event)| {

@@ -60,7 +60,9 @@ pub(crate) struct Args {
     #[arg(long, default_value = "auto", value_name = "FLAVOUR", value_parser = |s: &str| s.parse::<RecordFlavour>())]
     pub(crate) record_flavour: RecordFlavour,
     /// In refresh mode, rediscover the namespace this often, in seconds,
-    /// and log each peer that appears or goes (client).
+    /// and log each peer that appears or goes (client). A server that
+    /// offers subscriptions pushes each change as it happens instead; this
+    /// then paces only the attempts to subscribe again.
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) discover_interval: u64,
     /// Log lines as the demo prints them (text), or one JSON object per line
