@@ -10,6 +10,7 @@
 //!   [--inflight-list 64,128,256|none] [--inflight-n 20000] [--py-inflight-n 1000]
 //!   [--sustain SECONDS --rate PER_S]
 //! target/release/load --soak SECONDS [--soak-ttl 15] [--points 3] [--rate 1000]
+//! target/release/load --subscribers 10000
 //! ```
 //!
 //! Two sweeps, each against every server in turn, each server a fresh
@@ -59,6 +60,16 @@
 //! sample and each point's RSS first against last; it exits non-zero if a
 //! count is not 0, a walk failed or a point exited (see `soak.rs`).
 //!
+//! **Subscriptions** (`--subscribers N`, nothing else runs): a subscriber
+//! at one point, and one at a point sharing a Redis with another, are
+//! timed from a REGISTER or UNREGISTER sent (at the same point, or at the
+//! other) to its push arriving, 500 of each; then N subscribers of one
+//! namespace (16 per connection, the point's limit per peer) take 100
+//! registrations each, and the point's RSS with them and its CPU per event
+//! delivered are printed; then, on the virtual clock, the requests a
+//! watching client sends in an hour, polling every 60 s or subscribed. It
+//! fails if an event is not delivered.
+//!
 //! `RENDEZVOUS_BIN=path` runs that build as "ours", to compare two builds.
 //!
 //! Records are signed once per connection and reused, unless `--fresh` signs
@@ -72,6 +83,7 @@ mod report;
 mod rounds;
 mod servers;
 mod soak;
+mod subscribe;
 
 use std::path::PathBuf;
 
@@ -103,6 +115,8 @@ struct Options {
     soak: u64,
     /// The soak's TTL, in seconds.
     soak_ttl: u64,
+    /// Subscribers of one namespace in the subscription run (0: skip).
+    subscribers: usize,
 }
 
 fn options() -> Result<Options, Error> {
@@ -121,6 +135,7 @@ fn options() -> Result<Options, Error> {
         rate: None,
         soak: 0,
         soak_ttl: 15,
+        subscribers: 0,
     };
     let mut args = std::env::args().skip(1);
     // `none` skips a sweep: `--sizes none` runs only the in-flight one.
@@ -157,6 +172,7 @@ fn options() -> Result<Options, Error> {
             "--rate" => o.rate = Some(take()?.parse()?),
             "--soak" => o.soak = take()?.parse()?,
             "--soak-ttl" => o.soak_ttl = take()?.parse()?,
+            "--subscribers" => o.subscribers = take()?.parse()?,
             "--servers" => {
                 o.servers = take()?.split(',').map(Kind::parse).collect::<Result<_, _>>()?;
             }
@@ -176,6 +192,20 @@ async fn main() {
 
 async fn real_main() -> Result<(), Error> {
     let o = options()?;
+    if o.subscribers > 0 {
+        let run = subscribe::run(o.subscribers).await?;
+        subscribe::report(&run);
+        let f = &run.fan_out;
+        if f.delivered != f.expected {
+            return Err(format!(
+                "{} of {} events not delivered",
+                f.expected - f.delivered,
+                f.expected
+            )
+            .into());
+        }
+        return Ok(());
+    }
     if o.soak > 0 {
         let config = soak::Config {
             seconds: o.soak,

@@ -165,7 +165,7 @@ impl Server {
                 let mut c = Command::new(binary);
                 c.args(["--mode", "server", "--listen", "127.0.0.1", "--stats-interval", "0"]);
                 c.args(["--max-total", "10000000", "--max-per-namespace", "1000000"]);
-                c.args(["--max-per-ip", "10000000"]);
+                c.args(["--max-per-ip", "10000000", "--max-connections-per-ip", "100000"]);
                 c.arg("--max-per-peer").arg(allow.max_per_peer.to_string());
                 if let Some(seconds) = allow.min_ttl_s {
                     c.arg("--min-ttl").arg(seconds.to_string());
