@@ -97,7 +97,8 @@ fn our_client_registers_and_discovers_at_py_libp2ps_server() {
     let py_id = peer_id(&theirs.expect("REGISTERED 7200 "));
     py_server.expect(r#"STATS {"interop": 1}"#);
 
-    let mut ours = client(&address, &["-n", "interop"]);
+    // py-libp2p's server offers no subscription: the watch polls, every second.
+    let mut ours = client(&address, &["-n", "interop", "--discover-interval", "1"]);
     ours.expect("refused our rust-libp2p envelope (ENotAuthorized: Peer can only register itself); trying the standard envelope");
     ours.expect("refused our standard envelope (ENotAuthorized: Peer can only register itself); trying the legacy PeerInfo");
     ours.expect("took our legacy PeerInfo");
@@ -106,6 +107,13 @@ fn our_client_registers_and_discovers_at_py_libp2ps_server() {
     ours.expect(&format!("Found peer: {py_id}"));
     ours.expect("Found self: ");
     ours.expect("Total peers found: 2");
+    let later = Release::new("py-at-py-later");
+    let mut another = python(&["client", &address, "interop", later.path()]);
+    let later_id = peer_id(&another.expect("REGISTERED 7200 "));
+    ours.expect(&format!("Found peer: {later_id}"));
+    later.now();
+    another.expect("UNREGISTERED");
+    ours.expect(&format!("Lost peer: {later_id}"));
     ours.interrupt();
     let (status, lines) = ours.finish();
     assert!(status.success(), "{lines:#?}");

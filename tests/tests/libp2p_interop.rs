@@ -12,9 +12,10 @@ use libp2p::swarm::Swarm;
 use libp2p::{Multiaddr, PeerId};
 use rendezvous_libp2p::core::proto::ResponseStatus;
 use rendezvous_libp2p::core::{
-    ClientEvent, CommandError, Limits, Namespace, RequestError, ServerConfig, ServerEvent,
+    ClientConfig, ClientEvent, CommandError, Limits, Namespace, RequestError, ServerConfig,
+    ServerEvent,
 };
-use rendezvous_libp2p::{PROTOCOL, client, server};
+use rendezvous_libp2p::{PROTOCOL, SUBSCRIBE_PROTOCOL, client, server};
 use rendezvous_tests::net::{LIMIT, connect, expect, listen, spawn, swarm, until};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -373,4 +374,40 @@ async fn a_malformed_frame_ends_its_substream_only() {
     // ...and other peers are unaffected.
     let mut other = our_client(server_id, &addr).await;
     assert_eq!(register_ours(&mut other, server_id, "chat", None).await, Ok(7200));
+}
+
+#[tokio::test]
+async fn our_client_watches_a_rust_libp2p_server_by_polling_when_subscribing_is_refused() {
+    let mut s = swarm(|_| theirs::server::Behaviour::new(theirs::server::Config::default()));
+    let addr = listen(&mut s).await;
+    let server_id = *s.local_peer_id();
+    let _server_events = spawn(s);
+    let core =
+        ClientConfig { discover_interval: Duration::from_secs(1), ..ClientConfig::default() };
+    let config = client::Config { core, ..client::Config::default() };
+    let mut watcher = swarm(|key| client::Behaviour::new(key.clone(), config).unwrap());
+    listen(&mut watcher).await;
+    watcher.add_peer_address(server_id, addr.clone());
+    assert_eq!(register_ours(&mut watcher, server_id, "chat", None).await, Ok(7200));
+    // Told the server subscribes (a lying identify): the protocol is refused,
+    // which is evidence, and the watch polls.
+    watcher.behaviour_mut().set_protocols(server_id, &[SUBSCRIBE_PROTOCOL]);
+    watcher.behaviour_mut().watch(server_id, ns("chat")).unwrap();
+    let mut other = our_client(server_id, &addr).await;
+    let other_id = *other.local_peer_id();
+    assert_eq!(register_ours(&mut other, server_id, "chat", None).await, Ok(7200));
+    let mut refused = false;
+    until(&mut watcher, |e| match e {
+        ClientEvent::RediscoverFailed { error, .. } => {
+            refused |=
+                error == RequestError::Transport(rendezvous_libp2p::core::Failure::Unsupported);
+            None
+        }
+        ClientEvent::PeerFound { request: None, discovery, .. } if discovery.peer == other_id => {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    assert!(refused, "the subscription was tried and refused first");
 }
