@@ -389,11 +389,11 @@ impl World {
         for server in servers {
             while let Some(push) = self.server(server).poll_push() {
                 moved = true;
-                let written = push.to_frame().len();
+                let written = push.frame.len();
                 let key = (server, push.subscription);
                 let Some(&(client, request)) = self.subscriptions.get(&key) else { continue };
                 self.server(server).handle_push_written(push.subscription, written);
-                self.arrive(client, request, Duration::ZERO, Arrival::Response(push.message));
+                self.arrive(client, request, Duration::ZERO, Arrival::Response(push.message()));
                 if push.end {
                     self.subscriptions.remove(&key);
                     self.server(server).handle_unsubscribed(push.subscription);

@@ -92,6 +92,8 @@ pub fn client_responses(data: &[u8]) {
             .expect("the default config is valid");
     let ns = |n: &str| Namespace::new(n, 255).expect("valid");
     let now = Timestamp::ZERO;
+    // The watch subscribes: its answer and the batches after it are fuzzed too.
+    client.set_server_subscribes(now, server, true);
     client.watch(now, server, ns("c")).expect("room");
     let mut commands = vec![
         client.register(now, server, ns("a"), None).expect("room"),
@@ -129,6 +131,13 @@ pub fn client_responses(data: &[u8]) {
                 ),
                 1 => client.handle_sent(now, t.request_id),
                 _ => client.handle_response_frame(now, t.request_id, body),
+            }
+            // A subscription's batches follow its answer on the same request id.
+            for _ in 0..usize::from(t.subscription) * 3 {
+                let Some((&len, rest)) = input.split_first() else { break };
+                let (body, rest) = rest.split_at(usize::from(len).min(rest.len()));
+                input = rest;
+                client.handle_response_frame(now, t.request_id, body);
             }
         }
         drain(&mut client, &mut completions);

@@ -8,7 +8,7 @@ use libp2p_core::multiaddr::{Multiaddr, Protocol};
 use libp2p_identity::PeerId;
 use libp2p_swarm::SwarmEvent;
 use prometheus_client::registry::Registry;
-use rendezvous_libp2p::core::{Limits, RateLimit, ServerConfig, ServerEvent};
+use rendezvous_libp2p::core::{Limits, RateLimit, ServerConfig, ServerEvent, SubscriptionLimits};
 use rendezvous_libp2p::server;
 use serde_json::json;
 use tracing::info;
@@ -63,6 +63,10 @@ pub struct ServerOptions {
     /// Most requests per second from one peer (`--rate-limit`); `None`, the
     /// default, for no limit.
     pub rate_limit: Option<RateLimit>,
+    /// The bounds on subscriptions (`--max-subscriptions`,
+    /// `--max-subscriptions-per-peer`). Defaults to
+    /// [`SubscriptionLimits::default`].
+    pub subscriptions: SubscriptionLimits,
     /// Close a connection that carries no rendezvous request for this long
     /// (`--idle-timeout`); `None` never. Defaults to 60 s.
     pub idle_timeout: Option<Duration>,
@@ -95,6 +99,7 @@ impl Default for ServerOptions {
             redis: RedisOptions::default(),
             limits: rendezvous.core.limits.clone(),
             rate_limit: None,
+            subscriptions: rendezvous.core.subscriptions,
             idle_timeout: rendezvous.idle_timeout,
             connections: ConnectionLimits::default(),
             substreams: rendezvous.substreams,
@@ -112,6 +117,7 @@ impl ServerOptions {
             core: ServerConfig {
                 limits: self.limits.clone(),
                 rate_limit: self.rate_limit,
+                subscriptions: self.subscriptions,
                 ..defaults.core
             },
             substreams: self.substreams,

@@ -30,7 +30,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use libp2p_identity::PeerId;
-use prost::Message as _;
 
 use super::{Refusal, Server};
 use crate::codec::{self, CodecError};
@@ -57,16 +56,19 @@ pub struct Push {
     pub peer: PeerId,
     /// Its subscription.
     pub subscription: SubscriptionId,
-    /// What to write.
-    pub message: proto::Message,
+    /// What to write: one length-prefixed message. Subscribers told the
+    /// same change in the same flavour share one encoding.
+    pub frame: Bytes,
     /// The last one: close the substream once it is written.
     pub end: bool,
 }
 
 impl Push {
-    /// The message as a length-prefixed frame.
-    pub fn to_frame(&self) -> Bytes {
-        codec::frame(&self.message)
+    /// The message the frame holds.
+    pub fn message(&self) -> proto::Message {
+        let mut body = &self.frame[..];
+        let _ = prost::encoding::decode_varint(&mut body);
+        codec::decode_message(body).expect("a frame this server encoded")
     }
 }
 
@@ -119,6 +121,10 @@ struct Subscription {
     arrivals: Vec<proto::Register>,
     /// What the next batch will take on the wire, about.
     batch_bytes: usize,
+    /// The feed numbers of the first and last change in the batch, live:
+    /// two subscriptions of one namespace and flavour with the same span
+    /// hold the same batch.
+    span: Option<(u64, u64)>,
     /// The next page starts a full resend.
     full: bool,
     /// Bytes handed to the adapter and not yet reported written.
@@ -193,6 +199,9 @@ pub(crate) struct Subscriptions {
     /// Subscriptions with something to send.
     dirty: BTreeSet<SubscriptionId>,
     pushes: VecDeque<Push>,
+    /// Live batches encoded in this flush, for the subscribers with the
+    /// same one.
+    encoded: HashMap<(Namespace, Reader, (u64, u64)), Bytes>,
     events_sent: u64,
     dropped: u64,
 }
@@ -211,6 +220,7 @@ impl Subscriptions {
             per_peer: HashMap::new(),
             dirty: BTreeSet::new(),
             pushes: VecDeque::new(),
+            encoded: HashMap::new(),
             events_sent: 0,
             dropped: 0,
         }
@@ -269,13 +279,12 @@ impl Subscriptions {
         Some(subscription)
     }
 
-    /// Queues `message` for `id`, counting it in its backlog.
-    fn push(&mut self, id: SubscriptionId, message: proto::Message) {
+    /// Queues `frame` for `id`, counting it in its backlog.
+    fn push(&mut self, id: SubscriptionId, frame: Bytes) {
         let Some(subscription) = self.by_id.get_mut(&id) else { return };
-        let len = message.encoded_len();
-        subscription.backlog += len + prost::encoding::encoded_len_varint(len as u64);
+        subscription.backlog += frame.len();
         let peer = subscription.peer;
-        self.pushes.push_back(Push { peer, subscription: id, message, end: false });
+        self.pushes.push_back(Push { peer, subscription: id, frame, end: false });
     }
 
     /// Sends `id`'s batch, as a page whose cookie is `cookie` (a position
@@ -287,6 +296,18 @@ impl Subscriptions {
         self.events_sent += (registrations.len() + departures.len()) as u64;
         let full = std::mem::take(&mut subscription.full).then_some(true);
         subscription.batch_bytes = 0;
+        // A live batch sealed in a flush, with its cookie, is the same for
+        // every subscriber of its namespace and flavour that was told the
+        // same changes.
+        let key = match (subscription.span.take(), &cookie, subscription.phase) {
+            (Some(span), Some(_), Phase::Live) => {
+                Some((subscription.namespace.clone(), subscription.reader, span))
+            }
+            _ => None,
+        };
+        if let Some(frame) = key.as_ref().and_then(|key| self.encoded.get(key)).cloned() {
+            return self.push(id, frame);
+        }
         let message = proto::Message {
             r#type: Some(MessageType::DiscoverResponse as i32),
             discover_response: Some(proto::DiscoverResponse {
@@ -299,7 +320,11 @@ impl Subscriptions {
             }),
             ..Default::default()
         };
-        self.push(id, message);
+        let frame = codec::frame(&message);
+        if let Some(key) = key {
+            self.encoded.insert(key, frame.clone());
+        }
+        self.push(id, frame);
     }
 }
 
@@ -356,13 +381,8 @@ impl Server {
         };
         if let Err(Refusal(status, reason)) = outcome {
             self.refused(peer, MessageType::DiscoverSubscribe, status, reason.clone());
-            let message = subscribe_response(status, Some(reason));
-            self.subscriptions.pushes.push_back(Push {
-                peer,
-                subscription: id,
-                message,
-                end: true,
-            });
+            let frame = codec::frame(&subscribe_response(status, Some(reason)));
+            self.subscriptions.pushes.push_back(Push { peer, subscription: id, frame, end: true });
         }
         Ok(())
     }
@@ -423,6 +443,7 @@ impl Server {
             departures: Vec::new(),
             arrivals: Vec::new(),
             batch_bytes: 0,
+            span: None,
             full: resume.is_none(),
             backlog: 0,
         };
@@ -438,7 +459,7 @@ impl Server {
         subs.by_namespace.entry(namespace.clone()).or_default().insert(id);
         subs.per_peer.entry(peer).or_default().insert(id);
         subs.dirty.insert(id);
-        subs.push(id, subscribe_response(ResponseStatus::Ok, None));
+        subs.push(id, codec::frame(&subscribe_response(ResponseStatus::Ok, None)));
         let resumed = resume.is_some();
         self.push_event(super::Event::Subscribed { peer, namespace, resumed });
         Ok(())
@@ -473,6 +494,7 @@ impl Server {
             for id in dirty {
                 self.flush_subscription(id);
             }
+            self.subscriptions.encoded.clear();
         }
         self.subscriptions.pushes.pop_front()
     }
@@ -598,6 +620,7 @@ impl Server {
             sub.arrivals.clear();
             sub.departures.clear();
             sub.batch_bytes = 0;
+            sub.span = None;
             sub.phase = Phase::Paging { after: 0 };
             sub.full = true;
             subs.dirty.insert(*id);
@@ -629,6 +652,13 @@ impl Server {
         }
         let Some(sub) = subs.by_id.get_mut(&id) else { return };
         sub.batch_bytes += cost;
+        // The change being told gets the next feed number. Only a live
+        // batch is made of changes alone.
+        let change = subs.feed + 1;
+        sub.span = match sub.phase {
+            Phase::Live => Some((sub.span.map_or(change, |(first, _)| first), change)),
+            Phase::Paging { .. } => None,
+        };
         add(sub);
         subs.dirty.insert(id);
     }
@@ -653,7 +683,8 @@ impl Server {
             }),
             ..Default::default()
         };
-        subs.pushes.push_back(Push { peer: sub.peer, subscription: id, message, end: true });
+        let frame = codec::frame(&message);
+        subs.pushes.push_back(Push { peer: sub.peer, subscription: id, frame, end: true });
         let Subscription { peer, namespace, .. } = sub;
         self.push_event(super::Event::SubscriberDropped { peer, namespace, unread });
     }

@@ -409,7 +409,7 @@ impl Behaviour {
         while let Some(push) = self.core.poll_push() {
             // Gone if its substream or connection ended meanwhile.
             if let Some(&(peer, connection, stream)) = self.subscribers.get(&push.subscription) {
-                let frame = Some(push.to_frame());
+                let frame = Some(push.frame);
                 self.notify(peer, connection, FromBehaviour::Push { stream, frame, end: push.end });
             }
         }

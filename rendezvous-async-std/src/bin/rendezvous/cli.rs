@@ -16,7 +16,7 @@ use rendezvous_async_std::logging::LogFormat;
 use rendezvous_async_std::node::{ClientOptions, Identity, ServerOptions};
 use rendezvous_async_std::store::{Storage, default_data_dir};
 use rendezvous_async_std::websocket::Tls;
-use rendezvous_libp2p::core::{Limits, RateLimit, RecordFlavour};
+use rendezvous_libp2p::core::{Limits, RateLimit, RecordFlavour, SubscriptionLimits};
 
 /// A libp2p rendezvous point and client.
 ///
@@ -91,6 +91,12 @@ pub(crate) struct Args {
     /// peer ids (server) [default: a tenth of --max-total].
     #[arg(long, value_name = "N")]
     pub(crate) max_per_ip: Option<usize>,
+    /// Most subscriptions open on the server (docs/subscriptions.md).
+    #[arg(long, default_value_t = SubscriptionLimits::default().max_subscriptions, value_name = "N")]
+    pub(crate) max_subscriptions: usize,
+    /// Most subscriptions one peer may hold open, and one connection (server).
+    #[arg(long, default_value_t = SubscriptionLimits::default().max_per_peer, value_name = "N")]
+    pub(crate) max_subscriptions_per_peer: usize,
     /// Keep the peer id stable: load the key from this file, or create it
     /// (readable by the owner only) if absent. The server defaults to the
     /// data dir's key.
@@ -244,6 +250,8 @@ impl Args {
         o.limits.max_registrations_per_peer = self.max_per_peer;
         o.limits.max_registrations = self.max_total;
         o.limits.max_registrations_per_origin = self.max_per_ip;
+        o.subscriptions.max_subscriptions = self.max_subscriptions;
+        o.subscriptions.max_per_peer = self.max_subscriptions_per_peer;
         o.rate_limit = (self.rate_limit != 0.0)
             .then(|| RateLimit::per_second(self.rate_limit))
             .transpose()

@@ -191,9 +191,9 @@ fn a_subscriber_that_does_not_read_is_dropped_with_a_status() {
         while server.poll_transmit().is_some() {}
         // Handed out, never reported written.
         while let Some(push) = server.poll_push() {
-            pushed += push.to_frame().len();
+            pushed += push.frame.len();
             if push.end {
-                end = Some(push.message);
+                end = Some(push.message());
             }
         }
         if end.is_some() {
@@ -231,7 +231,7 @@ fn first_answer(
     server
         .handle_subscribe(Timestamp::ZERO, peer, SubscriptionId(id), &subscribe_request(position))
         .unwrap();
-    server.poll_push().expect("an answer").message
+    server.poll_push().expect("an answer").message()
 }
 
 #[test]
@@ -280,7 +280,7 @@ fn each_subscriber_gets_the_flavour_it_reads_and_departures_name_the_peer() {
     let limits = Limits::default().record_limits();
     let mut seen = Vec::new();
     while let Some(push) = server.poll_push() {
-        let batch = push.message.discover_response.unwrap();
+        let batch = push.message().discover_response.unwrap();
         let arrival = &batch.registrations[0];
         let parsed = Record::parse(arrival.signed_peer_record.clone().unwrap(), &limits).unwrap();
         let gone = PeerId::from_bytes(batch.departures[0].id.as_ref().unwrap()).unwrap();
@@ -348,4 +348,25 @@ fn discover_subscribe_on_the_request_protocol_names_the_type_or_refuses() {
     let body = berty.discover_subscribe_response.unwrap();
     assert_eq!(read_status(body.status), Ok(ResponseStatus::EUnavailable));
     assert!(body.status_text.unwrap().contains(SUBSCRIPTION_TYPE));
+}
+
+#[test]
+fn subscribers_told_the_same_change_in_the_same_flavour_share_one_encoding() {
+    let mut server = Server::new(ServerConfig::default()).unwrap();
+    let legacy = TestPeer::new(1);
+    server.set_reader_dialect(legacy.id, Reader::Legacy);
+    first_answer(&mut server, legacy.id, 1, None);
+    first_answer(&mut server, TestPeer::new(2).id, 2, None);
+    first_answer(&mut server, TestPeer::new(3).id, 3, None);
+    while server.poll_push().is_some() {}
+    let peer = TestPeer::new(4);
+    let record = peer.record(Dialect::Signed(Flavour::RustLibp2p));
+    let register = testing::register(NS, record, None);
+    server.handle_request(Timestamp::ZERO, peer.id, RequestId(1), register);
+    let pushes: Vec<Push> = std::iter::from_fn(|| server.poll_push()).collect();
+    assert_eq!(pushes.len(), 3);
+    let (legacy, rust) = (&pushes[0].frame, [&pushes[1].frame, &pushes[2].frame]);
+    assert_eq!(rust[0].as_ptr(), rust[1].as_ptr(), "one encoding for both");
+    assert_ne!(legacy, rust[0], "another flavour, another batch");
+    assert_eq!(pushes[1].message(), pushes[2].message());
 }
