@@ -11,6 +11,7 @@
 //!   [--sustain SECONDS --rate PER_S]
 //! target/release/load --soak SECONDS [--soak-ttl 15] [--points 3] [--rate 1000]
 //! target/release/load --subscribers 10000
+//! target/release/load --churn 2000 [--servers ours,rust]
 //! ```
 //!
 //! Two sweeps, each against every server in turn, each server a fresh
@@ -70,6 +71,11 @@
 //! watching client sends in an hour, polling every 60 s or subscribed. It
 //! fails if an event is not delivered.
 //!
+//! **Churn** (`--churn N`, nothing else runs): N peers, each a new
+//! identity running rust-libp2p's client with identify, connect, register
+//! once and disconnect, 8 at a time, against ours and rust-libp2p's servers
+//! (or `--servers`); it prints the server's CPU per peer.
+//!
 //! `RENDEZVOUS_BIN=path` runs that build as "ours", to compare two builds.
 //!
 //! Records are signed once per connection and reused, unless `--fresh` signs
@@ -77,6 +83,7 @@
 //! `--quick` mode (the CI's smoke test) when our server lost a request, and
 //! in a soak as said above; never on a timing.
 
+mod churn;
 mod conn;
 mod phases;
 mod report;
@@ -117,6 +124,10 @@ struct Options {
     soak_ttl: u64,
     /// Subscribers of one namespace in the subscription run (0: skip).
     subscribers: usize,
+    /// Peers in the churn run (0: skip).
+    churn: usize,
+    /// `--servers` was given.
+    servers_given: bool,
 }
 
 fn options() -> Result<Options, Error> {
@@ -136,6 +147,8 @@ fn options() -> Result<Options, Error> {
         soak: 0,
         soak_ttl: 15,
         subscribers: 0,
+        churn: 0,
+        servers_given: false,
     };
     let mut args = std::env::args().skip(1);
     // `none` skips a sweep: `--sizes none` runs only the in-flight one.
@@ -173,7 +186,9 @@ fn options() -> Result<Options, Error> {
             "--soak" => o.soak = take()?.parse()?,
             "--soak-ttl" => o.soak_ttl = take()?.parse()?,
             "--subscribers" => o.subscribers = take()?.parse()?,
+            "--churn" => o.churn = take()?.parse()?,
             "--servers" => {
+                o.servers_given = true;
                 o.servers = take()?.split(',').map(Kind::parse).collect::<Result<_, _>>()?;
             }
             other => return Err(format!("unknown argument {other}").into()),
@@ -192,6 +207,16 @@ async fn main() {
 
 async fn real_main() -> Result<(), Error> {
     let o = options()?;
+    if o.churn > 0 {
+        let kinds = if o.servers_given { o.servers.clone() } else { vec![Kind::Ours, Kind::Rust] };
+        let mut runs = Vec::new();
+        for kind in kinds {
+            eprintln!("load: {} peers churning through {}...", o.churn, kind.name());
+            runs.push(churn::churn(kind, o.churn).await?);
+        }
+        churn::report(&runs);
+        return Ok(());
+    }
     if o.subscribers > 0 {
         let run = subscribe::run(o.subscribers).await?;
         subscribe::report(&run);
