@@ -166,7 +166,12 @@ where
         .expect("We just set it to `Some`")
         .into_transport()?;
 
-    let parts = parts.map_codec(|_| codec);
+    let mut parts = parts.map_codec(|_| codec);
+    // The handshake's buffers were made with 8 KiB each; what a connection
+    // needs after it grows from what is left in them (usually nothing), so
+    // that an idle connection does not hold 16 KiB it never uses.
+    parts.read_buffer = bytes::BytesMut::from(&parts.read_buffer[..]);
+    parts.write_buffer = bytes::BytesMut::from(&parts.write_buffer[..]);
     let framed = Framed::from_parts(parts);
 
     Ok((pubkey, framed))
