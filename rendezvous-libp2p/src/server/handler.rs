@@ -209,8 +209,9 @@ pub struct Handler {
     /// Bytes of answers this connection's client (and its address's) has
     /// not taken yet, and reserved for answers not yet given.
     unwritten: Totals,
-    /// Subscription substreams.
-    subscribers: Subscribers,
+    /// Subscription substreams, once the connection opens one (most never
+    /// do, and an idle connection should not pay for the machinery).
+    subscribers: Option<Box<Subscribers>>,
 }
 
 impl Handler {
@@ -225,12 +226,7 @@ impl Handler {
             next_id: 0,
             events: VecDeque::new(),
             unwritten,
-            subscribers: Subscribers::new(
-                shared.request_timeout,
-                shared.write_timeout,
-                shared.max_frame,
-                shared.max_subscriptions,
-            ),
+            subscribers: None,
             shared,
         }
     }
@@ -255,6 +251,18 @@ impl Handler {
         if self.reading.try_push(answer_then_read(framed, None, Batch::new()), tag).is_err() {
             self.admission.closed(busy); // unreachable: the set has room for every open substream
         }
+    }
+
+    fn subscribers(&mut self) -> &mut Subscribers {
+        let shared = &self.shared;
+        self.subscribers.get_or_insert_with(|| {
+            Box::new(Subscribers::new(
+                shared.request_timeout,
+                shared.write_timeout,
+                shared.max_frame,
+                shared.max_subscriptions,
+            ))
+        })
     }
 
     fn close(
@@ -419,7 +427,9 @@ impl ConnectionHandler for Handler {
             if let Some(event) = self.events.pop_front() {
                 return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event));
             }
-            if let Poll::Ready(event) = self.subscribers.poll(cx) {
+            if let Some(subscribers) = &mut self.subscribers
+                && let Poll::Ready(event) = subscribers.poll(cx)
+            {
                 return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event));
             }
             match self.reading.poll_unpin(cx) {
@@ -438,7 +448,10 @@ impl ConnectionHandler for Handler {
         let Answers { stream, answers } = match event {
             FromBehaviour::Answers(answers) => answers,
             FromBehaviour::Push { stream, frame, end } => {
-                return self.subscribers.push(stream, frame, end);
+                if let Some(subscribers) = &mut self.subscribers {
+                    subscribers.push(stream, frame, end);
+                }
+                return;
             }
         };
         let Some(parked) = self.parked.get_mut(&stream) else {
@@ -499,7 +512,7 @@ impl ConnectionHandler for Handler {
                 Either::Right(stream) => {
                     if self.shared.shutting_down.load(Ordering::Relaxed) {
                         self.events.push_back(ToBehaviour::ShuttingDown);
-                    } else if let Err(()) = self.subscribers.accept(stream) {
+                    } else if let Err(()) = self.subscribers().accept(stream) {
                         tracing::debug!("resetting a subscription substream: over the bound");
                         self.events.push_back(ToBehaviour::Refused);
                     }
