@@ -134,6 +134,16 @@ fn rendezvous_event(event: &server::Event) {
                 .map_or_else(|| "all namespaces".to_owned(), |n| format!("'{n}'"));
             debug!(target: SERVER, "Served {count} registrations of {ns} to {peer}");
         }
+        server::Event::Core(ServerEvent::Subscribed { peer, namespace, resumed }) => {
+            let how = if *resumed { "resumed" } else { "from the start" };
+            debug!(target: SERVER, "Subscribed {peer} to '{namespace}' ({how})");
+        }
+        server::Event::Core(ServerEvent::Unsubscribed { peer, namespace }) => {
+            debug!(target: SERVER, "Subscription of {peer} to '{namespace}' ended");
+        }
+        server::Event::Core(ServerEvent::SubscriberDropped { peer, namespace, unread }) => {
+            debug!(target: SERVER, "Dropped the subscription of {peer} to '{namespace}': {unread} bytes unread");
+        }
         server::Event::StreamRejected { peer, reason } => {
             debug!(target: SERVER, "Rejected a stream from {peer}: {}: {reason:?}", reason.name());
         }

@@ -192,6 +192,9 @@ pub(crate) struct Subscriptions {
     floor: u64,
     /// The highest registration position published.
     published_seq: u64,
+    /// A position was handed out in this epoch: only then can anyone come
+    /// back, and only then are removals kept for them.
+    issued: bool,
     removals: VecDeque<Removal>,
     by_id: BTreeMap<SubscriptionId, Subscription>,
     by_namespace: HashMap<Namespace, BTreeSet<SubscriptionId>>,
@@ -214,6 +217,7 @@ impl Subscriptions {
             feed: 0,
             floor: 0,
             published_seq: 0,
+            issued: false,
             removals: VecDeque::new(),
             by_id: BTreeMap::new(),
             by_namespace: HashMap::new(),
@@ -455,6 +459,11 @@ impl Server {
             }
         }
         let subs = &mut self.subscriptions;
+        if !subs.issued {
+            // No position was handed out before, so none older can come back.
+            subs.issued = true;
+            subs.floor = subs.feed;
+        }
         subs.by_id.insert(id, subscription);
         subs.by_namespace.entry(namespace.clone()).or_default().insert(id);
         subs.per_peer.entry(peer).or_default().insert(id);
@@ -600,6 +609,9 @@ impl Server {
         }
         let subs = &mut self.subscriptions;
         subs.feed += 1;
+        if !subs.issued {
+            return; // a point nobody ever subscribed to keeps no window
+        }
         subs.removals.push_back(Removal { feed: subs.feed, namespace: namespace.clone(), peer });
         while subs.removals.len() > subs.limits.removal_window {
             if let Some(oldest) = subs.removals.pop_front() {

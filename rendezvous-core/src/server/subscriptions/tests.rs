@@ -370,3 +370,47 @@ fn subscribers_told_the_same_change_in_the_same_flavour_share_one_encoding() {
     assert_ne!(legacy, rust[0], "another flavour, another batch");
     assert_eq!(pushes[1].message(), pushes[2].message());
 }
+
+#[test]
+fn a_point_nobody_subscribed_to_keeps_no_removals_and_its_first_subscriber_misses_nothing() {
+    let mut server = Server::new(ServerConfig::default()).unwrap();
+    let churn = |server: &mut Server, seed: u32| {
+        let peer = TestPeer::new(seed);
+        let record = peer.record(Dialect::Signed(Flavour::RustLibp2p));
+        server.handle_request(
+            Timestamp::ZERO,
+            peer.id,
+            RequestId(1),
+            testing::register(NS, record, None),
+        );
+        server.handle_request(Timestamp::ZERO, peer.id, RequestId(2), testing::unregister(NS));
+        while server.poll_transmit().is_some() {}
+    };
+    for seed in 10..20 {
+        churn(&mut server, seed);
+    }
+    assert!(server.subscriptions.removals.is_empty());
+    let reader = TestPeer::new(1).id;
+    first_answer(&mut server, reader, 1, None);
+    let position = std::iter::from_fn(|| server.poll_push())
+        .find_map(|push| push.message().discover_response?.cookie)
+        .expect("a first batch with its position");
+    churn(&mut server, 30);
+    assert_eq!(server.subscriptions.removals.len(), 1);
+    server.handle_unsubscribed(SubscriptionId(1));
+    // Coming back from the position the first subscription got resumes.
+    server
+        .handle_subscribe(
+            Timestamp::ZERO,
+            reader,
+            SubscriptionId(2),
+            &subscribe_request(Some(position)),
+        )
+        .unwrap();
+    let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
+    assert!(events.contains(&super::super::Event::Subscribed {
+        peer: reader,
+        namespace: ns(),
+        resumed: true
+    }));
+}
