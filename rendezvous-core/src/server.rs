@@ -219,11 +219,7 @@ impl Server {
     ) -> Result<(), CodecError> {
         let message = self.decode_request(body)?;
         self.advance(now);
-        let over_rate = match &mut self.rate {
-            Some(buckets) => !buckets.take(self.now, peer),
-            None => false,
-        };
-        if over_rate {
+        if self.over_rate(peer) {
             let reason = std::mem::take(&mut self.rate_reason);
             self.refuse_busy(now, peer, request_id, message, &reason);
             self.rate_reason = reason;
@@ -231,6 +227,14 @@ impl Server {
             self.handle_request(now, peer, request_id, message);
         }
         Ok(())
+    }
+
+    /// Whether `peer` is over the rate limit; takes one of its tokens if not.
+    fn over_rate(&mut self, peer: PeerId) -> bool {
+        match &mut self.rate {
+            Some(buckets) => !buckets.take(self.now, peer),
+            None => false,
+        }
     }
 
     /// A request body as a message, if it is within the request frame limit

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
+use bytes::Bytes;
 use libp2p_identity::PeerId;
 
 use super::writes::Ticket;
@@ -17,6 +18,7 @@ use crate::limits::{DiscoverStart, REGISTRATION_OVERHEAD};
 use crate::namespace::Namespace;
 use crate::proto::{self, MessageType, ResponseStatus};
 use crate::record::Reader;
+use crate::registry::Entry;
 use crate::request::RequestId;
 use crate::time::Timestamp;
 
@@ -190,18 +192,13 @@ impl Server {
                 .record
                 .bytes_for(reader)
                 .expect("the reader's index holds only records it can read");
-            let cost = bytes.len() + entry.namespace.as_str().len() + REGISTRATION_OVERHEAD;
+            let cost = registration_cost(entry, bytes);
             if used + cost > budget {
                 break;
             }
             used += cost;
             last = Some(entry.seq);
-            registrations.push(proto::Register {
-                ns: Some(entry.namespace.as_str().to_owned()),
-                signed_peer_record: Some(bytes.clone()),
-                ttl: Some(entry.ttl_left(self.now)),
-                other_records: Vec::new(),
-            });
+            registrations.push(registration(entry, bytes.clone(), self.now));
             walk.next();
         }
         // The first phase goes on while what is next lies at or below the start.
@@ -246,6 +243,22 @@ impl Server {
         }
         cookie.resolve(self.registry.last_seq())
     }
+}
+
+/// `entry` as a page (or a subscription's batch) carries it, with `bytes`,
+/// the record its reader gets.
+pub(super) fn registration(entry: &Entry, bytes: Bytes, now: Timestamp) -> proto::Register {
+    proto::Register {
+        ns: Some(entry.namespace.as_str().to_owned()),
+        signed_peer_record: Some(bytes),
+        ttl: Some(entry.ttl_left(now)),
+        other_records: Vec::new(),
+    }
+}
+
+/// What [`registration`] takes of a response, about.
+pub(super) fn registration_cost(entry: &Entry, bytes: &Bytes) -> usize {
+    bytes.len() + entry.namespace.as_str().len() + REGISTRATION_OVERHEAD
 }
 
 /// The registry walk for `position`: the sequence numbers to go down

@@ -31,9 +31,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use bytes::{BufMut, Bytes, BytesMut};
 use libp2p_identity::PeerId;
 
-use super::{Refusal, Server};
+use super::discover::{registration, registration_cost};
+use super::{Refusal, Server, discover_error};
 use crate::codec::{self, CodecError};
-use crate::limits::REGISTRATION_OVERHEAD;
 use crate::namespace::Namespace;
 use crate::proto::{self, MessageType, ResponseStatus};
 use crate::record::Reader;
@@ -374,11 +374,7 @@ impl Server {
     ) -> Result<(), CodecError> {
         let message = self.decode_request(body)?;
         self.advance(now);
-        let over_rate = match &mut self.rate {
-            Some(buckets) => !buckets.take(self.now, peer),
-            None => false,
-        };
-        let outcome = if over_rate {
+        let outcome = if self.over_rate(peer) {
             Err(Refusal(ResponseStatus::EUnavailable, self.rate_reason.clone()))
         } else {
             self.subscribe(peer, id, message)
@@ -530,7 +526,7 @@ impl Server {
             let mut done = true;
             for entry in self.registry.walk(sub.reader, Some(&sub.namespace), 0..0, after) {
                 let bytes = entry.record.bytes_for(sub.reader).expect("the reader's index");
-                let cost = bytes.len() + entry.namespace.as_str().len() + REGISTRATION_OVERHEAD;
+                let cost = registration_cost(entry, bytes);
                 let limit = self.config.limits.max_discover_limit as usize;
                 if (used + cost > budget || sub.arrivals.len() >= limit) && !sub.arrivals.is_empty()
                 {
@@ -539,7 +535,7 @@ impl Server {
                 }
                 used += cost;
                 last = entry.seq;
-                sub.arrivals.push(arrival(entry, bytes.clone(), self.now));
+                sub.arrivals.push(registration(entry, bytes.clone(), self.now));
             }
             sub.batch_bytes = used;
             if done {
@@ -582,8 +578,8 @@ impl Server {
             let Some(bytes) = entry.record.bytes_for(sub.reader).filter(|_| pending) else {
                 continue;
             };
-            let cost = bytes.len() + namespace.as_str().len() + REGISTRATION_OVERHEAD;
-            let arrival = arrival(entry, bytes.clone(), self.now);
+            let cost = registration_cost(entry, bytes);
+            let arrival = registration(entry, bytes.clone(), self.now);
             self.queue(id, cost, budget, |sub| sub.arrivals.push(arrival));
         }
         let subs = &mut self.subscriptions;
@@ -686,16 +682,7 @@ impl Server {
              subscribe again from the last cookie",
             subs.limits.max_backlog
         );
-        let message = proto::Message {
-            r#type: Some(MessageType::DiscoverResponse as i32),
-            discover_response: Some(proto::DiscoverResponse {
-                status: Some(ResponseStatus::EUnavailable as i32),
-                status_text: Some(reason),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let frame = codec::frame(&message);
+        let frame = codec::frame(&discover_error(ResponseStatus::EUnavailable, reason));
         subs.pushes.push_back(Push { peer: sub.peer, subscription: id, frame, end: true });
         let Subscription { peer, namespace, .. } = sub;
         self.push_event(super::Event::SubscriberDropped { peer, namespace, unread });
@@ -733,15 +720,6 @@ fn no_common_type() -> Refusal {
         ResponseStatus::EUnavailable,
         format!("no subscription type in common: this point offers {SUBSCRIPTION_TYPE}"),
     )
-}
-
-fn arrival(entry: &Entry, bytes: Bytes, now: Timestamp) -> proto::Register {
-    proto::Register {
-        ns: Some(entry.namespace.as_str().to_owned()),
-        signed_peer_record: Some(bytes),
-        ttl: Some(entry.ttl_left(now)),
-        other_records: Vec::new(),
-    }
 }
 
 #[cfg(test)]
