@@ -313,13 +313,7 @@ impl Client {
             if full && complete {
                 let present: BTreeSet<PeerId> = walk.seen.iter().map(|(_, p)| *p).collect();
                 for gone in self.cache.retain_found(server, &namespace, &present) {
-                    let reason = LostReason::Unregistered;
-                    let event = ClientEvent::PeerLost {
-                        peer: gone.peer,
-                        namespace: gone.namespace,
-                        reason,
-                    };
-                    self.events.push_back(event);
+                    self.lost(gone, LostReason::Unregistered);
                 }
             }
             if let Some(watch) = self.watches.get_mut(&(server, namespace)) {

@@ -306,13 +306,14 @@ impl Client {
             }
         }
         for gone in self.cache.expire(self.now) {
-            let (peer, namespace) = (gone.peer, gone.namespace);
-            self.events.push_back(ClientEvent::PeerLost {
-                peer,
-                namespace,
-                reason: LostReason::Expired,
-            });
+            self.lost(gone, LostReason::Expired);
         }
+    }
+
+    /// Reports that the cached peer `gone` left.
+    fn lost(&mut self, gone: Discovery, reason: LostReason) {
+        let (peer, namespace) = (gone.peer, gone.namespace);
+        self.events.push_back(ClientEvent::PeerLost { peer, namespace, reason });
     }
 
     // Outputs.

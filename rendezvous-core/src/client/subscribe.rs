@@ -67,15 +67,17 @@ impl Client {
         if watch.following.id.is_some() {
             return;
         }
-        let id = RequestId(self.next_id + 1);
-        self.next_id += 1;
-        watch.following.id = Some(id);
+        let position = watch.following.position.clone();
+        let id = self.allocate_id();
+        if let Some(watch) = self.watches.get_mut(&(server, namespace.clone())) {
+            watch.following.id = Some(id);
+        }
         let message = proto::Message {
             r#type: Some(MessageType::DiscoverSubscribe as i32),
             discover_subscribe: Some(proto::DiscoverSubscribe {
                 supported_subscription_types: vec![SUBSCRIPTION_TYPE.to_owned()],
                 ns: Some(namespace.to_string()),
-                position: watch.following.position.clone(),
+                position,
             }),
             ..Default::default()
         };
@@ -125,12 +127,12 @@ impl Client {
             if ns != namespace {
                 continue; // not what this subscription follows
             }
-            if let Some(lost) = self.cache.remove_found(server, &ns, &peer) {
-                let reason = LostReason::Unregistered;
-                let (peer, namespace) = (lost.peer, lost.namespace);
-                self.events.push_back(ClientEvent::PeerLost { peer, namespace, reason });
+            if let Some(gone) = self.cache.remove_found(server, &ns, &peer) {
+                self.lost(gone, LostReason::Unregistered);
             }
-            if let Some(resend) = self.watch_mut(&key).and_then(|w| w.following.resend.as_mut()) {
+            if let Some(resend) =
+                self.watches.get_mut(&key).and_then(|w| w.following.resend.as_mut())
+            {
                 resend.remove(&peer);
             }
         }
@@ -145,25 +147,21 @@ impl Client {
                 let event = ClientEvent::PeerFound { request: None, server, discovery };
                 self.events.push_back(event);
             }
-            if let Some(resend) = self.watch_mut(&key).and_then(|w| w.following.resend.as_mut()) {
+            if let Some(resend) =
+                self.watches.get_mut(&key).and_then(|w| w.following.resend.as_mut())
+            {
                 resend.insert(peer);
             }
         }
         let Some(cookie) = page.cookie.filter(|c| !c.is_empty()) else { return };
-        let Some(watch) = self.watch_mut(&key) else { return };
+        let Some(watch) = self.watches.get_mut(&key) else { return };
         watch.following.position = Some(cookie);
         watch.following.ended = 0;
         if let Some(present) = watch.following.resend.take() {
             for gone in self.cache.retain_found(server, &namespace, &present) {
-                let reason = LostReason::Unregistered;
-                let (peer, namespace) = (gone.peer, gone.namespace);
-                self.events.push_back(ClientEvent::PeerLost { peer, namespace, reason });
+                self.lost(gone, LostReason::Unregistered);
             }
         }
-    }
-
-    fn watch_mut(&mut self, key: &(PeerId, Namespace)) -> Option<&mut super::discover::Watch> {
-        self.watches.get_mut(key)
     }
 
     /// Subscription `id` ended: it is tried again after a backoff (from the
@@ -206,9 +204,7 @@ impl Client {
     pub(super) fn unsubscribe(&mut self, following: &Following) {
         if let Some(id) = following.id {
             self.subscribed.remove(&id);
-            if let Some(pending) = self.take_pending(id) {
-                drop(pending);
-            }
+            self.take_pending(id);
             self.cancels.push_back(id);
         }
     }
