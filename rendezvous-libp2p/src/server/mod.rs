@@ -63,11 +63,13 @@ struct Route {
     index: usize,
 }
 
-/// A connection, and the address its unread answers count under.
+/// A connection, the address its unread answers count under, and its
+/// subscription substreams.
 #[derive(Debug)]
 struct Connection {
     peer: PeerId,
     origin: Option<Origin>,
+    subscriptions: HashMap<StreamId, SubscriptionId>,
 }
 
 /// The rendezvous point.
@@ -88,7 +90,6 @@ pub struct Behaviour {
     origins: HashMap<Origin, Arc<OriginTotal>>,
     /// Subscription substreams, both ways.
     subscribers: HashMap<SubscriptionId, (PeerId, ConnectionId, StreamId)>,
-    subscriptions: HashMap<(ConnectionId, StreamId), SubscriptionId>,
     next_subscription: u64,
 }
 
@@ -133,7 +134,6 @@ impl Behaviour {
             connections: HashMap::new(),
             origins: HashMap::new(),
             subscribers: HashMap::new(),
-            subscriptions: HashMap::new(),
             next_subscription: 0,
         })
     }
@@ -279,14 +279,15 @@ impl Behaviour {
                 }
             }
             ToBehaviour::PushWritten { stream, bytes } => {
-                if let Some(&id) = self.subscriptions.get(&(connection, stream)) {
+                if let Some(&id) = self.subscription(connection, stream) {
                     self.core.handle_push_written(id, bytes);
                     self.route_core_outputs();
                 }
                 return;
             }
             ToBehaviour::Unsubscribed { stream } => {
-                if let Some(id) = self.subscriptions.remove(&(connection, stream)) {
+                let gone = self.connections.get_mut(&connection);
+                if let Some(id) = gone.and_then(|c| c.subscriptions.remove(&stream)) {
                     self.subscribers.remove(&id);
                     self.idle.answered(self.now(), connection);
                     self.core.handle_unsubscribed(id);
@@ -316,9 +317,16 @@ impl Behaviour {
             return Err(io::Error::new(io::ErrorKind::InvalidData, error));
         }
         self.subscribers.insert(id, (peer, connection, stream));
-        self.subscriptions.insert((connection, stream), id);
+        if let Some(c) = self.connections.get_mut(&connection) {
+            c.subscriptions.insert(stream, id);
+        }
         self.idle.request(now, connection);
         Ok(())
+    }
+
+    /// The subscription on `stream` of `connection`, if it is one.
+    fn subscription(&self, connection: ConnectionId, stream: StreamId) -> Option<&SubscriptionId> {
+        self.connections.get(&connection)?.subscriptions.get(&stream)
     }
 
     fn notify(&mut self, peer: PeerId, connection: ConnectionId, event: FromBehaviour) {
@@ -442,7 +450,8 @@ impl Behaviour {
             self.core.set_peer_origin(peer, origin);
             self.origins.entry(origin).or_default().clone()
         });
-        self.connections.insert(connection, Connection { peer, origin });
+        let subscriptions = HashMap::new();
+        self.connections.insert(connection, Connection { peer, origin, subscriptions });
         self.idle.opened(self.now(), connection);
         self.route_core_outputs();
         Totals::new(total)
@@ -490,17 +499,12 @@ impl NetworkBehaviour for Behaviour {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         if let FromSwarm::ConnectionClosed(closed) = event {
             self.routes.retain(|_, route| route.connection != closed.connection_id);
-            let ended: Vec<_> = (self.subscriptions.iter())
-                .filter(|((connection, _), _)| *connection == closed.connection_id)
-                .map(|(key, id)| (*key, *id))
-                .collect();
-            for (key, id) in ended {
-                self.subscriptions.remove(&key);
-                self.subscribers.remove(&id);
-                self.core.handle_unsubscribed(id);
-            }
             self.idle.closed(closed.connection_id);
             let gone = self.connections.remove(&closed.connection_id);
+            for id in gone.iter().flat_map(|c| c.subscriptions.values()) {
+                self.subscribers.remove(id);
+                self.core.handle_unsubscribed(*id);
+            }
             // The address's total goes with its last connection (whose
             // handler has dropped its own reference by now).
             if let Some(origin) = gone.and_then(|c| c.origin)
