@@ -432,14 +432,14 @@ impl NetworkBehaviour for Behaviour {
     ) {
         let now = self.timer.now();
         let id = event.id;
-        if let Outcome::Push(body) = &event.outcome {
-            if self.in_flight.contains_key(&id) {
-                self.core.handle_response_frame(now, id, body);
-                self.flush();
-            }
-            return;
-        }
-        if self.in_flight.remove(&id).is_none() {
+        // A subscription's frames come before its end: it stays in flight.
+        let done = !matches!(event.outcome, Outcome::Push(_));
+        let known = if done {
+            self.in_flight.remove(&id).is_some()
+        } else {
+            self.in_flight.contains_key(&id)
+        };
+        if !known {
             return; // its connection closed and the core was already told
         }
         match event.outcome {
