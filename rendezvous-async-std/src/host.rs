@@ -17,7 +17,7 @@ use libp2p_core::transport::{Boxed, Transport};
 use libp2p_core::upgrade::Version;
 use libp2p_identity::{Keypair, PeerId};
 use libp2p_swarm::{Config, Executor, NetworkBehaviour, Swarm};
-use rendezvous_libp2p::{client, server};
+use rendezvous_libp2p::{client, identify, server};
 
 use crate::handshakes::{Bounded, HandshakeLimits, Handshakes};
 use crate::node::Identified;
@@ -28,6 +28,9 @@ use crate::websocket;
 /// What this host announces in identify: the prefix our server reads as
 /// "reads every dialect" ([`rendezvous_libp2p::core::AGENT_PREFIX`]).
 pub const AGENT_VERSION: &str = concat!("rendezvous-rs/", env!("CARGO_PKG_VERSION"));
+
+/// The protocol family this host names in identify.
+const IDENTIFY_PROTOCOL_VERSION: &str = "/ipfs/id/1.0.0";
 
 /// Inbound substreams negotiating at once on one connection (libp2p's
 /// default is 128): room for the server's 256 concurrent rendezvous
@@ -49,8 +52,9 @@ pub struct ServerBehaviour {
     /// The rendezvous protocol.
     pub rendezvous: server::Behaviour,
     /// Identify: peers expect it, and its agent version tells the dialect a
-    /// peer reads.
-    pub identify: libp2p_identify::Behaviour,
+    /// peer reads. The point's own, which keeps only that
+    /// ([`rendezvous_libp2p::identify`]).
+    pub identify: identify::Behaviour,
     /// Ping: keeps NATs open and peers expect it.
     pub ping: libp2p_ping::Behaviour,
 }
@@ -73,7 +77,7 @@ pub enum ServerHostEvent {
     /// From the rendezvous behaviour.
     Rendezvous(server::Event),
     /// From identify.
-    Identify(Box<libp2p_identify::Event>),
+    Identify(identify::Event),
     /// From ping.
     Ping(libp2p_ping::Event),
 }
@@ -99,7 +103,7 @@ macro_rules! from_events {
     };
 }
 
-from_events!(ServerHostEvent: Rendezvous(server::Event), Identify(libp2p_identify::Event) => Box::new, Ping(libp2p_ping::Event));
+from_events!(ServerHostEvent: Rendezvous(server::Event), Identify(identify::Event), Ping(libp2p_ping::Event));
 from_events!(ClientHostEvent: Rendezvous(client::Event) => Box::new, Identify(libp2p_identify::Event) => Box::new, Ping(libp2p_ping::Event));
 
 impl From<std::convert::Infallible> for ServerHostEvent {
@@ -176,36 +180,27 @@ impl ConnectionLimits {
 }
 
 impl Identified for ServerBehaviour {
-    fn identified(event: &ServerHostEvent) -> Option<(PeerId, &libp2p_identify::Info)> {
-        match event {
-            ServerHostEvent::Identify(identify) => received(identify),
-            _ => None,
-        }
-    }
-
-    fn identify(&mut self, peer: PeerId, info: &libp2p_identify::Info) {
-        self.rendezvous.set_agent_version(peer, &info.agent_version);
+    fn identified<'e>(&mut self, event: &'e ServerHostEvent) -> Option<(PeerId, &'e str)> {
+        let ServerHostEvent::Identify(identify::Event::Received { peer, agent_version }) = event
+        else {
+            return None;
+        };
+        self.rendezvous.set_agent_version(*peer, agent_version);
+        Some((*peer, agent_version))
     }
 }
 
 impl Identified for ClientBehaviour {
-    fn identified(event: &ClientHostEvent) -> Option<(PeerId, &libp2p_identify::Info)> {
-        match event {
-            ClientHostEvent::Identify(identify) => received(identify),
-            _ => None,
-        }
-    }
-
-    fn identify(&mut self, peer: PeerId, info: &libp2p_identify::Info) {
-        self.rendezvous.set_agent_version(peer, &info.agent_version);
-        self.rendezvous.set_protocols(peer, &info.protocols);
-    }
-}
-
-fn received(event: &libp2p_identify::Event) -> Option<(PeerId, &libp2p_identify::Info)> {
-    match event {
-        libp2p_identify::Event::Received { peer_id, info, .. } => Some((*peer_id, info)),
-        _ => None,
+    fn identified<'e>(&mut self, event: &'e ClientHostEvent) -> Option<(PeerId, &'e str)> {
+        let ClientHostEvent::Identify(event) = event else {
+            return None;
+        };
+        let libp2p_identify::Event::Received { peer_id, info, .. } = event.as_ref() else {
+            return None;
+        };
+        self.rendezvous.set_agent_version(*peer_id, &info.agent_version);
+        self.rendezvous.set_protocols(*peer_id, &info.protocols);
+        Some((*peer_id, &info.agent_version))
     }
 }
 
@@ -233,7 +228,11 @@ impl ServerBehaviour {
             limits: libp2p_connection_limits::Behaviour::new(connection_limits),
             per_ip: per_ip::Behaviour::new(limits.max_per_ip),
             rendezvous,
-            identify: identify(keypair),
+            identify: identify::Behaviour::new(identify::Config {
+                public_key: keypair.public(),
+                protocol_version: IDENTIFY_PROTOCOL_VERSION.into(),
+                agent_version: AGENT_VERSION.into(),
+            }),
             ping: libp2p_ping::Behaviour::default(),
         }
     }
@@ -254,7 +253,7 @@ impl ClientBehaviour {
 }
 
 fn identify(keypair: &Keypair) -> libp2p_identify::Behaviour {
-    let config = libp2p_identify::Config::new("/ipfs/id/1.0.0".into(), keypair.public())
+    let config = libp2p_identify::Config::new(IDENTIFY_PROTOCOL_VERSION.into(), keypair.public())
         .with_agent_version(AGENT_VERSION.into());
     libp2p_identify::Behaviour::new(config)
 }
@@ -345,5 +344,15 @@ mod tests {
     fn our_agent_version_tells_our_server_we_read_both_dialects() {
         let reader = rendezvous_libp2p::core::Reader::from_agent_version(AGENT_VERSION);
         assert_eq!(reader, Some(rendezvous_libp2p::core::Reader::Any));
+    }
+
+    /// The swarm's task for a connection holds its handler several times
+    /// over (in the connection, and in what closing it awaits), so every
+    /// byte here costs an idle connection about three. libp2p-identify's
+    /// handler alone was 3.5 KB, which made this 4 KB and the task 15 KB.
+    #[test]
+    fn a_points_connection_handler_stays_small() {
+        let size = std::mem::size_of::<<ServerBehaviour as NetworkBehaviour>::ConnectionHandler>();
+        assert!(size <= 1024, "the point's connection handler is {size} bytes");
     }
 }

@@ -30,6 +30,7 @@
 pub mod client;
 mod clock;
 pub mod framed;
+pub mod identify;
 pub use rendezvous_core::histogram;
 pub mod server;
 pub mod store;

@@ -15,11 +15,9 @@ use crate::http::{Endpoint, Request};
 /// A host behaviour the loop drives: it knows identify's events among its
 /// own, and hands what they say to its rendezvous behaviour.
 pub trait Identified: NetworkBehaviour {
-    /// The peer and what it told identify, if `event` is identify's.
-    fn identified(event: &Self::ToSwarm) -> Option<(PeerId, &libp2p_identify::Info)>;
-
-    /// Tells the rendezvous behaviour what `peer` runs and speaks.
-    fn identify(&mut self, peer: PeerId, info: &libp2p_identify::Info);
+    /// If `event` is identify's: tells the rendezvous behaviour what the
+    /// peer runs and speaks, and returns the peer and its agent version.
+    fn identified<'e>(&mut self, event: &'e Self::ToSwarm) -> Option<(PeerId, &'e str)>;
 }
 
 /// What the loop hands its node next (a swarm event is the common case, and
@@ -105,10 +103,8 @@ impl<B: Identified> EventLoop<B> {
         };
         match &event {
             SwarmEvent::Behaviour(event) => {
-                if let Some((peer, info)) = B::identified(event) {
-                    debug!(target: "rendezvous::identify", "{peer} runs {}", info.agent_version);
-                    let info = info.clone();
-                    self.swarm.behaviour_mut().identify(peer, &info);
+                if let Some((peer, agent_version)) = self.swarm.behaviour_mut().identified(event) {
+                    debug!(target: "rendezvous::identify", "{peer} runs {agent_version}");
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {

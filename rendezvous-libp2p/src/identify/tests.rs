@@ -1,0 +1,129 @@
+//! Against rust-libp2p's own identify, over TCP on loopback: it reads what
+//! this node says, this node reads its agent version, first from the answer
+//! to its request and then from a push; and a message under another key is
+//! refused.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::swarm::{Swarm, SwarmEvent};
+use libp2p::{SwarmBuilder, identify as theirs, noise, tcp, yamux};
+
+use super::*;
+
+fn swarm<B: NetworkBehaviour>(key: Keypair, behaviour: impl FnOnce(&Keypair) -> B) -> Swarm<B> {
+    SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|key| behaviour(key))
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build()
+}
+
+fn ours(key: &Keypair) -> Behaviour {
+    Behaviour::new(Config {
+        public_key: key.public(),
+        protocol_version: "/ipfs/id/1.0.0".into(),
+        agent_version: "rendezvous-rs/test".into(),
+    })
+}
+
+#[tokio::test]
+async fn a_rust_libp2p_peer_and_this_node_identify_each_other() {
+    let mut point = swarm(Keypair::generate_ed25519(), ours);
+    point.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+    let address = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = point.select_next_some().await {
+            break address;
+        }
+    };
+    let mut peer = swarm(Keypair::generate_ed25519(), |key| {
+        theirs::Behaviour::new(
+            theirs::Config::new("/ipfs/id/1.0.0".into(), key.public())
+                .with_agent_version("js-libp2p/2.8.0".into()),
+        )
+    });
+    let peer_id = *peer.local_peer_id();
+    peer.dial(address.clone()).unwrap();
+
+    let mut heard = Vec::new();
+    let mut told = None;
+    let mut pushed = false;
+    for _ in 0..200 {
+        tokio::select! {
+            event = point.select_next_some() => {
+                if let SwarmEvent::Behaviour(Event::Received { peer, agent_version }) = event {
+                    assert_eq!(peer, peer_id);
+                    heard.push(agent_version);
+                }
+            }
+            event = peer.select_next_some() => {
+                if let SwarmEvent::Behaviour(theirs::Event::Received { info, .. }) = event {
+                    told = Some(info);
+                }
+            }
+        }
+        if told.is_some() && heard.len() == 1 && !pushed {
+            pushed = true;
+            peer.behaviour_mut().push([*point.local_peer_id()]);
+        }
+        if told.is_some() && heard.len() == 2 {
+            break;
+        }
+    }
+    let told = told.expect("the peer never read this node's identify");
+    assert_eq!(told.public_key.to_peer_id(), *point.local_peer_id());
+    assert_eq!(told.agent_version, "rendezvous-rs/test");
+    assert_eq!(told.protocol_version, "/ipfs/id/1.0.0");
+    assert_eq!(told.listen_addrs, vec![address]);
+    assert!(told.protocols.contains(&PROTOCOL) && told.protocols.contains(&PUSH_PROTOCOL));
+    assert_eq!(
+        told.observed_addr.iter().next(),
+        Some(libp2p::multiaddr::Protocol::Ip4([127, 0, 0, 1].into()))
+    );
+    assert_eq!(heard, ["js-libp2p/2.8.0", "js-libp2p/2.8.0"], "the answer, then the push");
+}
+
+#[test]
+fn a_key_is_checked_against_the_peer_from_its_bytes() {
+    for key in
+        [Keypair::generate_ed25519(), Keypair::generate_secp256k1(), Keypair::generate_ecdsa()]
+    {
+        let public = key.public();
+        assert_eq!(peer_id_of(&public.encode_protobuf()), Some(public.to_peer_id()));
+    }
+    // Short bytes are a peer id whatever they hold, but only a peer's own
+    // key encodes to its id.
+    let peer = Keypair::generate_ed25519().public().to_peer_id();
+    assert_ne!(peer_id_of(b"\x08\x01\x12"), Some(peer));
+    assert_eq!(peer_id_of(&[7; 64]), None, "a long key that does not decode");
+}
+
+fn message(key: &PublicKey, agent_version: &str) -> futures::io::Cursor<Vec<u8>> {
+    let heard = Heard {
+        public_key: Some(key.encode_protobuf()),
+        agent_version: Some(agent_version.into()),
+    };
+    futures::io::Cursor::new(heard.encode_length_delimited_to_vec())
+}
+
+#[tokio::test]
+async fn a_message_is_read_only_under_the_peers_own_key() {
+    let (key, other) = (Keypair::generate_ed25519().public(), Keypair::generate_ed25519().public());
+    let peer = key.to_peer_id();
+    assert_eq!(
+        read(message(&key, "go-libp2p/0.40"), peer).await.unwrap().as_deref(),
+        Some("go-libp2p/0.40")
+    );
+    let refused = read(message(&other, "go-libp2p/0.40"), peer).await.unwrap_err();
+    assert_eq!(refused.kind(), io::ErrorKind::InvalidData);
+    let ended = read(futures::io::Cursor::new(Vec::new()), peer).await.unwrap_err();
+    assert_eq!(ended.kind(), io::ErrorKind::UnexpectedEof);
+    let mut long = vec![0x80, 0x40]; // 8 KiB claimed
+    long.resize(9000, 0);
+    let over = read(futures::io::Cursor::new(long), peer).await.unwrap_err();
+    assert_eq!(over.kind(), io::ErrorKind::InvalidData);
+}
