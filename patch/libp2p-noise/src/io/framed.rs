@@ -36,6 +36,8 @@ use crate::{Error, protocol::PublicKey};
 const MAX_NOISE_MSG_LEN: usize = 65535;
 /// Space given to the encryption buffer to hold key material.
 const EXTRA_ENCRYPT_SPACE: usize = 1024;
+/// What encryption adds to a transport message: its authentication tag.
+const TAG_LEN: usize = 16;
 /// Max. length for Noise protocol message payloads.
 pub(crate) const MAX_FRAME_LEN: usize = MAX_NOISE_MSG_LEN - EXTRA_ENCRYPT_SPACE;
 static_assertions::const_assert! {
@@ -47,10 +49,10 @@ static_assertions::const_assert! {
 pub(crate) struct Codec<S> {
     session: S,
 
-    // We reuse write and encryption buffers across multiple messages to avoid reallocations.
+    // We reuse the write buffer across handshake messages to avoid reallocations. Messages are
+    // encrypted straight into the framed writer's buffer, so no encryption buffer is kept.
     // We cannot reuse read and decryption buffers because we cannot return borrowed data.
     write_buffer: BytesMut,
-    encrypt_buffer: BytesMut,
 }
 
 impl<S> Codec<S> {
@@ -58,7 +60,6 @@ impl<S> Codec<S> {
         Codec {
             session,
             write_buffer: BytesMut::default(),
-            encrypt_buffer: BytesMut::default(),
         }
     }
 }
@@ -111,7 +112,7 @@ impl Encoder for Codec<snow::HandshakeState> {
         encrypt(
             &self.write_buffer[..item_size],
             dst,
-            &mut self.encrypt_buffer,
+            EXTRA_ENCRYPT_SPACE,
             |item, buffer| self.session.write_message(item, buffer),
         )?;
 
@@ -147,7 +148,7 @@ impl Encoder for Codec<snow::TransportState> {
     type Item<'a> = &'a [u8];
 
     fn encode(&mut self, item: Self::Item<'_>, dst: &mut BytesMut) -> Result<(), Self::Error> {
-        encrypt(item, dst, &mut self.encrypt_buffer, |item, buffer| {
+        encrypt(item, dst, TAG_LEN, |item, buffer| {
             self.session.write_message(item, buffer)
         })
     }
@@ -164,24 +165,35 @@ impl Decoder for Codec<snow::TransportState> {
     }
 }
 
-/// Encrypts the given cleartext to `dst`.
+/// Encrypts the given cleartext to `dst`, length prefix first, in place: room for the
+/// cleartext and `extra` bytes (the tag, and a handshake message's keys) is made at the end of
+/// `dst`, the ciphertext written there, and what was not used cut off again.
 ///
-/// This is a standalone function to allow us reusing the `encrypt_buffer` and to use to across
-/// different session states of the noise protocol.
+/// This is a standalone function to use it across different session states of the noise
+/// protocol.
 fn encrypt(
     cleartext: &[u8],
     dst: &mut BytesMut,
-    encrypt_buffer: &mut BytesMut,
+    extra: usize,
     encrypt_fn: impl FnOnce(&[u8], &mut [u8]) -> Result<usize, snow::Error>,
 ) -> io::Result<()> {
     tracing::trace!("Encrypting {} bytes", cleartext.len());
 
-    encrypt_buffer.resize(cleartext.len() + EXTRA_ENCRYPT_SPACE, 0);
-    let n = encrypt_fn(cleartext, encrypt_buffer).map_err(into_io_error)?;
+    let start = dst.len();
+    let body = start + U16_LENGTH;
+    dst.resize(body + cleartext.len() + extra, 0);
+    let n = match encrypt_fn(cleartext, &mut dst[body..]) {
+        Ok(n) => n,
+        Err(e) => {
+            dst.truncate(start);
+            return Err(into_io_error(e));
+        }
+    };
 
     tracing::trace!("Outgoing ciphertext has {n} bytes");
 
-    encode_length_prefixed(&encrypt_buffer[..n], dst);
+    dst[start..body].copy_from_slice(&(n as u16).to_be_bytes());
+    dst.truncate(body + n);
 
     Ok(())
 }
@@ -214,12 +226,6 @@ fn into_io_error(err: snow::Error) -> io::Error {
 }
 
 const U16_LENGTH: usize = size_of::<u16>();
-
-fn encode_length_prefixed(src: &[u8], dst: &mut BytesMut) {
-    dst.reserve(U16_LENGTH + src.len());
-    dst.extend_from_slice(&(src.len() as u16).to_be_bytes());
-    dst.extend_from_slice(src);
-}
 
 fn decode_length_prefixed(src: &mut BytesMut) -> Option<Bytes> {
     if src.len() < size_of::<u16>() {
