@@ -63,6 +63,8 @@ pub(crate) fn noise_params_into_builder<'b>(
 pub(crate) struct Keypair {
     secret: SecretKey,
     public: PublicKey,
+    /// `secret`, ready for Diffie–Hellman; `None` until a key is set.
+    agreement: Option<Agreement>,
 }
 
 /// A DH keypair that is authentic w.r.t. a [`identity::PublicKey`].
@@ -112,6 +114,7 @@ impl Keypair {
         Keypair {
             secret: SecretKey([0u8; 32]),
             public: PublicKey([0u8; 32]),
+            agreement: None,
         }
     }
 
@@ -229,46 +232,64 @@ impl Default for Keypair {
 /// Promote a X25519 secret key into a keypair.
 impl From<SecretKey> for Keypair {
     fn from(secret: SecretKey) -> Keypair {
-        let public = public_key(secret.0);
-        Keypair { secret, public }
+        let (public, agreement) = key_pair(&secret.0);
+        Keypair {
+            secret,
+            public,
+            agreement: Some(agreement),
+        }
     }
+}
+
+/// A secret ready for Diffie–Hellman: AWS-LC's key on native targets, made
+/// once per secret, since making it also derives the public key.
+#[cfg(not(target_arch = "wasm32"))]
+type Agreement = std::sync::Arc<aws_lc_rs::agreement::PrivateKey>;
+
+/// On wasm the secret's bytes are all x25519-dalek needs.
+#[cfg(target_arch = "wasm32")]
+type Agreement = ();
+
+/// The public key of `secret`, by AWS-LC's X25519 (assembly for the field
+/// arithmetic on x86-64 and aarch64), with the secret made ready for
+/// [`diffie_hellman`]: the same bytes as x25519-dalek's fixed-base
+/// multiplication in under half its time.
+#[cfg(not(target_arch = "wasm32"))]
+fn key_pair(secret: &[u8; 32]) -> (PublicKey, Agreement) {
+    use aws_lc_rs::agreement::{PrivateKey, X25519};
+    let key = PrivateKey::from_private_key(&X25519, secret)
+        .expect("every 32 bytes are an X25519 private key");
+    let public = key
+        .compute_public_key()
+        .expect("an X25519 private key has a public key");
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(public.as_ref());
+    (PublicKey(bytes), std::sync::Arc::new(key))
 }
 
 /// The public key of `secret`: the clamped scalar times the base point, by
 /// the fixed-base multiplication (precomputed tables), which gives the same
 /// bytes as `x25519(secret, X25519_BASEPOINT_BYTES)` at a fraction of the
-/// variable-base ladder's cost. Snow derives it on every handshake, for
-/// the ephemeral key (and the static one, see [`static_public_key`]).
+/// variable-base ladder's cost.
 #[cfg(target_arch = "wasm32")]
-fn public_key(secret: [u8; 32]) -> PublicKey {
-    let secret = x25519_dalek::StaticSecret::from(secret);
-    PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes())
+fn key_pair(secret: &[u8; 32]) -> (PublicKey, Agreement) {
+    let secret = x25519_dalek::StaticSecret::from(*secret);
+    (PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes()), ())
 }
 
-/// The public key of `secret`, by AWS-LC's X25519 (assembly for the field
-/// arithmetic on x86-64 and aarch64): the same bytes as x25519-dalek's
-/// fixed-base multiplication in under half its time.
+/// X25519 of a secret and the remote's `public`: AWS-LC's on native targets,
+/// well under the curve25519-dalek ladder's time; a responder runs three
+/// per handshake. AWS-LC refuses a point of small order (an all-zero
+/// result), which fails the handshake.
 #[cfg(not(target_arch = "wasm32"))]
-fn public_key(secret: [u8; 32]) -> PublicKey {
-    use aws_lc_rs::agreement::{PrivateKey, X25519};
-    let public = PrivateKey::from_private_key(&X25519, &secret)
-        .ok()
-        .and_then(|key| key.compute_public_key().ok())
-        .expect("every 32 bytes are an X25519 private key");
-    let mut bytes = [0u8; 32];
-    bytes.copy_from_slice(public.as_ref());
-    PublicKey(bytes)
-}
-
-/// X25519 of `secret` and the remote's `public`: AWS-LC's on native targets,
-/// which takes well under half of the curve25519-dalek ladder's time; a
-/// responder runs three per handshake. AWS-LC refuses a point of small
-/// order (an all-zero result), which fails the handshake.
-#[cfg(not(target_arch = "wasm32"))]
-fn diffie_hellman(secret: &[u8; 32], public: &[u8; 32]) -> Result<[u8; 32], snow::Error> {
-    use aws_lc_rs::agreement::{PrivateKey, UnparsedPublicKey, X25519, agree};
-    let key = PrivateKey::from_private_key(&X25519, secret).map_err(|_| snow::Error::Dh)?;
-    agree(&key, UnparsedPublicKey::new(&X25519, public), snow::Error::Dh, |shared| {
+fn diffie_hellman(
+    agreement: &Agreement,
+    _: &[u8; 32],
+    public: &[u8; 32],
+) -> Result<[u8; 32], snow::Error> {
+    use aws_lc_rs::agreement::{UnparsedPublicKey, X25519, agree};
+    let remote = UnparsedPublicKey::new(&X25519, public);
+    agree(agreement, remote, snow::Error::Dh, |shared| {
         let mut out = [0u8; 32];
         out.copy_from_slice(shared);
         Ok(out)
@@ -276,31 +297,38 @@ fn diffie_hellman(secret: &[u8; 32], public: &[u8; 32]) -> Result<[u8; 32], snow
 }
 
 #[cfg(target_arch = "wasm32")]
-fn diffie_hellman(secret: &[u8; 32], public: &[u8; 32]) -> Result<[u8; 32], snow::Error> {
+fn diffie_hellman(
+    _: &Agreement,
+    secret: &[u8; 32],
+    public: &[u8; 32],
+) -> Result<[u8; 32], snow::Error> {
     Ok(x25519(*secret, *public))
 }
 
 thread_local! {
-    /// The last static key set on this thread, and its public key. Snow
-    /// sets a node's static key again at the start of every handshake,
-    /// and a node has one: deriving its public key each time was a
-    /// fixed-base multiplication per handshake for the same answer.
-    static LAST_STATIC: std::cell::RefCell<Option<(SecretKey, PublicKey)>> =
+    /// The last static key set on this thread, its public key and its
+    /// agreement key. Snow sets a node's static key again at the start of
+    /// every handshake, and a node has one: deriving its public key each
+    /// time was a fixed-base multiplication per handshake for the same
+    /// answer.
+    static LAST_STATIC: std::cell::RefCell<Option<(SecretKey, PublicKey, Agreement)>> =
         const { std::cell::RefCell::new(None) };
 }
 
-/// The public key of the static key `secret`, derived once per thread for
-/// the key in use.
-fn static_public_key(secret: [u8; 32]) -> PublicKey {
+/// The public key and agreement key of the static key `secret`, made once
+/// per thread for the key in use.
+fn static_key_pair(secret: &[u8; 32]) -> (PublicKey, Agreement) {
     LAST_STATIC.with(|last| {
         let mut last = last.borrow_mut();
         match last.as_ref() {
             // Constant-time, as for any comparison of secrets.
-            Some((known, public)) if bool::from(known.0.ct_eq(&secret)) => public.clone(),
+            Some((known, public, agreement)) if bool::from(known.0.ct_eq(secret)) => {
+                (public.clone(), agreement.clone())
+            }
             _ => {
-                let public = public_key(secret);
-                *last = Some((SecretKey(secret), public.clone()));
-                public
+                let (public, agreement) = key_pair(secret);
+                *last = Some((SecretKey(*secret), public.clone(), agreement.clone()));
+                (public, agreement)
             }
         }
     })
@@ -327,16 +355,20 @@ impl snow::types::Dh for Keypair {
     fn set(&mut self, sk: &[u8]) {
         let mut secret = [0u8; 32];
         secret.copy_from_slice(sk);
+        let (public, agreement) = static_key_pair(&secret);
+        self.public = public;
+        self.agreement = Some(agreement);
         self.secret = SecretKey(secret); // Copy
-        self.public = static_public_key(secret);
         secret.zeroize();
     }
 
     fn generate(&mut self, rng: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
         let mut secret = [0u8; 32];
         rng.try_fill_bytes(&mut secret)?;
+        let (public, agreement) = key_pair(&secret);
+        self.public = public;
+        self.agreement = Some(agreement);
         self.secret = SecretKey(secret); // Copy
-        self.public = public_key(secret);
         secret.zeroize();
         Ok(())
     }
@@ -344,7 +376,8 @@ impl snow::types::Dh for Keypair {
     fn dh(&self, pk: &[u8], shared_secret: &mut [u8]) -> Result<(), snow::Error> {
         let mut p = [0; 32];
         p.copy_from_slice(&pk[..32]);
-        let mut ss = diffie_hellman(&self.secret.0, &p)?;
+        let agreement = self.agreement.as_ref().ok_or(snow::Error::Dh)?;
+        let mut ss = diffie_hellman(agreement, &self.secret.0, &p)?;
         shared_secret[..32].copy_from_slice(&ss[..]);
         ss.zeroize();
         Ok(())
@@ -362,7 +395,7 @@ mod tests {
         for seed in 0u8..64 {
             let secret = [seed.wrapping_mul(37).wrapping_add(1); 32];
             let ladder = x25519(secret, x25519_dalek::X25519_BASEPOINT_BYTES);
-            assert_eq!(public_key(secret).0, ladder);
+            assert_eq!(key_pair(&secret).0.0, ladder);
         }
     }
 
@@ -371,10 +404,13 @@ mod tests {
         for seed in 0u8..64 {
             let secret = [seed.wrapping_mul(37).wrapping_add(1); 32];
             let public = x25519([seed.wrapping_add(101); 32], x25519_dalek::X25519_BASEPOINT_BYTES);
-            assert_eq!(diffie_hellman(&secret, &public).unwrap(), x25519(secret, public));
+            let (_, agreement) = key_pair(&secret);
+            let shared = diffie_hellman(&agreement, &secret, &public).unwrap();
+            assert_eq!(shared, x25519(secret, public));
         }
         // A point of small order: the result would be all zeros.
-        assert!(diffie_hellman(&[9; 32], &[0; 32]).is_err());
+        let (_, agreement) = key_pair(&[9; 32]);
+        assert!(diffie_hellman(&agreement, &[9; 32], &[0; 32]).is_err());
     }
 
     #[test]
@@ -384,6 +420,10 @@ mod tests {
             let mut keypair = Keypair::empty();
             snow::types::Dh::set(&mut keypair, &secret);
             assert_eq!(keypair.public.0, x25519(secret, x25519_dalek::X25519_BASEPOINT_BYTES));
+            let remote = x25519([11; 32], x25519_dalek::X25519_BASEPOINT_BYTES);
+            let mut shared = [0u8; 32];
+            snow::types::Dh::dh(&keypair, &remote, &mut shared).unwrap();
+            assert_eq!(shared, x25519(secret, remote), "its agreement key is its own");
         }
     }
 
