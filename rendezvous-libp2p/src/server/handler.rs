@@ -201,7 +201,10 @@ pub struct Handler {
     admission: Admission<Waiting>,
     reading: TimedSet<Read, Tag>,
     /// Substreams whose requests the behaviour has, or that wait.
-    parked: HashMap<StreamId, Parked>,
+    /// Boxed: a map keeps its table after it empties, and a connection
+    /// that made one request would otherwise keep room for several whole
+    /// substreams (1.4 KB) for its life.
+    parked: HashMap<StreamId, Box<Parked>>,
     /// Substreams writing a last answer and closing, tagged `busy`.
     closing: TimedSet<(), bool>,
     next_id: u64,
@@ -313,7 +316,7 @@ impl Handler {
                 let reserve = self.admission.reserve(&bodies[bodies.len() - 1], tag.busy);
                 let requests = bodies.iter().map(|_| (InFlight::new(&self.shared), None)).collect();
                 let parked = Parked { framed, busy: tag.busy, requests, reserved: None };
-                self.parked.insert(tag.id, parked);
+                self.parked.insert(tag.id, Box::new(parked));
                 let waiting = Waiting { stream: tag.id, bodies, busy: tag.busy };
                 match self.admission.offer(waiting, reserve, self.unwritten.unread()) {
                     Some((waiting, reserve)) => self.hand_over(waiting, reserve),
@@ -477,7 +480,9 @@ impl ConnectionHandler for Handler {
                 break;
             }
         }
-        let Some(Parked { framed, busy, requests, reserved }) = self.parked.remove(&stream) else {
+        let Some(Parked { framed, busy, requests, reserved }) =
+            self.parked.remove(&stream).map(|parked| *parked)
+        else {
             return;
         };
         let (served, answers): (Batch<InFlight>, Batch<Option<Answer>>) =
