@@ -50,8 +50,10 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/id/1.0.0");
 /// Identify's push protocol: the remote writes what changed.
 pub const PUSH_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/id/push/1.0.0");
 
-/// The largest identify message read, as rust-libp2p's identify.
-const MAX_MESSAGE: usize = 4096;
+/// The largest identify message read: go-libp2p and js-libp2p read up to
+/// 8 KiB (rust-libp2p's identify 4 KiB), and a go peer with many addresses
+/// sends more than 4.
+const MAX_MESSAGE: usize = 8 * 1024;
 
 /// Time for one identify substream to be written or read.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(30);

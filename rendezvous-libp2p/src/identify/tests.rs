@@ -120,10 +120,23 @@ async fn a_message_is_read_only_under_the_peers_own_key() {
     );
     let refused = read(message(&other, "go-libp2p/0.40"), peer).await.unwrap_err();
     assert_eq!(refused.kind(), io::ErrorKind::InvalidData);
+    // A go peer's answer with many addresses: past rust-libp2p's 4 KiB,
+    // everything but the key and the agent skipped.
+    let many = Said {
+        public_key: Some(key.encode_protobuf()),
+        listen_addrs: vec![vec![4; 60]; 100],
+        protocols: vec!["/ipfs/kad/1.0.0".into(); 20],
+        agent_version: Some("go-libp2p/0.41".into()),
+        ..Said::default()
+    };
+    let many = many.encode_length_delimited_to_vec();
+    assert!(many.len() > 6000);
+    let agent = read(futures::io::Cursor::new(many), peer).await.unwrap();
+    assert_eq!(agent.as_deref(), Some("go-libp2p/0.41"));
     let ended = read(futures::io::Cursor::new(Vec::new()), peer).await.unwrap_err();
     assert_eq!(ended.kind(), io::ErrorKind::UnexpectedEof);
-    let mut long = vec![0x80, 0x40]; // 8 KiB claimed
-    long.resize(9000, 0);
+    let mut long = vec![0x80, 0x80, 0x01]; // 16 KiB claimed
+    long.resize(17_000, 0);
     let over = read(futures::io::Cursor::new(long), peer).await.unwrap_err();
     assert_eq!(over.kind(), io::ErrorKind::InvalidData);
 }
