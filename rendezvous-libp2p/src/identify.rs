@@ -277,7 +277,7 @@ where
     let _ = framed.close().await;
     match heard.public_key.as_deref().map(peer_id_of) {
         Some(Some(signer)) if signer == peer => Ok(heard.agent_version),
-        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "identify under another key")),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "identify without the peer's own key")),
     }
 }
 
