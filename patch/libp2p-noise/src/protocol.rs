@@ -25,9 +25,9 @@ use std::sync::LazyLock;
 use libp2p_identity as identity;
 use rand::TryRng as _;
 use snow::params::NoiseParams;
+use subtle::ConstantTimeEq as _;
 #[cfg(any(test, target_arch = "wasm32"))]
 use x25519_dalek::x25519;
-use subtle::ConstantTimeEq as _;
 use zeroize::Zeroize;
 
 use crate::Error;
@@ -246,9 +246,9 @@ impl From<SecretKey> for Keypair {
 #[cfg(not(target_arch = "wasm32"))]
 type Agreement = std::sync::Arc<aws_lc_rs::agreement::PrivateKey>;
 
-/// On wasm the secret's bytes are all x25519-dalek needs.
+/// On wasm the secret itself is all x25519-dalek needs (zeroized on drop).
 #[cfg(target_arch = "wasm32")]
-type Agreement = ();
+type Agreement = SecretKey;
 
 /// The public key of `secret`, by AWS-LC's X25519 (assembly for the field
 /// arithmetic on x86-64 and aarch64), with the secret made ready for
@@ -273,8 +273,9 @@ fn key_pair(secret: &[u8; 32]) -> (PublicKey, Agreement) {
 /// variable-base ladder's cost.
 #[cfg(target_arch = "wasm32")]
 fn key_pair(secret: &[u8; 32]) -> (PublicKey, Agreement) {
-    let secret = x25519_dalek::StaticSecret::from(*secret);
-    (PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes()), ())
+    let scalar = x25519_dalek::StaticSecret::from(*secret);
+    let public = PublicKey(x25519_dalek::PublicKey::from(&scalar).to_bytes());
+    (public, SecretKey(*secret))
 }
 
 /// X25519 of a secret and the remote's `public`: AWS-LC's on native targets,
@@ -282,11 +283,7 @@ fn key_pair(secret: &[u8; 32]) -> (PublicKey, Agreement) {
 /// per handshake. AWS-LC refuses a point of small order (an all-zero
 /// result), which fails the handshake.
 #[cfg(not(target_arch = "wasm32"))]
-fn diffie_hellman(
-    agreement: &Agreement,
-    _: &[u8; 32],
-    public: &[u8; 32],
-) -> Result<[u8; 32], snow::Error> {
+fn diffie_hellman(agreement: &Agreement, public: &[u8; 32]) -> Result<[u8; 32], snow::Error> {
     use aws_lc_rs::agreement::{UnparsedPublicKey, X25519, agree};
     let remote = UnparsedPublicKey::new(&X25519, public);
     agree(agreement, remote, snow::Error::Dh, |shared| {
@@ -297,12 +294,8 @@ fn diffie_hellman(
 }
 
 #[cfg(target_arch = "wasm32")]
-fn diffie_hellman(
-    _: &Agreement,
-    secret: &[u8; 32],
-    public: &[u8; 32],
-) -> Result<[u8; 32], snow::Error> {
-    Ok(x25519(*secret, *public))
+fn diffie_hellman(agreement: &Agreement, public: &[u8; 32]) -> Result<[u8; 32], snow::Error> {
+    Ok(x25519(agreement.0, *public))
 }
 
 thread_local! {
@@ -377,7 +370,7 @@ impl snow::types::Dh for Keypair {
         let mut p = [0; 32];
         p.copy_from_slice(&pk[..32]);
         let agreement = self.agreement.as_ref().ok_or(snow::Error::Dh)?;
-        let mut ss = diffie_hellman(agreement, &self.secret.0, &p)?;
+        let mut ss = diffie_hellman(agreement, &p)?;
         shared_secret[..32].copy_from_slice(&ss[..]);
         ss.zeroize();
         Ok(())
@@ -405,12 +398,12 @@ mod tests {
             let secret = [seed.wrapping_mul(37).wrapping_add(1); 32];
             let public = x25519([seed.wrapping_add(101); 32], x25519_dalek::X25519_BASEPOINT_BYTES);
             let (_, agreement) = key_pair(&secret);
-            let shared = diffie_hellman(&agreement, &secret, &public).unwrap();
+            let shared = diffie_hellman(&agreement, &public).unwrap();
             assert_eq!(shared, x25519(secret, public));
         }
         // A point of small order: the result would be all zeros.
         let (_, agreement) = key_pair(&[9; 32]);
-        assert!(diffie_hellman(&agreement, &[9; 32], &[0; 32]).is_err());
+        assert!(diffie_hellman(&agreement, &[0; 32]).is_err());
     }
 
     #[test]
