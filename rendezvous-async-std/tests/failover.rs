@@ -1,7 +1,8 @@
 //! Redis behind Sentinel, with real processes on loopback: one primary, one
 //! replica and three Sentinels. A point registers under load while the
-//! replica falls behind (its link to the primary cut and the replica
-//! stalled with `DEBUG SLEEP`) and the primary is killed with SIGKILL;
+//! replica falls behind (its link to the primary cut, and its password
+//! for the primary made wrong so that it cannot make another) and the
+//! primary is killed with SIGKILL;
 //! Sentinel promotes the replica, which lacks the last writes, and the old
 //! primary, restarted once Sentinel promoted the replica, comes back as its
 //! replica. With `--redis-min-replicas 0`, what is lost is what the point
@@ -23,9 +24,12 @@ use futures::StreamExt;
 use rendezvous_libp2p::core::testing::{self, TestPeer};
 use rendezvous_libp2p::core::{Dialect, Flavour};
 use rendezvous_tests::net::raw_connection_as;
-use rendezvous_tests::redis::{Sentinels, cli_script};
+use rendezvous_tests::redis::{Sentinels, cli, cli_script};
 
 const RUST: Dialect = Dialect::Signed(Flavour::RustLibp2p);
+
+/// REGISTERs the load keeps in flight.
+const IN_FLIGHT: usize = 16;
 
 fn point(sentinels: &Sentinels, min_replicas: &str) -> (Proc, String) {
     let url = sentinels.url();
@@ -52,11 +56,16 @@ struct Outcome {
     gap: Duration,
 }
 
-/// Registers in new namespaces, 16 at a time, while the replica stalls and
+/// Registers in new namespaces, [`IN_FLIGHT`] at a time, while the replica is cut off and
 /// the primary is killed (then restarted once Sentinel promoted the
 /// replica, to come back as its replica); goes on until REGISTERs succeed
 /// again.
-fn register_through_a_failover(sentinels: &mut Sentinels, address: &str, me: &TestPeer) -> Outcome {
+fn register_through_a_failover(
+    sentinels: &mut Sentinels,
+    address: &str,
+    me: &TestPeer,
+    while_cut_off: usize,
+) -> Outcome {
     let (id, addr) = peer_of(address);
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
     let kill = Arc::new(Mutex::new(None::<Instant>));
@@ -85,7 +94,7 @@ fn register_through_a_failover(sentinels: &mut Sentinels, address: &str, me: &Te
                             (ok, sent, Instant::now())
                         }
                     })
-                    .buffer_unordered(16);
+                    .buffer_unordered(IN_FLIGHT);
                 futures::pin_mut!(requests);
                 while let Some((ok, sent, at)) = requests.next().await {
                     if !ok && first_refused.is_none() {
@@ -114,17 +123,42 @@ fn register_through_a_failover(sentinels: &mut Sentinels, address: &str, me: &Te
         })
     };
     std::thread::sleep(Duration::from_millis(800));
-    // The replica drops its link to the primary and stalls 0.9 s before it
-    // can make another; 0.3 s into it, the primary dies with what it could
-    // not pass on.
+    // The replica drops its link to the primary, and cannot make another:
+    // it now sends a password the primary does not have. Once the primary
+    // has seen the link go, the point goes on for at least 0.3 s and
+    // `while_cut_off` acknowledgements; then the primary dies with what it
+    // could not pass on.
     let replica = sentinels.replica.port;
-    let stall = std::thread::spawn(move || {
-        cli_script(replica, "CLIENT KILL TYPE master\nDEBUG SLEEP 0.9\n")
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let cut =
+        cli_script(replica, "CONFIG SET masterauth not-the-password\nCLIENT KILL TYPE master\n");
+    assert_eq!(cut, "OK\n1\n", "the replica's link to the primary was cut");
+    let primary = sentinels.primary.port;
+    let cut = Instant::now();
+    loop {
+        let info = cli(primary, &["INFO", "replication"]);
+        if info.contains("connected_slaves:0") {
+            break;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(5),
+            "the primary still sees its replica:\n{info}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (cut, before) = (Instant::now(), acknowledged.lock().unwrap().len());
+    loop {
+        let since = acknowledged.lock().unwrap().len() - before;
+        if since >= while_cut_off && cut.elapsed() >= Duration::from_millis(300) {
+            break;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(5),
+            "the point acknowledged {since} REGISTERs in the 5 s its replica was cut off, not {while_cut_off}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     sentinels.primary.kill();
     *kill.lock().unwrap() = Some(Instant::now());
-    assert!(stall.join().unwrap().ends_with("OK\n"), "the replica stalled");
     // Back once Sentinel promoted the replica (it would not fail over if
     // the primary came back within its 1 s), as its replica.
     let old = Some(sentinels.primary.port);
@@ -174,7 +208,7 @@ fn with_one_replica_required_nothing_acknowledged_is_lost_in_a_failover() {
     let mut sentinels = Sentinels::start("min1");
     let (mut first, address) = point(&sentinels, "1");
     let me = TestPeer::new(1);
-    let outcome = register_through_a_failover(&mut sentinels, &address, &me);
+    let outcome = register_through_a_failover(&mut sentinels, &address, &me, 0);
     assert!(
         outcome.recovered < Duration::from_secs(35),
         "writes resumed after {:?}; the point said:\n{}",
@@ -210,7 +244,7 @@ fn without_replicas_required_a_failover_loses_only_what_the_point_says_it_lost()
     let mut sentinels = Sentinels::start("min0");
     let (mut first, address) = point(&sentinels, "0");
     let me = TestPeer::new(2);
-    let outcome = register_through_a_failover(&mut sentinels, &address, &me);
+    let outcome = register_through_a_failover(&mut sentinels, &address, &me, 64);
     assert!(
         outcome.recovered < Duration::from_secs(10),
         "writes resumed after {:?}; the point said:\n{}",
@@ -229,7 +263,12 @@ fn without_replicas_required_a_failover_loses_only_what_the_point_says_it_lost()
         differ(&survivor, &registry),
         first.drain().join("\n")
     );
-    assert!(lost > 0, "the replica lagged, yet the failover lost nothing acknowledged");
+    // Of the 64 acknowledged once the link was gone, at most the 16 in
+    // flight when it went were written before.
+    assert!(
+        lost >= 64 - IN_FLIGHT,
+        "the replica lagged, yet the failover lost only {lost} acknowledged"
+    );
     let line = first.expect("registrations this point had acknowledged are gone");
     assert!(
         line.contains(&format!(": {lost} registrations")),

@@ -192,7 +192,7 @@ impl Sentinels {
     /// Starts them all and returns once every Sentinel knows the replica
     /// and the other two (which takes a few seconds: Sentinels meet through
     /// hello messages every 2 s, and learn replicas from the primary's
-    /// INFO). The replica takes `DEBUG` commands, so a test can stall it.
+    /// INFO).
     pub fn start(name: &str) -> Sentinels {
         // Replicas sync at once, not after diskless sync's 5 s wait.
         let primary = RedisServer::start_args(
@@ -200,11 +200,7 @@ impl Sentinels {
             &["--repl-diskless-sync-delay", "0"],
         );
         let port = primary.port.to_string();
-        let replica = RedisServer::start_replica_of(
-            &format!("{name}-replica"),
-            &primary,
-            &["--enable-debug-command", "yes"],
-        );
+        let replica = RedisServer::start_replica_of(&format!("{name}-replica"), &primary, &[]);
         let mut sentinels = Vec::new();
         for i in 0..3 {
             let dir = std::env::temp_dir()
