@@ -17,7 +17,7 @@ use libp2p_core::transport::{Boxed, Transport};
 use libp2p_core::upgrade::Version;
 use libp2p_identity::{Keypair, PeerId};
 use libp2p_swarm::{Config, Executor, NetworkBehaviour, Swarm};
-use rendezvous_libp2p::{client, identify, server};
+use rendezvous_libp2p::{client, identify, ping, server};
 
 use crate::handshakes::{Bounded, HandshakeLimits, Handshakes};
 use crate::node::Identified;
@@ -55,8 +55,9 @@ pub struct ServerBehaviour {
     /// peer reads. The point's own, which keeps only that
     /// ([`rendezvous_libp2p::identify`]).
     pub identify: identify::Behaviour,
-    /// Ping: keeps NATs open and peers expect it.
-    pub ping: libp2p_ping::Behaviour,
+    /// Ping, answered: peers expect it. The point sends none of its own
+    /// ([`rendezvous_libp2p::ping`]); TCP keepalive finds silent peers.
+    pub ping: ping::Behaviour,
 }
 
 /// The rendezvous client's behaviours.
@@ -78,8 +79,6 @@ pub enum ServerHostEvent {
     Rendezvous(server::Event),
     /// From identify.
     Identify(identify::Event),
-    /// From ping.
-    Ping(libp2p_ping::Event),
 }
 
 /// What a [`ClientBehaviour`] reports.
@@ -103,7 +102,7 @@ macro_rules! from_events {
     };
 }
 
-from_events!(ServerHostEvent: Rendezvous(server::Event), Identify(identify::Event), Ping(libp2p_ping::Event));
+from_events!(ServerHostEvent: Rendezvous(server::Event), Identify(identify::Event));
 from_events!(ClientHostEvent: Rendezvous(client::Event) => Box::new, Identify(libp2p_identify::Event) => Box::new, Ping(libp2p_ping::Event));
 
 impl From<std::convert::Infallible> for ServerHostEvent {
@@ -233,7 +232,7 @@ impl ServerBehaviour {
                 protocol_version: IDENTIFY_PROTOCOL_VERSION.into(),
                 agent_version: AGENT_VERSION.into(),
             }),
-            ping: libp2p_ping::Behaviour::default(),
+            ping: ping::Behaviour,
         }
     }
 }

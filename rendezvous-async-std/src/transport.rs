@@ -40,17 +40,46 @@ pub const BACKLOG: i32 = 1024;
 /// How long a listener waits after accepting failed for want of resources.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How long a connection is silent before TCP keepalive probes its peer,
+/// by default.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+
+/// Between two keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Keepalive probes left unanswered before the kernel drops the connection.
+pub const KEEPALIVE_PROBES: u32 = 3;
+
 /// TCP transport settings.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
     /// Disable Nagle's algorithm on every connection (default: on, since
     /// rendezvous exchanges are small request/response frames).
     pub nodelay: bool,
+    /// TCP keepalive: once a connection has been silent this long, the
+    /// kernel probes its peer every [`KEEPALIVE_INTERVAL`] and drops the
+    /// connection after [`KEEPALIVE_PROBES`] unanswered (default
+    /// [`KEEPALIVE_IDLE`]: a peer gone without a word is noticed within a
+    /// minute, and a NAT between sees a packet every 30 s). `None` leaves
+    /// the system's setting, usually off. A point sends no pings of its
+    /// own ([`rendezvous_libp2p::ping`]), so this is what finds such peers.
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { nodelay: true }
+        Config { nodelay: true, keepalive: Some(KEEPALIVE_IDLE) }
+    }
+}
+
+impl Config {
+    /// Applies the settings to a new connection.
+    fn apply(&self, stream: TcpStream) -> io::Result<TcpStream> {
+        stream.set_nodelay(self.nodelay)?;
+        if let Some(idle) = self.keepalive {
+            stream.set_keepalive(idle, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES)?;
+        }
+        Ok(stream)
     }
 }
 
@@ -242,13 +271,8 @@ impl Transport for TcpTransport {
         else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
-        let nodelay = self.config.nodelay;
-        Ok(async move {
-            let stream = TcpStream::connect(target).await?;
-            stream.set_nodelay(nodelay)?;
-            Ok(stream)
-        }
-        .boxed())
+        let config = self.config;
+        Ok(async move { config.apply(TcpStream::connect(target).await?) }.boxed())
     }
 
     fn poll(
@@ -259,7 +283,7 @@ impl Transport for TcpTransport {
         if let Some(event) = this.events.pop_front() {
             return Poll::Ready(event);
         }
-        let nodelay = this.config.nodelay;
+        let config = this.config;
         for listener in &mut this.listeners {
             if let Some(watcher) = &mut listener.interfaces {
                 while let Poll::Ready(Some(event)) = Pin::new(&mut *watcher).poll_next(cx) {
@@ -291,7 +315,7 @@ impl Transport for TcpTransport {
                         let local = stream.local_addr().unwrap_or(listener.local);
                         TransportEvent::Incoming {
                             listener_id: listener.id,
-                            upgrade: ready(stream.set_nodelay(nodelay).map(|()| stream)),
+                            upgrade: ready(config.apply(stream)),
                             local_addr: multiaddr(local),
                             send_back_addr: multiaddr(remote),
                         }
@@ -306,6 +330,9 @@ impl Transport for TcpTransport {
 
 #[cfg(test)]
 mod tests {
+    use libp2p_core::Endpoint;
+    use libp2p_core::transport::PortUse;
+
     use super::*;
 
     #[test]
@@ -322,6 +349,40 @@ mod tests {
         for other in ["/ip4/127.0.0.1/udp/1", "/dns4/example.com/tcp/1", "/ip4/127.0.0.1/tcp/1/ws"]
         {
             assert_eq!(socket_addr(&other.parse().unwrap()), None, "{other}");
+        }
+    }
+
+    /// Both ends of a connection have TCP keepalive with the settings above.
+    #[test]
+    fn connections_get_tcp_keepalive_on_both_ends() {
+        let mut listening = TcpTransport::default();
+        let mut dialing = TcpTransport::default();
+        let id = ListenerId::next();
+        listening.listen_on(id, "/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+        let (dialed, accepted) = async_io::block_on(async {
+            let address =
+                match futures::future::poll_fn(|cx| Pin::new(&mut listening).poll(cx)).await {
+                    TransportEvent::NewAddress { listen_addr, .. } => listen_addr,
+                    other => panic!("before its address, the listener said {other:?}"),
+                };
+            let dial = dialing
+                .dial(address, DialOpts { role: Endpoint::Dialer, port_use: PortUse::New })
+                .unwrap();
+            let accept = async {
+                match futures::future::poll_fn(|cx| Pin::new(&mut listening).poll(cx)).await {
+                    TransportEvent::Incoming { upgrade, .. } => upgrade.await,
+                    other => panic!("instead of a connection, the listener said {other:?}"),
+                }
+            };
+            let (dialed, accepted) = futures::join!(dial, accept);
+            (dialed.unwrap(), accepted.unwrap())
+        });
+        for (end, stream) in [("dialed", dialed), ("accepted", accepted)] {
+            let socket = socket2::SockRef::from(stream.socket());
+            assert!(socket.keepalive().unwrap(), "{end}: SO_KEEPALIVE");
+            assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE, "{end}");
+            assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL, "{end}");
+            assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES, "{end}");
         }
     }
 }

@@ -31,9 +31,12 @@ pub mod client;
 mod clock;
 pub mod framed;
 pub mod identify;
+pub mod ping;
 pub use rendezvous_core::histogram;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+mod test_swarm;
 mod timed;
 
 pub use clock::{Clock, ManualClock, system_unix_time};

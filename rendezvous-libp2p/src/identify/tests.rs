@@ -3,25 +3,13 @@
 //! to its request and then from a push; and a message under another key is
 //! refused.
 
-use std::time::Duration;
-
 use futures::StreamExt;
+use libp2p::identify as theirs;
 use libp2p::identity::Keypair;
-use libp2p::swarm::{Swarm, SwarmEvent};
-use libp2p::{SwarmBuilder, identify as theirs, noise, tcp, yamux};
+use libp2p::swarm::SwarmEvent;
 
 use super::*;
-
-fn swarm<B: NetworkBehaviour>(key: Keypair, behaviour: impl FnOnce(&Keypair) -> B) -> Swarm<B> {
-    SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .unwrap()
-        .with_behaviour(|key| behaviour(key))
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-        .build()
-}
+use crate::test_swarm::{listening, swarm};
 
 fn ours(key: &Keypair) -> Behaviour {
     Behaviour::new(Config {
@@ -34,12 +22,7 @@ fn ours(key: &Keypair) -> Behaviour {
 #[tokio::test]
 async fn a_rust_libp2p_peer_and_this_node_identify_each_other() {
     let mut point = swarm(Keypair::generate_ed25519(), ours);
-    point.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
-    let address = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = point.select_next_some().await {
-            break address;
-        }
-    };
+    let address = listening(&mut point).await;
     let mut peer = swarm(Keypair::generate_ed25519(), |key| {
         theirs::Behaviour::new(
             theirs::Config::new("/ipfs/id/1.0.0".into(), key.public())
