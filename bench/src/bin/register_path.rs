@@ -1,6 +1,6 @@
 //! What one registration costs our server, end to end: one connection
 //! registers a signed record (reused) in `small` and then `large` new
-//! namespaces, 8 in flight, each time against a fresh server; the
+//! namespaces, 8 in flight (`--inflight`), each time against a fresh server; the
 //! difference between the two runs divided by `large - small` is one
 //! registration's path (substream, multistream-select, noise, yamux, the
 //! swarm, the core), start-up and shutdown cancelled out. `--one-substream`
@@ -24,7 +24,7 @@
 //! ```text
 //! cargo build --release --bins
 //! target/release/register_path [--measure instructions|syscalls|cpu] [--small 100] [--large 900]
-//!   [--one-substream] [--client raw|ours] [-- extra server flags]
+//!   [--inflight 8] [--one-substream] [--client raw|ours] [-- extra server flags]
 //! RENDEZVOUS_BIN=path/to/other/rendezvous target/release/register_path
 //! ```
 //!
@@ -50,7 +50,7 @@ use rendezvous_tests::net::{Raw, connect, listen, raw_connection_as, swarm_as};
 
 type Error = Box<dyn std::error::Error>;
 
-/// Requests in flight on the one connection.
+/// Requests in flight on the one connection, unless `--inflight` says.
 const IN_FLIGHT: usize = 8;
 
 /// How the client carries its requests.
@@ -65,13 +65,14 @@ enum Substreams {
 }
 
 /// Registers in `n` namespaces through our client behaviour (on a tokio
-/// swarm), `IN_FLIGHT` at a time; `pipelined`: told the server is ours, so
+/// swarm), `in_flight` at a time; `pipelined`: told the server is ours, so
 /// that it carries them on one long-lived substream.
 async fn register_ours(
     keypair: Keypair,
     server: PeerId,
     address: &Multiaddr,
     n: usize,
+    in_flight: usize,
     pipelined: bool,
 ) -> Result<(), Error> {
     let mut config = client::Config::default();
@@ -87,7 +88,7 @@ async fn register_ours(
     }
     let (mut sent, mut done) = (0, 0);
     while done < n {
-        while sent < n && sent < done + IN_FLIGHT {
+        while sent < n && sent < done + in_flight {
             let ns = Namespace::new(&format!("ns-{sent}"), 255)?;
             c.behaviour_mut().register(server, ns, None)?;
             sent += 1;
@@ -117,12 +118,12 @@ fn own_cpu_micros() -> Result<f64, Error> {
     Ok(cpu_seconds("self").ok_or("no CPU time in /proc")? * 1e6)
 }
 
-/// Registers `n` times over `raw`, `IN_FLIGHT` at a time.
+/// Registers `n` times over `raw`, `in_flight` at a time.
 async fn register_all(
     raw: &Raw,
     server: PeerId,
     record: &Bytes,
-    n: usize,
+    (n, in_flight): (usize, usize),
     substreams: Substreams,
 ) -> Result<(), Error> {
     let request = |i: usize| testing::register(&format!("ns-{i}"), record.clone(), None);
@@ -130,8 +131,8 @@ async fn register_all(
         let mut control = raw.control.clone();
         let stream = control.open_stream(server, StreamProtocol::new("/rendezvous/1.0.0")).await?;
         let mut framed = Framed::new(stream, 1 << 20);
-        for start in (0..n).step_by(IN_FLIGHT) {
-            let end = (start + IN_FLIGHT).min(n);
+        for start in (0..n).step_by(in_flight) {
+            let end = (start + in_flight).min(n);
             for i in start..end {
                 framed.write_frame(&codec::frame(&request(i))).await?;
             }
@@ -142,8 +143,8 @@ async fn register_all(
         }
         return Ok(());
     }
-    for start in (0..n).step_by(IN_FLIGHT) {
-        let requests = (start..(start + IN_FLIGHT).min(n)).map(|i| {
+    for start in (0..n).step_by(in_flight) {
+        let requests = (start..(start + in_flight).min(n)).map(|i| {
             let mut raw = raw.clone_handle();
             let message = request(i);
             async move { raw.request(server, &message).await }
@@ -287,10 +288,10 @@ impl Drop for Stopped {
     }
 }
 
-/// Runs the server under `measure`'s tool, registers `n` times, stops it;
-/// returns what the tool counted.
+/// Runs the server under `measure`'s tool, registers `n` times,
+/// `in_flight` at a time, stops it; returns what the tool counted.
 async fn count(
-    n: usize,
+    (n, in_flight): (usize, usize),
     extra: &[String],
     (client, substreams): (Client, Substreams),
     measure: Measure,
@@ -320,13 +321,13 @@ async fn count(
         Client::Raw => {
             let raw = raw_connection_as(keypair, server, &address).await;
             let before = own_cpu_micros()?;
-            register_all(&raw, server, &record, n, substreams).await?;
+            register_all(&raw, server, &record, (n, in_flight), substreams).await?;
             own_cpu_micros()? - before
         }
         Client::Ours => {
             let before = own_cpu_micros()?;
             let pipelined = substreams == Substreams::One;
-            register_ours(keypair, server, &address, n, pipelined).await?;
+            register_ours(keypair, server, &address, n, in_flight, pipelined).await?;
             own_cpu_micros()? - before
         }
     };
@@ -358,10 +359,20 @@ async fn main() {
     let mut substreams = Substreams::PerRequest;
     let mut measure = Measure::Instructions;
     let mut client = Client::Raw;
+    let mut in_flight = IN_FLIGHT;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--small" => small = args.next().and_then(|v| v.parse().ok()).unwrap_or(small),
             "--large" => large = args.next().and_then(|v| v.parse().ok()).unwrap_or(large),
+            "--inflight" => {
+                in_flight =
+                    args.next().and_then(|v| v.parse().ok()).filter(|&w| w > 0).unwrap_or_else(
+                        || {
+                            eprintln!("register_path: --inflight takes a count above 0");
+                            std::process::exit(2);
+                        },
+                    )
+            }
             "--one-substream" => substreams = Substreams::One,
             "--client" => {
                 client = match args.next().as_deref() {
@@ -396,8 +407,8 @@ async fn main() {
         std::process::exit(2);
     }
     let run = async {
-        let a = count(small, &extra, (client, substreams), measure).await?;
-        let b = count(large, &extra, (client, substreams), measure).await?;
+        let a = count((small, in_flight), &extra, (client, substreams), measure).await?;
+        let b = count((large, in_flight), &extra, (client, substreams), measure).await?;
         Ok::<_, Error>((a, b))
     };
     match run.await {
