@@ -1,6 +1,6 @@
 //! A real browser reaches the point: headless Chromium runs js-libp2p (the
 //! page in `tests/browser/`) over `/ws`, registers, and discovers a peer that
-//! registered over TCP in the standard record flavour.
+//! registered over TCP in the standard record flavour, and pings the point.
 //!
 //! Needs `npm` (the page is bundled from the npm registry on first run, from
 //! its lockfile) and Chromium (`chromium`, or `RENDEZVOUS_CHROMIUM`). A
@@ -178,6 +178,9 @@ fn check(report: &serde_json::Value, tcp_peer: &str) -> String {
     assert!(found.iter().any(|id| id == tcp_peer), "the page did not see the TCP peer: {report}");
     // Its own registration came back too, in a flavour it could verify.
     assert_eq!(report["self_in_discover"], true, "{report}");
+    // The point echoed pings sent as js-libp2p's connection monitor sends
+    // them, which closes a connection whose ping fails.
+    assert_eq!(report["pings"], 3, "{report}");
     report["self"].as_str().unwrap().to_owned()
 }
 

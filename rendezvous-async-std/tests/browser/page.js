@@ -10,6 +10,9 @@
 //   timeout overall budget in ms (optional; default 15000)
 //   close   "0" keeps the tab open afterwards (default: window.close(), so headless Chromium exits)
 //
+// Then it pings the point three times as js-libp2p's connection monitor does (a stream
+// each: 32 random bytes out, the same 32 back, close).
+//
 // It always POSTs exactly one report, sets document.title to "done" or "error", stops
 // the libp2p node and closes the window.
 import { createLibp2p } from 'libp2p'
@@ -39,6 +42,7 @@ const result = {
   ttl: null,
   found: [],
   self_in_discover: false, // the canvas client drops our own registration from `found`
+  pings: 0, // pings the point echoed byte for byte
   error: null,
   stage: 'init',
   ns,
@@ -73,6 +77,25 @@ async function finish (err) {
     await Promise.race([node.stop().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 2000))])
   }
   if (params.get('close') !== '0') window.close()
+}
+
+// One ping on a stream of its own, as js-libp2p's connection monitor sends it: true if
+// the same 32 bytes came back.
+async function ping (conn) {
+  const signal = AbortSignal.timeout(Math.max(1, deadline - Date.now()))
+  const stream = await conn.newStream('/ipfs/ping/1.0.0', { signal })
+  const sent = crypto.getRandomValues(new Uint8Array(32))
+  const writing = stream.sink([sent])
+  const back = []
+  let length = 0
+  for await (const chunk of stream.source) {
+    back.push(...chunk.subarray())
+    length += chunk.byteLength
+    if (length >= sent.length) break
+  }
+  await writing
+  await stream.close({ signal })
+  return back.length === sent.length && back.every((b, i) => b === sent[i])
 }
 
 // Rejects when the overall deadline passes, so every stage is bounded.
@@ -134,6 +157,11 @@ async function main () {
     const peers = await point.discover(ns)
     result.found = peers.map((p) => p.id.toString())
   }))
+
+  result.stage = 'ping'
+  for (let i = 0; i < 3; i++) {
+    if (await bounded(ping(conn))) result.pings++
+  }
   result.stage = 'done'
 }
 
