@@ -141,10 +141,13 @@ impl ConnectionHandler for Handler {
         event: ConnectionEvent<Self::InboundProtocol, DeniedUpgrade, (), ()>,
     ) {
         if let ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
-            protocol: stream,
+            protocol: mut stream,
             ..
         }) = event
         {
+            // A peer's ping substream, open between pings, does not keep an
+            // otherwise idle connection open.
+            stream.ignore_for_keep_alive();
             self.echo = Some(echo(stream).boxed());
         }
     }

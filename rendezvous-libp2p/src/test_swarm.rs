@@ -8,9 +8,18 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::{NetworkBehaviour, Swarm, SwarmEvent};
 use libp2p::{Multiaddr, SwarmBuilder, noise, tcp, yamux};
 
-/// A swarm of `behaviour` under `key`.
+/// A swarm of `behaviour` under `key`, closing connections idle for 30 s.
 pub(crate) fn swarm<B: NetworkBehaviour>(
     key: Keypair,
+    behaviour: impl FnOnce(&Keypair) -> B,
+) -> Swarm<B> {
+    swarm_idle(key, Duration::from_secs(30), behaviour)
+}
+
+/// A swarm of `behaviour` under `key`, closing connections idle for `idle`.
+pub(crate) fn swarm_idle<B: NetworkBehaviour>(
+    key: Keypair,
+    idle: Duration,
     behaviour: impl FnOnce(&Keypair) -> B,
 ) -> Swarm<B> {
     SwarmBuilder::with_existing_identity(key)
@@ -19,7 +28,7 @@ pub(crate) fn swarm<B: NetworkBehaviour>(
         .unwrap()
         .with_behaviour(|key| behaviour(key))
         .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
         .build()
 }
 
