@@ -11,7 +11,8 @@
 //! wakeup.
 //!
 //! One ping substream per connection is echoed; a new one replaces the
-//! last, as in `libp2p-ping`.
+//! last, and none keeps an otherwise idle connection open, as in
+//! `libp2p-ping`.
 
 use std::convert::Infallible;
 use std::io;
