@@ -1,15 +1,17 @@
 //! Connection churn (`--churn N`): N peers, each a new identity running
 //! rust-libp2p's own client (TCP, noise, yamux, identify, its rendezvous
-//! client), connect, register once and disconnect, eight at a time, as
-//! peers that come and go do at a public point. What counts is the
+//! client, and with `--churn-ping` libp2p-ping), connect, register once
+//! and disconnect, eight at a time, as peers that come and go do at a
+//! public point. What counts is the
 //! server's CPU per peer (utime + stime from /proc over the run).
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::rendezvous as theirs;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{SwarmBuilder, identify, noise, tcp, yamux};
+use libp2p::{SwarmBuilder, identify, noise, ping, tcp, yamux};
 
 use crate::Error;
 use crate::conn::ADDRESS;
@@ -22,6 +24,7 @@ const AT_ONCE: usize = 8;
 struct Peer {
     identify: identify::Behaviour,
     rendezvous: theirs::client::Behaviour,
+    ping: Toggle<ping::Behaviour>,
 }
 
 pub(crate) struct ChurnRun {
@@ -33,9 +36,9 @@ pub(crate) struct ChurnRun {
     pub(crate) wall_s: f64,
 }
 
-/// One peer's visit: connect, identify, register, disconnect. False if
-/// it did not register.
-async fn visit(server: &Server, index: usize) -> Result<bool, Error> {
+/// One peer's visit: connect, identify, register, disconnect (with `ping`,
+/// running libp2p-ping meanwhile). False if it did not register.
+async fn visit(server: &Server, index: usize, ping: bool) -> Result<bool, Error> {
     let mut swarm = SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
@@ -45,6 +48,7 @@ async fn visit(server: &Server, index: usize) -> Result<bool, Error> {
                 key.public(),
             )),
             rendezvous: theirs::client::Behaviour::new(key.clone()),
+            ping: ping.then(ping::Behaviour::default).into(),
         })?
         .build();
     swarm.add_external_address(ADDRESS.parse()?);
@@ -89,14 +93,14 @@ async fn visit(server: &Server, index: usize) -> Result<bool, Error> {
     Ok(registered == Some(true))
 }
 
-pub(crate) async fn churn(kind: Kind, peers: usize) -> Result<ChurnRun, Error> {
+pub(crate) async fn churn(kind: Kind, peers: usize, ping: bool) -> Result<ChurnRun, Error> {
     let server = Server::start(kind)?;
     let (cpu, own, started) = (server.cpu(), crate::servers::own_cpu(), Instant::now());
     let (mut failed, mut next) = (0, 0);
     let mut visiting = futures::stream::FuturesUnordered::new();
     while next < peers || !visiting.is_empty() {
         while next < peers && visiting.len() < AT_ONCE {
-            visiting.push(visit(&server, next));
+            visiting.push(visit(&server, next, ping));
             next += 1;
         }
         if let Some(registered) = visiting.next().await {

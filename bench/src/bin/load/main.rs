@@ -11,7 +11,7 @@
 //!   [--sustain SECONDS --rate PER_S]
 //! target/release/load --soak SECONDS [--soak-ttl 15] [--points 3] [--rate 1000]
 //! target/release/load --subscribers 10000
-//! target/release/load --churn 2000 [--servers ours,rust]
+//! target/release/load --churn 2000 [--churn-ping] [--servers ours,rust]
 //! ```
 //!
 //! Two sweeps, each against every server in turn, each server a fresh
@@ -74,7 +74,10 @@
 //! **Churn** (`--churn N`, nothing else runs): N peers, each a new
 //! identity running rust-libp2p's client with identify, connect, register
 //! once and disconnect, 8 at a time, against ours and rust-libp2p's servers
-//! (or `--servers`); it prints the server's CPU per peer.
+//! (or `--servers`); it prints the server's CPU per peer. With
+//! `--churn-ping` each peer also runs libp2p-ping, as most rust-libp2p
+//! applications do: it pings the server as it connects, and answers the
+//! server's pings.
 //!
 //! `RENDEZVOUS_BIN=path` runs that build as "ours", to compare two builds.
 //!
@@ -126,6 +129,8 @@ struct Options {
     subscribers: usize,
     /// Peers in the churn run (0: skip).
     churn: usize,
+    /// Churning peers run libp2p-ping.
+    churn_ping: bool,
     /// `--servers` was given.
     servers_given: bool,
 }
@@ -148,6 +153,7 @@ fn options() -> Result<Options, Error> {
         soak_ttl: 15,
         subscribers: 0,
         churn: 0,
+        churn_ping: false,
         servers_given: false,
     };
     let mut args = std::env::args().skip(1);
@@ -187,6 +193,7 @@ fn options() -> Result<Options, Error> {
             "--soak-ttl" => o.soak_ttl = take()?.parse()?,
             "--subscribers" => o.subscribers = take()?.parse()?,
             "--churn" => o.churn = take()?.parse()?,
+            "--churn-ping" => o.churn_ping = true,
             "--servers" => {
                 o.servers_given = true;
                 o.servers = take()?.split(',').map(Kind::parse).collect::<Result<_, _>>()?;
@@ -212,7 +219,7 @@ async fn real_main() -> Result<(), Error> {
         let mut runs = Vec::new();
         for kind in kinds {
             eprintln!("load: {} peers churning through {}...", o.churn, kind.name());
-            runs.push(churn::churn(kind, o.churn).await?);
+            runs.push(churn::churn(kind, o.churn, o.churn_ping).await?);
         }
         churn::report(&runs);
         return Ok(());
