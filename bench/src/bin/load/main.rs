@@ -6,7 +6,7 @@
 //! ```text
 //! cargo build --release --bins && target/release/load [--quick] [--fresh]
 //!   [--sizes 1000,10000,100000|none] [--py-sizes 1000|none] [--servers ours,ours-durable,ours-redis,ours-redis-replica,ours-metrics,ours-ws,rust,py]
-//!   [--connections 20] [--inflight 8] [--svg PATH]
+//!   [--connections 20] [--inflight 8] [--pages 2000] [--svg PATH]
 //!   [--inflight-list 64,128,256|none] [--inflight-n 20000] [--py-inflight-n 1000]
 //!   [--sustain SECONDS --rate PER_S]
 //! target/release/load --soak SECONDS [--soak-ttl 15] [--points 3] [--rate 1000]
@@ -21,7 +21,10 @@
 //!   register N times in all (N/C namespaces each, W requests in flight per
 //!   connection, one substream per request as rust-libp2p and py-libp2p
 //!   clients do), refresh them all, ask for discover pages of 100, page
-//!   through everything, then mix refreshes and discovers. It prints rates,
+//!   through everything, then mix refreshes and discovers (`--pages`, 2000:
+//!   the discover pages asked; 0 skips every discovery phase, so that a
+//!   server answering only REGISTERs, such as `stack-floor`, can be
+//!   measured). It prints rates,
 //!   p50/p99 latency, the server's CPU seconds (utime+stime from /proc), the
 //!   load tool's own, and the server's peak RSS (VmHWM), then the ratios
 //!   ours/theirs.
@@ -182,6 +185,7 @@ fn options() -> Result<Options, Error> {
             "--py-sizes" => o.py_sizes = list(take()?)?,
             "--connections" => o.shape.connections = take()?.parse()?,
             "--inflight" => o.shape.inflight = take()?.parse()?,
+            "--pages" => o.shape.pages = take()?.parse()?,
             "--inflight-list" => o.inflight_list = list(take()?)?,
             "--inflight-n" => o.inflight_n = take()?.parse()?,
             "--py-inflight-n" => o.py_inflight_n = take()?.parse()?,

@@ -48,6 +48,7 @@ impl ScaleRun {
 pub(crate) struct Shape {
     pub(crate) connections: usize,
     pub(crate) inflight: usize,
+    /// Discover pages asked for in all (0: no discovery phases).
     pub(crate) pages: usize,
     pub(crate) fresh: bool,
 }
@@ -83,7 +84,8 @@ async fn register_round(
 }
 
 /// Registers N, refreshes them all, discovers pages, pages through
-/// everything, then mixes refreshes and discovers.
+/// everything, then mixes refreshes and discovers (with `shape.pages` 0,
+/// only the first two).
 pub(crate) async fn scale(kind: Kind, n: usize, shape: &Shape) -> Result<ScaleRun, Error> {
     let server = Server::start(kind)?;
     let conns = connections(&server, shape.connections).await?;
@@ -98,32 +100,14 @@ pub(crate) async fn scale(kind: Kind, n: usize, shape: &Shape) -> Result<ScaleRu
     let refresh = register_round(server.kind, &conns, each, fresh(2 + per_conn as u64)).await?;
     let cpu_after_refresh = server.cpu();
 
-    // Discover pages of 100 in one namespace (py-libp2p needs one).
-    let per = shape.pages.div_ceil(conns.len());
-    let request = |_: usize, _: usize| Ok(testing::discover(Some("ns-0"), Some(100), None));
-    let nonempty: Arc<Check> = Arc::new(|reply: &proto::Message| {
-        let entries = reply.discover_response.as_ref().map_or(0, |p| p.registrations.len());
-        if entries == 0 { Err("an empty page of a full namespace".into()) } else { Ok(()) }
-    });
-    let pages = round(&conns, per, shape.inflight, Carry::PerRequest, request, nonempty).await?;
-    let total = register.acknowledged();
-    let page_all_s = match kind {
-        Kind::Py => None,
-        _ => Some(page_all(&server, &conns[0], total).await?),
+    let (pages, page_all_s, mixed) = if shape.pages == 0 {
+        (Tally::default(), None, Tally::default())
+    } else {
+        discoveries(&server, &conns, per_conn, register.acknowledged(), shape).await?
     };
-    let records = conns.iter().map(|c| c.record(kind)).collect::<Result<Vec<_>, _>>()?;
-    let request = move |j: usize, i: usize| {
-        let ns = format!("ns-{}", (i * 7919) % per_conn);
-        Ok(if i.is_multiple_of(2) {
-            testing::register(&ns, records[j].clone(), Some(7200))
-        } else {
-            testing::discover(Some(&ns), Some(100), None)
-        })
-    };
-    let mixed = round(&conns, per, shape.inflight, Carry::PerRequest, request, any()).await?;
     Ok(ScaleRun {
         kind,
-        n: total,
+        n: register.acknowledged(),
         cpu_per_registration_us: per_request_us(cpu_after_register - cpu_before, &register),
         cpu_per_refresh_us: per_request_us(cpu_after_refresh - cpu_after_register, &refresh),
         register,
@@ -135,6 +119,42 @@ pub(crate) async fn scale(kind: Kind, n: usize, shape: &Shape) -> Result<ScaleRu
         own_cpu_s: own_cpu() - own_before,
         peak_rss_mib: server.peak_rss_mib(),
     })
+}
+
+/// Discover pages of 100 in one namespace, paging through everything, then
+/// refreshes and discovers mixed: the pages, the time to page through all
+/// `total` (none for py-libp2p) and the mixed round.
+async fn discoveries(
+    server: &Server,
+    conns: &[Conn],
+    per_conn: usize,
+    total: usize,
+    shape: &Shape,
+) -> Result<(Tally, Option<(f64, usize)>, Tally), Error> {
+    let kind = server.kind;
+    // Discover pages of 100 in one namespace (py-libp2p needs one).
+    let per = shape.pages.div_ceil(conns.len());
+    let request = |_: usize, _: usize| Ok(testing::discover(Some("ns-0"), Some(100), None));
+    let nonempty: Arc<Check> = Arc::new(|reply: &proto::Message| {
+        let entries = reply.discover_response.as_ref().map_or(0, |p| p.registrations.len());
+        if entries == 0 { Err("an empty page of a full namespace".into()) } else { Ok(()) }
+    });
+    let pages = round(conns, per, shape.inflight, Carry::PerRequest, request, nonempty).await?;
+    let page_all_s = match kind {
+        Kind::Py => None,
+        _ => Some(page_all(server, &conns[0], total).await?),
+    };
+    let records = conns.iter().map(|c| c.record(kind)).collect::<Result<Vec<_>, _>>()?;
+    let request = move |j: usize, i: usize| {
+        let ns = format!("ns-{}", (i * 7919) % per_conn);
+        Ok(if i.is_multiple_of(2) {
+            testing::register(&ns, records[j].clone(), Some(7200))
+        } else {
+            testing::discover(Some(&ns), Some(100), None)
+        })
+    };
+    let mixed = round(conns, per, shape.inflight, Carry::PerRequest, request, any()).await?;
+    Ok((pages, page_all_s, mixed))
 }
 
 fn per_request_us(cpu_s: f64, tally: &Tally) -> f64 {
