@@ -22,7 +22,7 @@ use rendezvous_libp2p::{client, identify, ping, server};
 use crate::handshakes::{Bounded, HandshakeLimits, Handshakes};
 use crate::node::Identified;
 use crate::per_ip;
-use crate::transport::TcpTransport;
+use crate::transport::{self, TcpTransport};
 use crate::websocket;
 
 /// What this host announces in identify: the prefix our server reads as
@@ -138,6 +138,9 @@ pub struct ConnectionLimits {
     pub max_handshakes_per_ip: usize,
     /// Longest a handshake (security and muxer negotiation) may take.
     pub handshake_timeout: Duration,
+    /// TCP keepalive's idle time on every connection (`None`: the
+    /// system's setting); see [`crate::transport::Config::keepalive`].
+    pub tcp_keepalive: Option<Duration>,
 }
 
 impl Default for ConnectionLimits {
@@ -149,6 +152,7 @@ impl Default for ConnectionLimits {
             max_handshakes: HandshakeLimits::default().max,
             max_handshakes_per_ip: HandshakeLimits::default().max_per_ip,
             handshake_timeout: Duration::from_secs(10),
+            tcp_keepalive: Some(crate::transport::KEEPALIVE_IDLE),
         }
     }
 }
@@ -257,15 +261,17 @@ fn identify(keypair: &Keypair) -> libp2p_identify::Behaviour {
     libp2p_identify::Behaviour::new(config)
 }
 
-/// TCP or WebSocket (`/ws`, and `/wss` with `tls`), then noise and yamux,
-/// authenticated with `keypair`, each handshake given `handshake_timeout`.
+/// TCP (with `tcp`'s settings) or WebSocket (`/ws`, and `/wss` with
+/// `tls`), then noise and yamux, authenticated with `keypair`, each
+/// handshake given `handshake_timeout`.
 fn upgraded(
     keypair: &Keypair,
     handshake_timeout: Duration,
+    tcp: transport::Config,
     tls: Option<&websocket::Tls>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, libp2p_noise::Error> {
-    Ok(TcpTransport::default()
-        .or_transport(websocket::transport(tls))
+    Ok(TcpTransport::new(tcp)
+        .or_transport(websocket::transport(tcp, tls))
         .upgrade(Version::V1)
         .authenticate(libp2p_noise::Config::new(keypair)?)
         .multiplex(libp2p_yamux::Config::default())
@@ -279,7 +285,7 @@ pub fn transport(
     keypair: &Keypair,
     handshake_timeout: Duration,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, libp2p_noise::Error> {
-    upgraded(keypair, handshake_timeout, None)
+    upgraded(keypair, handshake_timeout, transport::Config::default(), None)
 }
 
 /// A point's transport: [`transport`], serving `/wss` with `tls` if given,
@@ -290,7 +296,8 @@ pub fn server_transport(
     limits: &ConnectionLimits,
     tls: Option<&websocket::Tls>,
 ) -> Result<(Boxed<(PeerId, StreamMuxerBox)>, Handshakes), libp2p_noise::Error> {
-    let transport = upgraded(keypair, limits.handshake_timeout, tls)?;
+    let tcp = transport::Config { keepalive: limits.tcp_keepalive, ..Default::default() };
+    let transport = upgraded(keypair, limits.handshake_timeout, tcp, tls)?;
     let (bounded, handshakes) = Bounded::new(transport, limits.handshakes());
     Ok((bounded.boxed(), handshakes))
 }

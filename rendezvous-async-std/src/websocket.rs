@@ -18,16 +18,20 @@ use libp2p_websocket::tls;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::transport::TcpTransport;
+use crate::transport::{self, TcpTransport};
 
 /// The largest WebSocket message a connection takes (256 KiB). libp2p
 /// stacks send one noise frame, at most 65,537 bytes, per message; the
 /// crate's default of 256 MiB would let one connection buffer that much.
 pub const MAX_MESSAGE: usize = 256 * 1024;
 
-/// A WebSocket transport over TCP, serving `/wss` with `tls` if given.
-pub(crate) fn transport(tls: Option<&Tls>) -> libp2p_websocket::Config<TcpTransport> {
-    let mut ws = libp2p_websocket::Config::new(TcpTransport::default());
+/// A WebSocket transport over TCP with `tcp`'s settings, serving `/wss`
+/// with `tls` if given.
+pub(crate) fn transport(
+    tcp: transport::Config,
+    tls: Option<&Tls>,
+) -> libp2p_websocket::Config<TcpTransport> {
+    let mut ws = libp2p_websocket::Config::new(TcpTransport::new(tcp));
     ws.set_max_data_size(MAX_MESSAGE);
     if let Some(tls) = tls {
         ws.set_tls_config(tls.0.clone());

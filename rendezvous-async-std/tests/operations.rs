@@ -266,3 +266,60 @@ fn the_systemd_unit_verifies_where_systemd_is() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "systemd-analyze verify: {said}");
 }
+
+/// The kernel's timer on the point's end of the TCP connection `client`
+/// made: its kind (`/proc/net/tcp`'s `tr`: 2 is keepalive, 0 none) and
+/// when it fires, in seconds. Retried while the point has not accepted it.
+fn server_side_timer(server_port: u16, client: &std::net::TcpStream) -> (u8, f64) {
+    let client_port = client.local_addr().unwrap().port();
+    let wanted = (format!("{server_port:04X}"), format!("{client_port:04X}"));
+    for _ in 0..100 {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp (Linux)");
+        for line in table.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = |field: &str| field.rsplit(':').next().unwrap_or("").to_owned();
+            // Established (01), from the point's port to the client's.
+            if fields.len() > 5
+                && fields[3] == "01"
+                && (port(fields[1]), port(fields[2])) == wanted
+                && fields[5] != "00:00000000"
+            {
+                let (kind, when) = fields[5].split_once(':').unwrap();
+                // In clock ticks, 100 a second on Linux.
+                let ticks = u64::from_str_radix(when, 16).unwrap();
+                return (kind.parse().unwrap(), ticks as f64 / 100.0);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (0, 0.0)
+}
+
+#[test]
+fn tcp_keepalive_follows_its_flag() {
+    for (flag, expected) in [(None, Some(30.0)), (Some("45"), Some(45.0)), (Some("0"), None)] {
+        let mut extra = Vec::new();
+        if let Some(secs) = flag {
+            extra.extend(["--tcp-keepalive", secs]);
+        }
+        let (server, address) = common::server(&extra);
+        let port: u16 =
+            address.split("/tcp/").nth(1).unwrap().split('/').next().unwrap().parse().unwrap();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (kind, when) = server_side_timer(port, &client);
+        match expected {
+            Some(idle) => {
+                assert_eq!(
+                    kind, 2,
+                    "--tcp-keepalive {flag:?}: no keepalive timer on the point's end"
+                );
+                assert!(
+                    when <= idle && when > idle - 5.0,
+                    "--tcp-keepalive {flag:?}: fires in {when} s, not {idle}"
+                );
+            }
+            None => assert_eq!((kind, when), (0, 0.0), "--tcp-keepalive 0 left a timer"),
+        }
+        drop(server);
+    }
+}

@@ -164,6 +164,12 @@ pub(crate) struct Args {
     /// Longest a connection may take to finish its handshake (server).
     #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) handshake_timeout: u64,
+    /// Probe a connection silent for this long with TCP keepalive, every
+    /// 10 s, and drop it after 3 probes go unanswered: how a point, which
+    /// sends no pings, notices a peer gone without a word (server; 0: the
+    /// system's setting, usually off).
+    #[arg(long, default_value_t = rendezvous_async_std::transport::KEEPALIVE_IDLE.as_secs(), value_name = "SECONDS")]
+    pub(crate) tcp_keepalive: u64,
     /// Close a connection that carries no rendezvous request for this long
     /// (server; 0: never).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
@@ -262,6 +268,7 @@ impl Args {
         o.connections.max_per_ip = self.max_connections_per_ip;
         o.connections.max_handshakes = self.max_handshakes;
         o.connections.handshake_timeout = secs(self.handshake_timeout);
+        o.connections.tcp_keepalive = (self.tcp_keepalive > 0).then(|| secs(self.tcp_keepalive));
         o.stats_interval = (self.stats_interval > 0).then(|| secs(self.stats_interval));
         o.metrics = self.metrics;
         o.validate().map_err(|e| e.to_string())?;
