@@ -22,7 +22,7 @@ use rendezvous_libp2p::{client, identify, ping, server};
 use crate::handshakes::{Bounded, HandshakeLimits, Handshakes};
 use crate::node::Identified;
 use crate::per_ip;
-use crate::transport::{self, TcpTransport};
+use crate::transport::{Config as TcpConfig, TcpTransport};
 use crate::websocket;
 
 /// What this host announces in identify: the prefix our server reads as
@@ -267,7 +267,7 @@ fn identify(keypair: &Keypair) -> libp2p_identify::Behaviour {
 fn upgraded(
     keypair: &Keypair,
     handshake_timeout: Duration,
-    tcp: transport::Config,
+    tcp: TcpConfig,
     tls: Option<&websocket::Tls>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, libp2p_noise::Error> {
     Ok(TcpTransport::new(tcp)
@@ -285,7 +285,7 @@ pub fn transport(
     keypair: &Keypair,
     handshake_timeout: Duration,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, libp2p_noise::Error> {
-    upgraded(keypair, handshake_timeout, transport::Config::default(), None)
+    upgraded(keypair, handshake_timeout, TcpConfig::default(), None)
 }
 
 /// A point's transport: [`transport`], serving `/wss` with `tls` if given,
@@ -296,7 +296,7 @@ pub fn server_transport(
     limits: &ConnectionLimits,
     tls: Option<&websocket::Tls>,
 ) -> Result<(Boxed<(PeerId, StreamMuxerBox)>, Handshakes), libp2p_noise::Error> {
-    let tcp = transport::Config { keepalive: limits.tcp_keepalive, ..Default::default() };
+    let tcp = TcpConfig { keepalive: limits.tcp_keepalive, ..Default::default() };
     let transport = upgraded(keypair, limits.handshake_timeout, tcp, tls)?;
     let (bounded, handshakes) = Bounded::new(transport, limits.handshakes());
     Ok((bounded.boxed(), handshakes))

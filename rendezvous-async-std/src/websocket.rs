@@ -18,7 +18,7 @@ use libp2p_websocket::tls;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::transport::{self, TcpTransport};
+use crate::transport::{Config as TcpConfig, TcpTransport};
 
 /// The largest WebSocket message a connection takes (256 KiB). libp2p
 /// stacks send one noise frame, at most 65,537 bytes, per message; the
@@ -28,7 +28,7 @@ pub const MAX_MESSAGE: usize = 256 * 1024;
 /// A WebSocket transport over TCP with `tcp`'s settings, serving `/wss`
 /// with `tls` if given.
 pub(crate) fn transport(
-    tcp: transport::Config,
+    tcp: TcpConfig,
     tls: Option<&Tls>,
 ) -> libp2p_websocket::Config<TcpTransport> {
     let mut ws = libp2p_websocket::Config::new(TcpTransport::new(tcp));
