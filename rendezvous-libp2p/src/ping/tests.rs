@@ -5,19 +5,26 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::ping as theirs;
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{Swarm, SwarmEvent};
 
 use super::*;
 use crate::test_swarm::{listening, swarm, swarm_idle};
 
-#[tokio::test]
-async fn a_rust_libp2p_peer_s_pings_are_answered() {
-    let mut point = swarm(Keypair::generate_ed25519(), |_| Behaviour);
+/// A point closing connections idle for `idle`, and a rust-libp2p peer
+/// dialing it that pings every millisecond.
+async fn point_and_pinging_peer(idle: Duration) -> (Swarm<Behaviour>, Swarm<theirs::Behaviour>) {
+    let mut point = swarm_idle(Keypair::generate_ed25519(), idle, |_| Behaviour);
     let address = listening(&mut point).await;
     let mut peer = swarm(Keypair::generate_ed25519(), |_| {
         theirs::Behaviour::new(theirs::Config::new().with_interval(Duration::from_millis(1)))
     });
     peer.dial(address).unwrap();
+    (point, peer)
+}
+
+#[tokio::test]
+async fn a_rust_libp2p_peer_s_pings_are_answered() {
+    let (mut point, mut peer) = point_and_pinging_peer(Duration::from_secs(30)).await;
     let mut answered = 0;
     for _ in 0..200 {
         tokio::select! {
@@ -42,13 +49,7 @@ async fn a_rust_libp2p_peer_s_pings_are_answered() {
 
 #[tokio::test]
 async fn a_ping_substream_in_use_does_not_keep_an_idle_connection_open() {
-    let idle = Duration::from_millis(300);
-    let mut point = swarm_idle(Keypair::generate_ed25519(), idle, |_| Behaviour);
-    let address = listening(&mut point).await;
-    let mut peer = swarm(Keypair::generate_ed25519(), |_| {
-        theirs::Behaviour::new(theirs::Config::new().with_interval(Duration::from_millis(1)))
-    });
-    peer.dial(address).unwrap();
+    let (mut point, mut peer) = point_and_pinging_peer(Duration::from_millis(300)).await;
     let mut answered = 0;
     // At a ping a millisecond, a connection kept open would answer far
     // more than this many before the loop ends.
