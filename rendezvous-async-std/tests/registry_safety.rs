@@ -496,3 +496,39 @@ fn redis_settings_that_lose_registrations_are_named_at_start() {
     let (accepted, _) = point(&keeps, &["--redis-allow-eviction"]);
     assert!(accepted.seen().iter().any(|l| l.contains("accepted by --redis-allow-eviction")));
 }
+
+#[test]
+fn a_redis_set_to_evict_while_the_point_runs_takes_no_write_until_it_is_set_back() {
+    let redis = RedisServer::start("evict-later");
+    let keeps = Keeps::Redis(redis.url());
+    let (mut server, address) = point(&keeps, &[]);
+    let (id, addr) = peer_of(&address);
+    let me = TestPeer::new(8);
+    runtime().block_on(async {
+        let mut raw = raw_connection_as(me.keypair.clone(), id, &addr).await;
+        let mut stream = send(&mut raw, id, &register(&me, "before")).await;
+        assert_eq!(status_of(&mut stream).await, ResponseStatus::Ok);
+        // Evicting, and the point's connections dropped, as a failover to
+        // a Redis set so would: it must not write there (a write taken
+        // there would wait for a follower that refuses to follow).
+        assert_eq!(redis.command(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]), "+OK");
+        assert!(redis.command(&["CLIENT", "KILL", "TYPE", "normal"]).starts_with(':'));
+        for i in 0..10 {
+            let mut stream = send(&mut raw, id, &register(&me, &format!("evicting-{i}"))).await;
+            let status = status_of(&mut stream).await;
+            assert_eq!(status, ResponseStatus::EUnavailable, "REGISTER {i} to an evicting Redis");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(redis.command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]), "+OK");
+        let started = Instant::now();
+        loop {
+            let mut stream = send(&mut raw, id, &register(&me, "after")).await;
+            if status_of(&mut stream).await == ResponseStatus::Ok {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "writes never resumed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    server.expect("allkeys-lru");
+}

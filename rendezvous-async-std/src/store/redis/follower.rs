@@ -219,6 +219,7 @@ impl Follower {
             Err(refusal) => {
                 warn!(target: LOG, "Redis at {}: {refusal}; writes are refused", self.url);
                 self.health.set_trouble(Some(format!("the shared store refuses: {refusal}")));
+                self.health.settings_refused.store(true, Ordering::Relaxed);
                 return false;
             }
         }

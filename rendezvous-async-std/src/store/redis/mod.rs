@@ -27,7 +27,7 @@ mod url;
 mod writer;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -92,6 +92,10 @@ struct Health {
     highest_written: AtomicU64,
     /// The last position this point read from the log.
     applied: AtomicU64,
+    /// The follower found Redis's settings refused: the writer must drop
+    /// its connection and check them again before writing more, since a
+    /// write it makes now would wait for a follower that cannot follow.
+    settings_refused: AtomicBool,
 }
 
 /// Writes remembered, to count what a failover lost.
@@ -231,7 +235,7 @@ impl RedisStore {
             committed,
             limits,
             health.clone(),
-            options.min_replicas,
+            options.clone(),
         );
         crate::runtime::spawn(writes.run(queued, writer));
         let follower = follower::Follower {

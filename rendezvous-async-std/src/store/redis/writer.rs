@@ -15,9 +15,13 @@
 //! last write), and a `WAIT` that times out refuses the puts it covered
 //! and retries the deletes. A connection that fails is replaced by one to
 //! the primary of the moment (see [`Primary`]), never reused: a `WAIT` on
-//! a new connection would acknowledge nothing it wrote.
+//! a new connection would acknowledge nothing it wrote. A new connection
+//! is used only if its Redis passes the checks made at start: a primary
+//! set to evict keys since (by a failover, or `CONFIG SET`) takes no write,
+//! and REGISTERs are refused until it is set back.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -32,7 +36,7 @@ use rendezvous_libp2p::core::proto::ResponseStatus;
 use rendezvous_libp2p::store::{ActionId, Commit, StoreAction, store_key};
 
 use super::primary::Primary;
-use super::{Health, SharedLimits, scripts};
+use super::{Health, RedisOptions, SharedLimits, scripts};
 
 /// Writes sent to Redis at once, in order (one connection keeps the order).
 const WRITES_IN_FLIGHT: usize = 64;
@@ -84,7 +88,7 @@ pub(super) struct Writer {
     committed: UnboundedSender<Commit>,
     limits: SharedLimits,
     health: Arc<Health>,
-    min_replicas: usize,
+    options: RedisOptions,
 }
 
 impl Writer {
@@ -93,9 +97,9 @@ impl Writer {
         committed: UnboundedSender<Commit>,
         limits: SharedLimits,
         health: Arc<Health>,
-        min_replicas: usize,
+        options: RedisOptions,
     ) -> Self {
-        Writer { primary, committed, limits, health, min_replicas }
+        Writer { primary, committed, limits, health, options }
     }
 
     pub(super) async fn run(
@@ -133,10 +137,13 @@ impl Writer {
                 if replicated.is_terminated() && !taken.is_empty() && in_flight.is_empty() {
                     let batch = std::mem::take(&mut taken);
                     replicated =
-                        wait_for_replicas(connection.clone(), self.min_replicas, batch).fuse();
+                        wait_for_replicas(connection.clone(), self.options.min_replicas, batch)
+                            .fuse();
                 }
             } else if connecting.is_terminated() {
-                connecting = reconnect(self.primary.clone(), self.health.clone()).fuse();
+                connecting =
+                    reconnect(self.primary.clone(), self.health.clone(), self.options.clone())
+                        .fuse();
             }
             if !open
                 && waiting.is_empty()
@@ -162,7 +169,7 @@ impl Writer {
                 }
                 (batch, replicas) = replicated => {
                     for Taken { commit, action, generation: on } in batch {
-                        if on == generation && replicas >= self.min_replicas {
+                        if on == generation && replicas >= self.options.min_replicas {
                             if let Commit::Logged { seq, .. } = commit {
                                 self.health.taken(seq);
                             }
@@ -170,7 +177,7 @@ impl Writer {
                         } else if let StoreAction::Put { id, .. } = action {
                             self.refuse(id, &format!(
                                 "{replicas} of the {} replicas asked for took the registration in time",
-                                self.min_replicas
+                                self.options.min_replicas
                             ));
                         } else {
                             retrying.push_back((action, Instant::now() + RETRY_AFTER));
@@ -183,13 +190,16 @@ impl Writer {
                         (link, epoch) = (Some(connection), made_in);
                         self.health.set_trouble(None);
                     }
-                    Err(error) => {
-                        self.health.set_trouble(Some(format!("the shared store is unreachable: {error}")));
-                    }
+                    Err(trouble) => self.health.set_trouble(Some(trouble)),
                 },
                 _ = ticks.next() => {
                     if link.is_some() && self.primary.moved_since(epoch) {
                         // Writes go to the primary Sentinel names now.
+                        link = None;
+                    }
+                    if self.health.settings_refused.swap(false, Ordering::Relaxed) {
+                        // The follower refused Redis's settings: check
+                        // them again on a new connection before writing.
                         link = None;
                     }
                     // Puts queued past their deadline, in order of age.
@@ -254,7 +264,7 @@ impl Writer {
             self.health.written(seq);
         }
         let stored = matches!(commit, Commit::Logged { .. });
-        if stored && self.min_replicas > 0 {
+        if stored && self.options.min_replicas > 0 {
             taken.push(Taken { commit, action, generation });
         } else {
             if let Commit::Logged { seq, .. } = commit {
@@ -283,23 +293,33 @@ fn action_id(action: &StoreAction) -> Option<ActionId> {
     }
 }
 
-/// A connection to the primary of the moment, after a pause; its layout
-/// checked (or claimed, if it lost everything) and positions raised past
-/// everything this point saw first, in case it is a new primary that lost
-/// writes.
+/// A connection to the primary of the moment, after a pause; its settings
+/// and layout checked (or claimed, if it lost everything) and positions
+/// raised past everything this point saw first, in case it is a new
+/// primary that lost writes. Else why not, for the health endpoints.
 fn reconnect(
     primary: Arc<Primary>,
     health: Arc<Health>,
-) -> BoxFuture<'static, redis::RedisResult<(u64, MultiplexedConnection)>> {
+    options: RedisOptions,
+) -> BoxFuture<'static, Result<(u64, MultiplexedConnection), String>> {
     async move {
         async_io::Timer::after(RECONNECT_AFTER).await;
+        let unreachable = |e: redis::RedisError| format!("the shared store is unreachable: {e}");
         let epoch = primary.epoch();
-        let mut connection = primary.connect(&link_config()).await?;
+        let mut connection = primary.connect(&link_config()).await.map_err(unreachable)?;
+        // A primary set to evict keys since (a failover, or a CONFIG SET)
+        // takes no write, as at start; its warnings are the follower's to
+        // log.
+        super::check_settings(&mut connection, &options)
+            .await
+            .map_err(|refusal| format!("the shared store refuses: {refusal}"))?;
         // A primary that lost everything is claimed again before any write.
-        if let Err(refusal) = super::check_format(&mut connection).await {
-            return Err(redis::RedisError::from((redis::ErrorKind::Io, "refused", refusal)));
-        }
-        super::follower::raise_positions(&mut connection, health.seen()).await?;
+        super::check_format(&mut connection)
+            .await
+            .map_err(|refusal| format!("the shared store refuses: {refusal}"))?;
+        super::follower::raise_positions(&mut connection, health.seen())
+            .await
+            .map_err(unreachable)?;
         Ok((epoch, connection))
     }
     .boxed()
