@@ -129,9 +129,9 @@ fn register_through_a_failover(
     // `while_cut_off` acknowledgements; then the primary dies with what it
     // could not pass on.
     let replica = sentinels.replica.port;
-    let cut =
+    let said =
         cli_script(replica, "CONFIG SET masterauth not-the-password\nCLIENT KILL TYPE master\n");
-    assert_eq!(cut, "OK\n1\n", "the replica's link to the primary was cut");
+    assert_eq!(said, "OK\n1\n", "the replica's link to the primary was cut");
     let primary = sentinels.primary.port;
     let cut = Instant::now();
     loop {

@@ -199,7 +199,7 @@ impl Follower {
 
     fn lost(&self, error: &redis::RedisError) {
         warn!(target: LOG, "Lost the shared store at {}: {error}; retrying", self.url);
-        self.health.set_trouble(Some(format!("the shared store is unreachable: {error}")));
+        self.health.set_trouble(Some(super::unreachable(error)));
     }
 
     /// Back after losing Redis: its settings again; positions raised past
@@ -218,7 +218,7 @@ impl Follower {
             }
             Err(refusal) => {
                 warn!(target: LOG, "Redis at {}: {refusal}; writes are refused", self.url);
-                self.health.set_trouble(Some(format!("the shared store refuses: {refusal}")));
+                self.health.set_trouble(Some(super::refuses(&refusal)));
                 self.health.settings_refused.store(true, Ordering::Relaxed);
                 return false;
             }

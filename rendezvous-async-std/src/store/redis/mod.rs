@@ -297,6 +297,17 @@ impl Store for RedisStore {
     }
 }
 
+/// What the health endpoints say while Redis cannot be reached.
+fn unreachable(error: &dyn std::fmt::Display) -> String {
+    format!("the shared store is unreachable: {error}")
+}
+
+/// What the health endpoints say while the point refuses Redis's settings
+/// or layout.
+fn refuses(refusal: &str) -> String {
+    format!("the shared store refuses: {refusal}")
+}
+
 /// Reads `appendonly` and `maxmemory-policy`: warnings to log, or why the
 /// point must not use this Redis.
 async fn check_settings(

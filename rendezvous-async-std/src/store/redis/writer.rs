@@ -245,7 +245,7 @@ impl Writer {
             Ok(Outcome::Delete(0)) => Commit::Removed { id },
             Ok(Outcome::Delete(seq)) => Commit::Logged { id, seq },
             Err(error) => {
-                let why = format!("the shared store is unreachable: {error}");
+                let why = super::unreachable(&error);
                 self.health.set_trouble(Some(why.clone()));
                 if matches!(action, StoreAction::Delete { .. }) {
                     return Some(action);
@@ -304,7 +304,7 @@ fn reconnect(
 ) -> BoxFuture<'static, Result<(u64, MultiplexedConnection), String>> {
     async move {
         async_io::Timer::after(RECONNECT_AFTER).await;
-        let unreachable = |e: redis::RedisError| format!("the shared store is unreachable: {e}");
+        let unreachable = |e: redis::RedisError| super::unreachable(&e);
         let epoch = primary.epoch();
         let mut connection = primary.connect(&link_config()).await.map_err(unreachable)?;
         // A primary set to evict keys since (a failover, or a CONFIG SET)
@@ -312,11 +312,9 @@ fn reconnect(
         // log.
         super::check_settings(&mut connection, &options)
             .await
-            .map_err(|refusal| format!("the shared store refuses: {refusal}"))?;
+            .map_err(|refusal| super::refuses(&refusal))?;
         // A primary that lost everything is claimed again before any write.
-        super::check_format(&mut connection)
-            .await
-            .map_err(|refusal| format!("the shared store refuses: {refusal}"))?;
+        super::check_format(&mut connection).await.map_err(|refusal| super::refuses(&refusal))?;
         super::follower::raise_positions(&mut connection, health.seen())
             .await
             .map_err(unreachable)?;
