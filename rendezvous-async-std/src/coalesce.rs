@@ -24,7 +24,6 @@ use std::net::{Shutdown, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use async_io::Async;
 use futures::{AsyncRead, AsyncWrite};
@@ -142,24 +141,7 @@ impl TcpStream {
         Ok(TcpStream::new(Async::<std::net::TcpStream>::connect(addr).await?))
     }
 
-    /// Sets `TCP_NODELAY`.
-    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        self.shared.io.get_ref().set_nodelay(nodelay)
-    }
-
-    /// Turns TCP keepalive on: probes every `interval` once the connection
-    /// has been silent for `idle`, and the connection dropped after
-    /// `probes` unanswered.
-    pub fn set_keepalive(&self, idle: Duration, interval: Duration, probes: u32) -> io::Result<()> {
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(idle)
-            .with_interval(interval)
-            .with_retries(probes);
-        socket2::SockRef::from(self.shared.io.get_ref()).set_tcp_keepalive(&keepalive)
-    }
-
-    /// The socket itself, for tests to read its options.
-    #[cfg(test)]
+    /// The socket itself, to set and read its options.
     pub(crate) fn socket(&self) -> &std::net::TcpStream {
         self.shared.io.get_ref()
     }

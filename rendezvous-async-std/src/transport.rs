@@ -8,6 +8,11 @@
 //! Dialing always uses a fresh local port: `PortUse::Reuse` only helps NAT
 //! hole punching, which this host does not do.
 //!
+//! The listening socket carries the connections' TCP options ([`Config`]).
+//! On Linux an accepted connection inherits them, and comes out of `accept4`
+//! nonblocking, so accepting takes two system calls: `accept4` and the
+//! reactor's registration.
+//!
 //! When accepting fails for want of resources (out of file descriptors or
 //! memory), the listener waits [`ACCEPT_BACKOFF`] before trying again and
 //! logs a warning at most once a second, instead of spinning on the error.
@@ -73,13 +78,18 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Applies the settings to a new connection.
-    fn apply(&self, stream: TcpStream) -> io::Result<TcpStream> {
-        stream.set_nodelay(self.nodelay)?;
+    /// Applies the settings to a socket: a new connection, or a listener
+    /// whose connections inherit them.
+    fn apply(&self, socket: socket2::SockRef<'_>) -> io::Result<()> {
+        socket.set_tcp_nodelay(self.nodelay)?;
         if let Some(idle) = self.keepalive {
-            stream.set_keepalive(idle, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES)?;
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(KEEPALIVE_INTERVAL)
+                .with_retries(KEEPALIVE_PROBES);
+            socket.set_tcp_keepalive(&keepalive)?;
         }
-        Ok(stream)
+        Ok(())
     }
 }
 
@@ -136,8 +146,9 @@ fn socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
     }
 }
 
-/// A listening socket on `addr`, with [`BACKLOG`].
-fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// A listening socket on `addr`, with [`BACKLOG`] and `config`'s options
+/// for its connections to inherit.
+fn bind(addr: SocketAddr, config: Config) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
@@ -145,6 +156,7 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    config.apply((&socket).into())?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
@@ -152,6 +164,33 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 fn multiaddr(addr: SocketAddr) -> Multiaddr {
     Multiaddr::empty().with(addr.ip().into()).with(Protocol::Tcp(addr.port()))
+}
+
+/// Accepts one connection: nonblocking from `accept4`, with the listener's
+/// TCP options, which Linux copies to it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn accept(
+    listener: &std::net::TcpListener,
+    _: Config,
+) -> io::Result<(Async<std::net::TcpStream>, SocketAddr)> {
+    use rustix::net::{SocketFlags, acceptfrom_with};
+    let (fd, remote) = acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+    let remote = remote
+        .and_then(|remote| SocketAddr::try_from(remote).ok())
+        .ok_or_else(|| io::Error::other("an accepted TCP connection has no IP address"))?;
+    Ok((Async::new_nonblocking(std::net::TcpStream::from(fd))?, remote))
+}
+
+/// Accepts one connection, and gives it `config`'s options: whether a
+/// connection inherits the listener's differs between systems.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn accept(
+    listener: &std::net::TcpListener,
+    config: Config,
+) -> io::Result<(Async<std::net::TcpStream>, SocketAddr)> {
+    let (stream, remote) = listener.accept()?;
+    config.apply((&stream).into())?;
+    Ok((Async::new(stream)?, remote))
 }
 
 /// Whether accepting failed for want of a resource that frees up by itself
@@ -182,7 +221,11 @@ impl Listener {
 
     /// The next connection, after a backoff if accepting ran out of
     /// resources; Pending until the socket is readable.
-    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+    fn poll_accept(
+        &mut self,
+        config: Config,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
         loop {
             if let Some(timer) = &mut self.backoff {
                 if Pin::new(timer).poll(cx).is_pending() {
@@ -195,10 +238,8 @@ impl Listener {
                 futures::ready!(self.socket.poll_readable(cx))?;
                 self.maybe_ready = true;
             }
-            match self.socket.get_ref().accept() {
-                Ok((stream, remote)) => {
-                    return Poll::Ready(Async::new(stream).map(|s| (TcpStream::new(s), remote)));
-                }
+            match accept(self.socket.get_ref(), config) {
+                Ok((stream, remote)) => return Poll::Ready(Ok((TcpStream::new(stream), remote))),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.maybe_ready = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // Out of descriptors or memory: wait, then accept again.
@@ -226,7 +267,7 @@ impl Transport for TcpTransport {
         let Some(wanted) = socket_addr(&addr) else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
-        let std_listener = bind(wanted).map_err(TransportError::Other)?;
+        let std_listener = bind(wanted, self.config).map_err(TransportError::Other)?;
         let socket = Async::new(std_listener).map_err(TransportError::Other)?;
         let local = socket.get_ref().local_addr().map_err(TransportError::Other)?;
         let interfaces = if local.ip().is_unspecified() {
@@ -272,7 +313,12 @@ impl Transport for TcpTransport {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
         let config = self.config;
-        Ok(async move { config.apply(TcpStream::connect(target).await?) }.boxed())
+        Ok(async move {
+            let stream = TcpStream::connect(target).await?;
+            config.apply(stream.socket().into())?;
+            Ok(stream)
+        }
+        .boxed())
     }
 
     fn poll(
@@ -309,13 +355,17 @@ impl Transport for TcpTransport {
                     });
                 }
             }
-            if let Poll::Ready(result) = listener.poll_accept(cx) {
+            if let Poll::Ready(result) = listener.poll_accept(config, cx) {
                 return Poll::Ready(match result {
                     Ok((stream, remote)) => {
-                        let local = stream.local_addr().unwrap_or(listener.local);
+                        // Which of its addresses, when listening on all of them.
+                        let local = match listener.interfaces {
+                            Some(_) => stream.local_addr().unwrap_or(listener.local),
+                            None => listener.local,
+                        };
                         TransportEvent::Incoming {
                             listener_id: listener.id,
-                            upgrade: ready(config.apply(stream)),
+                            upgrade: ready(Ok(stream)),
                             local_addr: multiaddr(local),
                             send_back_addr: multiaddr(remote),
                         }
@@ -352,7 +402,8 @@ mod tests {
         }
     }
 
-    /// Both ends of a connection have TCP keepalive with the settings above.
+    /// Both ends of a connection have TCP keepalive with the settings above,
+    /// and no Nagle: the accepted end inherits them from the listener.
     #[test]
     fn connections_get_tcp_keepalive_on_both_ends() {
         let mut listening = TcpTransport::default();
@@ -379,6 +430,7 @@ mod tests {
         });
         for (end, stream) in [("dialed", dialed), ("accepted", accepted)] {
             let socket = socket2::SockRef::from(stream.socket());
+            assert!(socket.tcp_nodelay().unwrap(), "{end}: TCP_NODELAY");
             assert!(socket.keepalive().unwrap(), "{end}: SO_KEEPALIVE");
             assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE, "{end}");
             assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL, "{end}");
