@@ -102,6 +102,7 @@ fn main() {
     });
 
     println!("µs per call, the fastest of {BATCHES} batches of {} calls:", n / BATCHES);
+    println!("curve25519-dalek's ed25519 runs on its {} code here.", edwards_backend());
     println!("| operation | curve25519-dalek | aws-lc-rs |");
     println!("|---|---:|---:|");
     println!(
@@ -120,4 +121,20 @@ fn main() {
     println!(
         "- patch/libp2p-noise now (aws-lc-rs, each key made once, 1 derived; ed25519 on dalek): {patched:.0} µs"
     );
+}
+
+/// Which of curve25519-dalek's backends verifies ed25519 in this binary on
+/// this CPU: it picks at run time among those the build compiled.
+fn edwards_backend() -> &'static str {
+    #[cfg(all(target_arch = "x86_64", curve25519_dalek_backend = "avx512"))]
+    if std::arch::is_x86_feature_detected!("avx512ifma")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+    {
+        return "AVX-512 IFMA";
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        return "AVX2";
+    }
+    "portable"
 }
