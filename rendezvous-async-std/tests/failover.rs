@@ -10,7 +10,9 @@
 //! `--redis-min-replicas 1`, nothing the point acknowledged is lost, and
 //! REGISTERs succeed again once a replica follows the new primary: here the
 //! old primary, which Sentinel demotes about ten seconds after it comes
-//! back. Either way no point serves what the registry no longer holds.
+//! back (or the replica itself, once it follows the old primary again, when
+//! Sentinel gives the failover up). Either way no point serves what the
+//! registry no longer holds.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the failure report
 
 mod common;
@@ -162,6 +164,12 @@ fn register_through_a_failover(
     }
     sentinels.primary.kill();
     *kill.lock().unwrap() = Some(Instant::now());
+    // The wrong password has done its work. Sentinel may yet make the
+    // replica a replica again: it gives a failover up when the promotion
+    // outlasts its failover-timeout, and the restarted primary is then the
+    // primary again. The replica must be able to follow it then.
+    let said = cli(replica, &["CONFIG", "SET", "masterauth", ""]);
+    assert_eq!(said.trim(), "OK", "the replica's password for the primary was cleared");
     // Back once Sentinel promoted the replica (it would not fail over if
     // the primary came back within its 1 s), as its replica.
     let old = Some(sentinels.primary.port);
