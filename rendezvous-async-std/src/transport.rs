@@ -359,9 +359,9 @@ impl Transport for TcpTransport {
                 return Poll::Ready(match result {
                     Ok((stream, remote)) => {
                         // Which of its addresses, when listening on all of them.
-                        let local = match listener.interfaces {
-                            Some(_) => stream.local_addr().unwrap_or(listener.local),
-                            None => listener.local,
+                        let local = match listener.local.ip().is_unspecified() {
+                            true => stream.local_addr().unwrap_or(listener.local),
+                            false => listener.local,
                         };
                         TransportEvent::Incoming {
                             listener_id: listener.id,
