@@ -212,6 +212,16 @@ pub struct ServerConfig {
     /// that it sees them); then it is answered `E_UNAVAILABLE`. Defaults to
     /// 5 s: a store that takes longer is away, and the peer learns it.
     pub max_discover_wait: std::time::Duration,
+    /// Longest a REGISTER waits, once a shared store
+    /// ([`Durability::Shared`](crate::Durability::Shared)) has logged its
+    /// put, for this point to read the put back from the log; then it is
+    /// answered `E_UNAVAILABLE` ("it may still take effect: retry"). The
+    /// put keeps its place: it takes effect if the log holds it, and an
+    /// UNREGISTER read after it still removes it. Defaults to 1 s: a
+    /// healthy follower reads an entry back within milliseconds, and one
+    /// that is further behind has lost its store (a failover, or the store
+    /// went away right after taking the put).
+    pub max_log_wait: std::time::Duration,
     /// Most requests per second one peer may make, over all its
     /// connections; beyond it requests are answered `E_UNAVAILABLE`
     /// (UNREGISTERs are still applied). A REGISTER with a record not seen
@@ -306,6 +316,7 @@ impl Default for ServerConfig {
             durability: Durability::Volatile,
             max_pending_writes: 4096,
             max_discover_wait: Duration::from_secs(5),
+            max_log_wait: Duration::from_secs(1),
             rate_limit: None,
             initial_sequence: 0,
             discover_start: DiscoverStart::default(),

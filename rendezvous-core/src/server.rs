@@ -399,11 +399,14 @@ impl Server {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called:
-    /// the earliest expiry, or a DISCOVER's wait running out; `None` while
-    /// there is neither.
+    /// the earliest expiry, or a DISCOVER's or a REGISTER's wait running
+    /// out; `None` while there is none.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let waiting = self.waiting_until.keys().next().map(|(at, _)| *at);
-        [self.registry.next_expiry(), waiting].into_iter().flatten().min()
+        [self.registry.next_expiry(), waiting, self.writes.log_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Current counts.
@@ -446,6 +449,7 @@ impl Server {
     fn advance(&mut self, now: Timestamp) {
         self.now = self.now.max(now);
         self.stop_waiting(self.now);
+        self.stop_waiting_for_log();
         let mut expired = Vec::new();
         self.registry.expire(self.now, |peer, entry| expired.push((peer, entry)));
         for (peer, entry) in expired {

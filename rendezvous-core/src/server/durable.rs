@@ -45,6 +45,11 @@ impl Durability {
 
 /// Why a REGISTER a failover lost is refused.
 const LOST: &str = "the shared store lost the registration in a failover; retry";
+/// Why a REGISTER whose put a shared store logged is refused once it has
+/// waited [`ServerConfig::max_log_wait`](crate::ServerConfig) for this point
+/// to read it back.
+const NOT_READ_BACK: &str = "the shared store took the registration, but this point could not read it back in time; \
+     it may still take effect: retry";
 /// Ranges of lost positions remembered, for writes whose position comes
 /// back after the loss was learnt.
 const LOST_RANGES: usize = 16;
@@ -90,7 +95,9 @@ impl Server {
             Commit::Logged { id, seq } if self.position_lost(seq) => self.lose(id),
             // Back through the log already (applied as it came).
             Commit::Logged { id, seq } if seq <= self.log_position => self.settle_passed(id, seq),
-            Commit::Logged { id, seq } => self.writes.await_log(seq, id),
+            Commit::Logged { id, seq } => {
+                self.writes.await_log(seq, id, self.now + self.config.max_log_wait)
+            }
             Commit::Refused { id, status, reason } => self.refuse_put(id, status, reason),
         }
     }
@@ -99,10 +106,37 @@ impl Server {
     fn refuse_put(&mut self, id: ActionId, status: ResponseStatus, reason: String) {
         let Some(key) = self.writes.key_of(id).cloned() else { return };
         let Some(Write::Put(put)) = self.writes.settle(id, None) else { return };
-        let message = register_response(status, Some(reason.clone()), None);
-        self.refused(put.grant.peer, MessageType::Register, status, reason);
-        self.answer(put.grant.peer, put.request, Ok(MessageType::Register), Some(message));
+        if !put.answered {
+            self.refuse_register(put.grant.peer, put.request, status, reason);
+        }
         self.after_settling(&key);
+    }
+
+    fn refuse_register(
+        &mut self,
+        peer: PeerId,
+        request: RequestId,
+        status: ResponseStatus,
+        reason: String,
+    ) {
+        let message = register_response(status, Some(reason.clone()), None);
+        self.refused(peer, MessageType::Register, status, reason);
+        self.answer(peer, request, Ok(MessageType::Register), Some(message));
+    }
+
+    /// Answers `E_UNAVAILABLE` to the REGISTERs whose puts a shared store
+    /// logged but this point has not read back from the log in
+    /// [`ServerConfig::max_log_wait`](crate::ServerConfig) (its follower is
+    /// behind, or the store went away right after taking them). Each put
+    /// keeps its place: it takes effect if the log holds it, the writes
+    /// read after it still wait for it, and its peer's DISCOVERs no longer
+    /// do.
+    pub(super) fn stop_waiting_for_log(&mut self) {
+        for (peer, request) in self.writes.stop_waiting_for_log(self.now) {
+            let status = ResponseStatus::EUnavailable;
+            self.refuse_register(peer, request, status, NOT_READ_BACK.to_owned());
+            self.serve_waiting(peer);
+        }
     }
 
     /// Restores what a store kept, at start: registrations whose expiry has
@@ -318,7 +352,9 @@ impl Server {
         } else {
             self.registered_event(&put.grant);
         }
-        self.answer_ok(&put.grant, put.request);
+        if !put.answered {
+            self.answer_ok(&put.grant, put.request);
+        }
         self.after_settling(&key);
     }
 
@@ -328,7 +364,9 @@ impl Server {
         let Some(key) = self.writes.key_of(id).cloned() else { return };
         let Some(Write::Put(put)) = self.writes.settle(id, Some(seq)) else { return };
         self.registered_event(&put.grant);
-        self.answer_ok(&put.grant, put.request);
+        if !put.answered {
+            self.answer_ok(&put.grant, put.request);
+        }
         self.after_settling(&key);
     }
 

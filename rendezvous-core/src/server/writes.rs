@@ -46,6 +46,10 @@ pub(crate) struct Put {
     pub(crate) expires: Timestamp,
     pub(crate) record: StoredRecord,
     ticket: Ticket,
+    /// The REGISTER was answered before the put settled: a shared log took
+    /// it, and this point did not read it back in time. It takes effect
+    /// all the same if the log holds it, without a second answer.
+    pub(crate) answered: bool,
 }
 
 /// An UNREGISTER (or several in a row), waiting for the writes before it.
@@ -149,8 +153,11 @@ pub(crate) struct Writes {
     queues: BTreeMap<Key, Queue>,
     /// Writes handed to the store, by action.
     submitted: HashMap<ActionId, Key>,
-    /// Writes in a shared log, waiting to come back at their position.
-    logged: BTreeMap<u64, ActionId>,
+    /// Writes in a shared log, waiting to come back at their position,
+    /// with when a put's REGISTER stops waiting for that.
+    logged: BTreeMap<u64, (ActionId, Option<Timestamp>)>,
+    /// The same deadlines, in time order.
+    log_deadlines: BTreeSet<(Timestamp, u64)>,
     uncommitted: Uncommitted,
     /// Each peer's pending tickets.
     tickets: HashMap<PeerId, BTreeSet<Ticket>>,
@@ -202,6 +209,16 @@ impl Writes {
         self.next_ticket
     }
 
+    /// `peer`'s DISCOVERs no longer wait for the write of `ticket`.
+    fn release(&mut self, peer: &PeerId, ticket: Ticket) {
+        if let Some(tickets) = self.tickets.get_mut(peer) {
+            tickets.remove(&ticket);
+            if tickets.is_empty() {
+                self.tickets.remove(peer);
+            }
+        }
+    }
+
     /// Whether every write `peer` made before `ticket` is settled.
     pub(crate) fn settled_before(&self, peer: &PeerId, ticket: Ticket) -> bool {
         self.tickets.get(peer).and_then(|t| t.first()).is_none_or(|first| *first > ticket)
@@ -221,7 +238,7 @@ impl Writes {
     ) {
         self.tickets.entry(key.0).or_default().insert(ticket);
         self.submitted.insert(action, key.clone());
-        let put = Put { action, request, grant, expires, record, ticket };
+        let put = Put { action, request, grant, expires, record, ticket, answered: false };
         let queue = self.queues.entry(key).or_default();
         queue.writes.push_back(Write::Put(put));
         queue.joinable = false;
@@ -301,12 +318,7 @@ impl Writes {
             }
         }
         self.len -= 1;
-        if let Some(tickets) = self.tickets.get_mut(&key.0) {
-            tickets.remove(&write.ticket());
-            if tickets.is_empty() {
-                self.tickets.remove(&key.0);
-            }
-        }
+        self.release(&key.0, write.ticket());
         Some(write)
     }
 
@@ -321,12 +333,7 @@ impl Writes {
             return None;
         };
         self.len -= 1;
-        if let Some(tickets) = self.tickets.get_mut(&key.0) {
-            tickets.remove(&delete.ticket);
-            if tickets.is_empty() {
-                self.tickets.remove(&key.0);
-            }
-        }
+        self.release(&key.0, delete.ticket);
         Some(delete)
     }
 
@@ -354,32 +361,84 @@ impl Writes {
         }
     }
 
-    /// Remembers that `action` is in a shared log at `seq`.
-    pub(crate) fn await_log(&mut self, seq: u64, action: ActionId) {
-        self.logged.insert(seq, action);
+    /// Remembers that `action` is in a shared log at `seq`; a put's
+    /// REGISTER stops waiting for it at `until`.
+    pub(crate) fn await_log(&mut self, seq: u64, action: ActionId, until: Timestamp) {
+        let put = self.submitted.get(&action).is_some_and(|key| self.is_put(key, action));
+        let until = put.then_some(until);
+        if let Some((_, Some(replaced))) = self.logged.insert(seq, (action, until)) {
+            self.log_deadlines.remove(&(replaced, seq));
+        }
+        if let Some(until) = until {
+            self.log_deadlines.insert((until, seq));
+        }
+    }
+
+    /// Forgets the deadline of what waited for the log at `seq`.
+    fn logged_back(
+        &mut self,
+        seq: u64,
+        (action, until): (ActionId, Option<Timestamp>),
+    ) -> ActionId {
+        if let Some(until) = until {
+            self.log_deadlines.remove(&(until, seq));
+        }
+        action
+    }
+
+    /// When the first REGISTER waiting for the log stops waiting.
+    pub(crate) fn log_deadline(&self) -> Option<Timestamp> {
+        self.log_deadlines.first().map(|(until, _)| *until)
+    }
+
+    /// The puts still waiting for the log whose REGISTERs stop waiting by
+    /// `now`, marked answered, each with its peer and request. Their
+    /// tickets are released: the peer's DISCOVERs no longer wait for
+    /// them, as the peer was told the write may not have happened.
+    pub(crate) fn stop_waiting_for_log(&mut self, now: Timestamp) -> Vec<(PeerId, RequestId)> {
+        let mut overdue = Vec::new();
+        while let Some(&(until, seq)) = self.log_deadlines.first() {
+            if until > now {
+                break;
+            }
+            self.log_deadlines.pop_first();
+            let Some(&(action, _)) = self.logged.get(&seq) else { continue };
+            let Some(key) = self.submitted.get(&action) else { continue };
+            let Some(queue) = self.queues.get_mut(key) else { continue };
+            let put = queue.writes.iter_mut().find_map(|w| match w {
+                Write::Put(put) if put.action == action && !put.answered => Some(put),
+                _ => None,
+            });
+            if let Some(put) = put {
+                put.answered = true;
+                overdue.push((key.0, put.request));
+                let (peer, ticket) = (key.0, put.ticket);
+                self.release(&peer, ticket);
+            }
+        }
+        overdue
     }
 
     /// The write waiting for the log entry at `seq`, if one of ours.
     pub(crate) fn take_logged(&mut self, seq: u64) -> Option<ActionId> {
-        self.logged.remove(&seq)
+        let waiting = self.logged.remove(&seq)?;
+        Some(self.logged_back(seq, waiting))
     }
 
     /// Every write waiting for the log at or before `seq` (a reload put the
     /// point past them), in log order.
     pub(crate) fn logged_up_to(&mut self, seq: u64) -> Vec<(u64, ActionId)> {
         let later = self.logged.split_off(&seq.saturating_add(1));
-        std::mem::replace(&mut self.logged, later).into_iter().collect()
+        let passed = std::mem::replace(&mut self.logged, later);
+        passed.into_iter().map(|(seq, waiting)| (seq, self.logged_back(seq, waiting))).collect()
     }
 
     /// The writes waiting for the log in `after < position <= up_to`, in
     /// log order, taken.
     pub(crate) fn logged_between(&mut self, after: u64, up_to: u64) -> Vec<(u64, ActionId)> {
-        let taken: Vec<_> =
-            self.logged.range(after.saturating_add(1)..=up_to).map(|(s, a)| (*s, *a)).collect();
-        for (seq, _) in &taken {
-            self.logged.remove(seq);
-        }
-        taken
+        let positions: Vec<u64> =
+            self.logged.range(after.saturating_add(1)..=up_to).map(|(seq, _)| *seq).collect();
+        positions.into_iter().filter_map(|seq| Some((seq, self.take_logged(seq)?))).collect()
     }
 
     /// Takes the delete `action` back, as if never handed to the store: it

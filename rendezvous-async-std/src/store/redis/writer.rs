@@ -43,8 +43,10 @@ const WRITES_IN_FLIGHT: usize = 64;
 /// The longest a put may wait in the queue before its REGISTER is refused.
 const PUT_DEADLINE: Duration = Duration::from_millis(300);
 /// The longest a put's script may take from the put's submission, queued
-/// and in flight, before its REGISTER is refused: every REGISTER is
-/// answered within a second (with `--redis-min-replicas`, plus the `WAIT`).
+/// and in flight, before its REGISTER is refused: every REGISTER Redis does
+/// not take is answered within a second (with `--redis-min-replicas`, plus
+/// the `WAIT`), and one it takes is answered once the follower reads it
+/// back, or after the core's `max_log_wait` (1 s) if it cannot.
 /// A healthy Redis answers in milliseconds even at full load; the other
 /// 400 ms are for the core, the connection and a busy host, where a CI
 /// run measured 100 ms between this deadline and the requester's answer.

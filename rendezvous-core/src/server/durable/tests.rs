@@ -503,3 +503,59 @@ fn a_write_whose_position_another_history_holds_is_refused_not_confirmed() {
     assert_eq!(refused(&mut s), ResponseStatus::EUnavailable);
     assert_eq!((s.pending_writes(), s.stats().registrations), (1, 0), "c's put still waits");
 }
+
+#[test]
+fn a_register_the_log_took_but_the_point_cannot_read_back_is_answered_in_time_and_keeps_its_place()
+{
+    let mut s = with(Durability::Shared, Limits::default());
+    let a = TestPeer::new(1);
+    register(&mut s, at(1), &a, "x", RUST);
+    let [(put, stored)] = puts(&mut s).try_into().unwrap();
+    s.handle_commit(at(1), Commit::Logged { id: put, seq: 5 });
+    // The follower does not read position 5 back: the store went away
+    // right after taking it. Its peer's DISCOVER and UNREGISTER queue
+    // behind it.
+    s.handle_request(at(1), a.id, RequestId(10), testing::discover(Some("x"), None, None));
+    s.handle_request(at(1), a.id, RequestId(9), testing::unregister("x"));
+    assert!(s.poll_transmit().is_none());
+    assert_eq!(s.poll_timeout(), Some(at(2)), "the REGISTER waits 1 s");
+    s.handle_timeout(at(2));
+    let answer = s.poll_transmit().unwrap();
+    assert_eq!(answer.request_id, RequestId(7));
+    let response = answer.message.unwrap().register_response.unwrap();
+    assert_eq!(read_status(response.status), Ok(ResponseStatus::EUnavailable));
+    assert!(response.status_text.unwrap().contains("may still take effect"));
+    // Told the write may not have happened, the peer's DISCOVER no longer
+    // waits for it.
+    let page = s.poll_transmit().unwrap();
+    assert_eq!(page.request_id, RequestId(10));
+    assert!(page.message.unwrap().discover_response.unwrap().registrations.is_empty());
+    // The UNREGISTER still waits: it must remove what the put left.
+    assert!(s.poll_store().is_none());
+    assert_eq!(s.poll_timeout(), None, "no other wait");
+    // The store comes back holding the put: it takes effect, unanswered
+    // again, and the UNREGISTER read after it removes it.
+    s.apply_replicated(at(30), Replicated::Put(StoredRegistration { seq: 5, ..stored }));
+    assert!(s.poll_transmit().is_none(), "answered once");
+    let Some(StoreAction::Delete { id: delete, seq, .. }) = s.poll_store() else {
+        panic!("the UNREGISTER's delete")
+    };
+    assert_eq!(seq, 5, "it covers the put");
+    s.handle_commit(at(30), Commit::Logged { id: delete, seq: 6 });
+    let (peer, namespace) = (a.id, Namespace::new("x", 255).unwrap());
+    s.apply_replicated(at(30), Replicated::Delete { peer, namespace, seq: 5, position: 6 });
+    assert_eq!(s.poll_transmit().unwrap().request_id, RequestId(9));
+    assert_eq!((s.pending_writes(), s.stats().registrations), (0, 0));
+}
+
+#[test]
+fn a_register_read_back_in_time_is_answered_ok_and_leaves_no_wait_behind() {
+    let mut s = with(Durability::Shared, Limits::default());
+    let a = TestPeer::new(1);
+    register(&mut s, at(1), &a, "x", RUST);
+    let [(put, stored)] = puts(&mut s).try_into().unwrap();
+    s.handle_commit(at(1), Commit::Logged { id: put, seq: 5 });
+    s.apply_replicated(at(1), Replicated::Put(StoredRegistration { seq: 5, ..stored }));
+    assert_eq!(status(&s.poll_transmit().unwrap().message.unwrap()), ResponseStatus::Ok);
+    assert_eq!(s.poll_timeout(), Some(at(3601)), "only the expiry is left");
+}
