@@ -2,7 +2,9 @@
 //! real processes: what one acknowledges the others serve, a cookie from
 //! one continues at another, a restarted point loads everything, and with
 //! Redis down registrations are refused while discovers go on, until Redis
-//! comes back with everything it acknowledged.
+//! comes back with everything it acknowledged; a registration Redis took
+//! but the point cannot read back is answered within seconds, and served
+//! once the point reads again.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the failure report
 
 mod common;
@@ -17,7 +19,7 @@ use rendezvous_libp2p::core::proto::{ResponseStatus, read_status};
 use rendezvous_libp2p::core::testing::{self, TestPeer};
 use rendezvous_libp2p::core::{Dialect, Flavour};
 use rendezvous_tests::net::{Raw, raw_connection_as};
-use rendezvous_tests::redis::RedisServer;
+use rendezvous_tests::redis::{RedisServer, cli};
 
 struct Point {
     proc: Proc,
@@ -227,4 +229,43 @@ fn a_point_whose_place_in_the_log_was_trimmed_reloads_everything() {
             other => panic!("expected a reload, got {other:?}"),
         }
     });
+}
+
+#[test]
+fn a_register_redis_took_but_the_point_cannot_read_back_is_answered_in_time_and_takes_effect() {
+    let redis = RedisServer::start("unread");
+    let a = point(&redis, "unread");
+    let rt = runtime();
+    let peer = TestPeer::new(60);
+    rt.block_on(async {
+        let mut raw = connect(&peer, &a).await;
+        assert_eq!(register(&mut raw, &a, &peer, "warm").await.0, ResponseStatus::Ok);
+        // The point's writer still writes, but its follower can no longer
+        // read the log: its blocked XREAD is cut, and every read after it
+        // is refused.
+        redis.command(&["ACL", "SETUSER", "default", "-xread", "-xrange", "-xrevrange"]);
+        let clients = cli(redis.port, &["CLIENT", "LIST"]);
+        let tails: Vec<&str> = clients
+            .lines()
+            .filter(|line| line.contains("cmd=xread"))
+            .filter_map(|line| line.split(' ').find_map(|field| field.strip_prefix("id=")))
+            .collect();
+        assert!(!tails.is_empty(), "no follower reading the log: {clients}");
+        for id in tails {
+            redis.command(&["CLIENT", "KILL", "ID", id]);
+        }
+        let asked = Instant::now();
+        let (status, text) = register(&mut raw, &a, &peer, "late").await;
+        let waited = asked.elapsed();
+        assert_eq!(status, ResponseStatus::EUnavailable, "{text}");
+        assert!(text.contains("may still take effect"), "{text}");
+        assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
+        // Its own DISCOVER no longer waits for it.
+        let (found, _) = page(&mut raw, a.id, "late", Some(10), None).await;
+        assert!(found.is_empty(), "{found:?}");
+        // The follower reads again: the registration Redis took is served.
+        redis.command(&["ACL", "SETUSER", "default", "+@all"]);
+        until_served(&mut raw, &a, "late", &[peer.id].into()).await;
+    });
+    let _ = std::fs::remove_file(&a.key);
 }
