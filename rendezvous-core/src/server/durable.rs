@@ -48,8 +48,10 @@ const LOST: &str = "the shared store lost the registration in a failover; retry"
 /// Why a REGISTER whose put a shared store logged is refused once it has
 /// waited [`ServerConfig::max_log_wait`](crate::ServerConfig) for this point
 /// to read it back.
-const NOT_READ_BACK: &str = "the shared store took the registration, but this point could not read it back in time; \
-     it may still take effect: retry";
+const NOT_READ_BACK: &str = concat!(
+    "the shared store took the registration, but this point could not read it back in time; ",
+    "it may still take effect: retry"
+);
 /// Ranges of lost positions remembered, for writes whose position comes
 /// back after the loss was learnt.
 const LOST_RANGES: usize = 16;
