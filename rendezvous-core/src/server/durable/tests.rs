@@ -67,6 +67,14 @@ fn commit(s: &mut Server, now: Timestamp, id: ActionId, seq: u64) -> proto::Mess
     s.poll_transmit().and_then(|t| t.message).expect("the held answer")
 }
 
+/// A shared store logs delete `id` of `peer`'s registration in "x" (held at
+/// `seq`) at `position`, and the point reads it back.
+fn log_delete(s: &mut Server, now: Timestamp, id: ActionId, peer: PeerId, seq: u64, position: u64) {
+    s.handle_commit(now, Commit::Logged { id, seq: position });
+    let namespace = Namespace::new("x", 255).unwrap();
+    s.apply_replicated(now, Replicated::Delete { peer, namespace, seq, position });
+}
+
 fn status(answer: &proto::Message) -> ResponseStatus {
     read_status(answer.register_response.as_ref().unwrap().status).unwrap()
 }
@@ -464,9 +472,7 @@ fn writes_a_failover_lost_are_refused_or_sent_again() {
     // The UNREGISTER goes to the store again, and takes effect then.
     let Some(StoreAction::Delete { id: again, .. }) = s.poll_store() else { panic!("sent again") };
     assert_ne!(again, delete);
-    s.handle_commit(at(2), Commit::Logged { id: again, seq: 9 });
-    let (peer, namespace) = (b.id, Namespace::new("x", 255).unwrap());
-    s.apply_replicated(at(2), Replicated::Delete { peer, namespace, seq: 5, position: 9 });
+    log_delete(&mut s, at(2), again, b.id, 5, 9);
     assert_eq!(s.poll_transmit().unwrap().request_id, RequestId(9));
     assert_eq!((s.pending_writes(), s.stats().registrations), (0, 0));
 }
@@ -541,9 +547,7 @@ fn a_register_the_log_took_but_the_point_cannot_read_back_is_answered_in_time_an
         panic!("the UNREGISTER's delete")
     };
     assert_eq!(seq, 5, "it covers the put");
-    s.handle_commit(at(30), Commit::Logged { id: delete, seq: 6 });
-    let (peer, namespace) = (a.id, Namespace::new("x", 255).unwrap());
-    s.apply_replicated(at(30), Replicated::Delete { peer, namespace, seq: 5, position: 6 });
+    log_delete(&mut s, at(30), delete, a.id, 5, 6);
     assert_eq!(s.poll_transmit().unwrap().request_id, RequestId(9));
     assert_eq!((s.pending_writes(), s.stats().registrations), (0, 0));
 }
