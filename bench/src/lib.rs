@@ -20,6 +20,21 @@ pub fn sibling(name: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// rust-libp2p's server `name`, built from the published crates by
+/// `bench/theirs/build` into `<target dir>/theirs/release/`: apart from the
+/// main workspace, whose patched libp2p-noise and build flags would
+/// otherwise speed rust-libp2p up too.
+pub fn theirs(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("where am I? {e}"))?;
+    let release = exe.parent().ok_or("no parent directory")?;
+    let target = release.parent().ok_or("no target directory")?;
+    let path = target.join("theirs").join("release").join(name);
+    if !path.exists() {
+        return Err(format!("{} is missing: run `bench/theirs/build` first", path.display()));
+    }
+    Ok(path)
+}
+
 /// The `rendezvous` binary to measure: `RENDEZVOUS_BIN` if set (another
 /// build, to compare two), else the one beside the running binary.
 pub fn our_binary() -> Result<PathBuf, String> {

@@ -135,11 +135,11 @@ pub(crate) fn report(runs: &[ChurnRun]) {
             r.own_cpu_s
         );
     }
-    if let (Some(ours), Some(theirs)) =
-        (runs.iter().find(|r| r.kind == Kind::Ours), runs.iter().find(|r| r.kind == Kind::Rust))
-    {
+    let Some(ours) = runs.iter().find(|r| r.kind == Kind::Ours) else { return };
+    for theirs in runs.iter().filter(|r| r.kind.is_rust_libp2p()) {
         println!(
-            "server CPU per peer, rust-libp2p's / ours: {:.2}×",
+            "server CPU per peer, {} / ours: {:.2}×",
+            theirs.kind.name(),
             (theirs.server_cpu_s / theirs.peers as f64) / (ours.server_cpu_s / ours.peers as f64)
         );
     }

@@ -1,11 +1,15 @@
 //! End-to-end load against rendezvous servers over real TCP + noise + yamux
-//! on loopback: ours (the `rendezvous` binary), rust-libp2p's
-//! (`rust-libp2p-server`, `libp2p-rendezvous` 0.18) and py-libp2p 0.8.1's,
-//! one after the other, with the same load.
+//! on loopback: ours (the `rendezvous` binary), rust-libp2p's and
+//! py-libp2p 0.8.1's, one after the other, with the same load.
+//! rust-libp2p's are `libp2p-rendezvous` 0.18's server behaviour alone
+//! (`rust`, `rust-libp2p-server`) and its point as rust-libp2p publishes it,
+//! with identify and ping (`rust-point`, `rust-libp2p-point`); both are
+//! built from the published crates, without this workspace's patches or
+//! build flags, by `bench/theirs/build`.
 //!
 //! ```text
-//! cargo build --release --bins && target/release/load [--quick] [--fresh]
-//!   [--sizes 1000,10000,100000|none] [--py-sizes 1000|none] [--servers ours,ours-durable,ours-redis,ours-redis-replica,ours-metrics,ours-ws,rust,py]
+//! cargo build --release --bins && bench/theirs/build && target/release/load [--quick] [--fresh]
+//!   [--sizes 1000,10000,100000|none] [--py-sizes 1000|none] [--servers ours,ours-durable,ours-redis,ours-redis-replica,ours-metrics,ours-ws,rust,rust-point,py]
 //!   [--connections 20] [--inflight 8] [--pages 2000] [--svg PATH]
 //!   [--inflight-list 64,128,256|none] [--inflight-n 20000] [--py-inflight-n 1000]
 //!   [--sustain SECONDS --rate PER_S]

@@ -144,15 +144,16 @@ pub(crate) fn inflight_table(runs: &[InflightRun]) {
             );
         }
     }
-    for theirs in runs.iter().filter(|r| r.kind == Kind::Rust && r.refresh.is_some()) {
+    for theirs in runs.iter().filter(|r| r.kind.is_rust_libp2p() && r.refresh.is_some()) {
         let ours = runs.iter().find(|r| {
             r.kind == Kind::Ours && r.inflight == theirs.inflight && r.client == theirs.client
         });
         if let Some(ours) = ours {
             println!(
-                "{} in flight, all registered: server CPU per refresh ours {:.1} µs vs rust-libp2p {:.1} µs (/{:.1})",
+                "{} in flight, all registered: server CPU per refresh ours {:.1} µs vs {} {:.1} µs (/{:.1})",
                 ours.inflight,
                 ours.cpu_per_refresh_us,
+                theirs.kind.name(),
                 theirs.cpu_per_refresh_us,
                 theirs.cpu_per_refresh_us / ours.cpu_per_refresh_us.max(f64::MIN_POSITIVE)
             );
@@ -252,6 +253,7 @@ pub(crate) fn svg(runs: &[ScaleRun]) -> String {
         (Kind::OursWs, "#862e9c", 6),
         (Kind::OursRedisReplica, "#e8590c", 7),
         (Kind::Rust, "#b5651d", 3),
+        (Kind::RustPoint, "#8d6e63", 8),
         (Kind::Py, "#3b5bdb", 4),
     ] {
         let points: Vec<(f64, f64)> =

@@ -10,7 +10,7 @@ use std::time::Duration;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
-use rendezvous_bench::{cpu_seconds, our_binary, sibling, status_kib};
+use rendezvous_bench::{cpu_seconds, our_binary, status_kib, theirs};
 use rendezvous_tests::redis::RedisServer;
 
 use crate::Error;
@@ -30,7 +30,11 @@ pub(crate) enum Kind {
     OursMetrics,
     /// Ours, its clients connected over `/ws` instead of TCP.
     OursWs,
+    /// rust-libp2p's rendezvous server behaviour alone (`rust-libp2p-server`).
     Rust,
+    /// rust-libp2p's rendezvous point as it publishes it, with identify and
+    /// ping (`rust-libp2p-point`).
+    RustPoint,
     Py,
 }
 
@@ -44,13 +48,19 @@ impl Kind {
             Kind::OursMetrics => "ours, metrics scraped 1/s",
             Kind::OursWs => "ours, over /ws",
             Kind::Rust => "rust-libp2p 0.18",
+            Kind::RustPoint => "rust-libp2p 0.18 point (identify, ping)",
             Kind::Py => "py-libp2p 0.8.1",
         }
     }
 
     /// Whether it is a point of ours.
     pub(crate) fn is_ours(self) -> bool {
-        !matches!(self, Kind::Rust | Kind::Py)
+        !self.is_rust_libp2p() && self != Kind::Py
+    }
+
+    /// Whether it is one of rust-libp2p's, which the reports set against ours.
+    pub(crate) fn is_rust_libp2p(self) -> bool {
+        matches!(self, Kind::Rust | Kind::RustPoint)
     }
 
     pub(crate) fn parse(s: &str) -> Result<Kind, String> {
@@ -62,6 +72,7 @@ impl Kind {
             "ours-metrics" => Ok(Kind::OursMetrics),
             "ours-ws" => Ok(Kind::OursWs),
             "rust" => Ok(Kind::Rust),
+            "rust-point" => Ok(Kind::RustPoint),
             "py" => Ok(Kind::Py),
             other => Err(format!("unknown server {other}")),
         }
@@ -153,7 +164,8 @@ impl Server {
             std::env::temp_dir().join(format!("rendezvous-load-{}-{run}", std::process::id()))
         });
         let mut command = match kind {
-            Kind::Rust => Command::new(sibling("rust-libp2p-server")?),
+            Kind::Rust => Command::new(theirs("rust-libp2p-server")?),
+            Kind::RustPoint => Command::new(theirs("rust-libp2p-point")?),
             Kind::Py => {
                 let mut c = Command::new(rendezvous_tests::py::python());
                 c.arg(rendezvous_tests::py::script("interop.py")).arg("serve");
