@@ -55,12 +55,18 @@ pub fn status_kib(pid: impl Display, field: &str) -> Option<u64> {
 /// utime + stime of process `pid` (`"self"` for this one) from
 /// `/proc/<pid>/stat`, in seconds (10 ms ticks).
 pub fn cpu_seconds(pid: impl Display) -> Option<f64> {
+    cpu_split(pid).map(|(user, kernel)| user + kernel)
+}
+
+/// utime and stime of process `pid`, apart: its CPU seconds in user space
+/// and in the kernel.
+pub fn cpu_split(pid: impl Display) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses: utime and
     // stime are fields 14 and 15 of the line, 11 and 12 here.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
-    Some((ticks(11)? + ticks(12)?) / 100.0)
+    let seconds = |i: usize| Some(fields.get(i)?.parse::<f64>().ok()? / 100.0);
+    Some((seconds(11)?, seconds(12)?))
 }
 
 /// A server core that holds `n` registrations in one namespace, from one

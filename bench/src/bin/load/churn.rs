@@ -3,7 +3,9 @@
 //! client, and with `--churn-ping` libp2p-ping), connect, register once
 //! and disconnect, eight at a time, as peers that come and go do at a
 //! public point. What counts is the
-//! server's CPU per peer (utime + stime from /proc over the run).
+//! server's CPU per peer (utime + stime from /proc over the run), and how
+//! much of it was the kernel's (stime): its system calls, and on loopback
+//! also the receiving side of every packet it sends.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,8 @@ pub(crate) struct ChurnRun {
     pub(crate) peers: usize,
     pub(crate) failed: usize,
     pub(crate) server_cpu_s: f64,
+    /// Of it, in the kernel.
+    pub(crate) server_kernel_s: f64,
     pub(crate) own_cpu_s: f64,
     pub(crate) wall_s: f64,
 }
@@ -95,7 +99,8 @@ async fn visit(server: &Server, index: usize, ping: bool) -> Result<bool, Error>
 
 pub(crate) async fn churn(kind: Kind, peers: usize, ping: bool) -> Result<ChurnRun, Error> {
     let server = Server::start(kind)?;
-    let (cpu, own, started) = (server.cpu(), crate::servers::own_cpu(), Instant::now());
+    let (cpu, kernel) = (server.cpu(), server.kernel_cpu());
+    let (own, started) = (crate::servers::own_cpu(), Instant::now());
     let (mut failed, mut next) = (0, 0);
     let mut visiting = futures::stream::FuturesUnordered::new();
     while next < peers || !visiting.is_empty() {
@@ -114,6 +119,7 @@ pub(crate) async fn churn(kind: Kind, peers: usize, ping: bool) -> Result<ChurnR
         peers,
         failed,
         server_cpu_s: server.cpu() - cpu,
+        server_kernel_s: server.kernel_cpu() - kernel,
         own_cpu_s: crate::servers::own_cpu() - own,
         wall_s: started.elapsed().as_secs_f64(),
     })
@@ -121,16 +127,17 @@ pub(crate) async fn churn(kind: Kind, peers: usize, ping: bool) -> Result<ChurnR
 
 pub(crate) fn report(runs: &[ChurnRun]) {
     println!(
-        "| server | peers | not registered | server CPU µs per peer | peers/s | load tool CPU s |"
+        "| server | peers | not registered | server CPU µs per peer | of it in the kernel | peers/s | load tool CPU s |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in runs {
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.2} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} |",
             r.kind.name(),
             r.peers,
             r.failed,
             r.server_cpu_s * 1e6 / r.peers as f64,
+            r.server_kernel_s * 1e6 / r.peers as f64,
             r.peers as f64 / r.wall_s,
             r.own_cpu_s
         );

@@ -10,7 +10,7 @@ use std::time::Duration;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
-use rendezvous_bench::{cpu_seconds, our_binary, status_kib, theirs};
+use rendezvous_bench::{cpu_seconds, cpu_split, our_binary, status_kib, theirs};
 use rendezvous_tests::redis::RedisServer;
 
 use crate::Error;
@@ -259,6 +259,11 @@ impl Server {
     /// The server's CPU seconds so far.
     pub(crate) fn cpu(&self) -> f64 {
         cpu_seconds(self.child.id()).unwrap_or(0.0)
+    }
+
+    /// The server's CPU seconds in the kernel so far.
+    pub(crate) fn kernel_cpu(&self) -> f64 {
+        cpu_split(self.child.id()).map_or(0.0, |(_, kernel)| kernel)
     }
 
     /// The server's peak resident set, in MiB.
