@@ -359,9 +359,10 @@ impl Transport for TcpTransport {
                 return Poll::Ready(match result {
                     Ok((stream, remote)) => {
                         // Which of its addresses, when listening on all of them.
-                        let local = match listener.local.ip().is_unspecified() {
-                            true => stream.local_addr().unwrap_or(listener.local),
-                            false => listener.local,
+                        let local = if listener.local.ip().is_unspecified() {
+                            stream.local_addr().unwrap_or(listener.local)
+                        } else {
+                            listener.local
                         };
                         TransportEvent::Incoming {
                             listener_id: listener.id,
