@@ -9,15 +9,7 @@ use rendezvous_core::{Durability, Limits, Server, ServerConfig};
 
 /// The binary `name` beside the running one (`target/release/<name>`).
 pub fn sibling(name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("where am I? {e}"))?;
-    let path = exe.parent().ok_or("no parent directory")?.join(name);
-    if !path.exists() {
-        return Err(format!(
-            "{} is missing: run `cargo build --release --bins` first",
-            path.display()
-        ));
-    }
-    Ok(path)
+    built(release_dir()?.join(name), "cargo build --release --bins")
 }
 
 /// rust-libp2p's server `name`, built from the published crates by
@@ -25,12 +17,21 @@ pub fn sibling(name: &str) -> Result<PathBuf, String> {
 /// main workspace, whose patched libp2p-noise and build flags would
 /// otherwise speed rust-libp2p up too.
 pub fn theirs(name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("where am I? {e}"))?;
-    let release = exe.parent().ok_or("no parent directory")?;
+    let release = release_dir()?;
     let target = release.parent().ok_or("no target directory")?;
-    let path = target.join("theirs").join("release").join(name);
+    built(target.join("theirs").join("release").join(name), "bench/theirs/build")
+}
+
+/// The directory of the running binary (`target/release`).
+fn release_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("where am I? {e}"))?;
+    Ok(exe.parent().ok_or("no parent directory")?.to_owned())
+}
+
+/// `path`, if it exists; else says to run `build` first.
+fn built(path: PathBuf, build: &str) -> Result<PathBuf, String> {
     if !path.exists() {
-        return Err(format!("{} is missing: run `bench/theirs/build` first", path.display()));
+        return Err(format!("{} is missing: run `{build}` first", path.display()));
     }
     Ok(path)
 }
