@@ -99,7 +99,7 @@ async fn visit(server: &Server, index: usize, ping: bool) -> Result<bool, Error>
 
 pub(crate) async fn churn(kind: Kind, peers: usize, ping: bool) -> Result<ChurnRun, Error> {
     let server = Server::start(kind)?;
-    let (cpu, kernel) = (server.cpu(), server.kernel_cpu());
+    let (user, kernel) = server.cpu_split();
     let (own, started) = (crate::servers::own_cpu(), Instant::now());
     let (mut failed, mut next) = (0, 0);
     let mut visiting = futures::stream::FuturesUnordered::new();
@@ -114,12 +114,13 @@ pub(crate) async fn churn(kind: Kind, peers: usize, ping: bool) -> Result<ChurnR
     }
     // The last disconnections are the server's work too.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let (user_now, kernel_now) = server.cpu_split();
     Ok(ChurnRun {
         kind,
         peers,
         failed,
-        server_cpu_s: server.cpu() - cpu,
-        server_kernel_s: server.kernel_cpu() - kernel,
+        server_cpu_s: (user_now - user) + (kernel_now - kernel),
+        server_kernel_s: kernel_now - kernel,
         own_cpu_s: crate::servers::own_cpu() - own,
         wall_s: started.elapsed().as_secs_f64(),
     })

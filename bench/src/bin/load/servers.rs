@@ -261,9 +261,10 @@ impl Server {
         cpu_seconds(self.child.id()).unwrap_or(0.0)
     }
 
-    /// The server's CPU seconds in the kernel so far.
-    pub(crate) fn kernel_cpu(&self) -> f64 {
-        cpu_split(self.child.id()).map_or(0.0, |(_, kernel)| kernel)
+    /// The server's CPU seconds so far, in user space and in the kernel,
+    /// from one reading.
+    pub(crate) fn cpu_split(&self) -> (f64, f64) {
+        cpu_split(self.child.id()).unwrap_or((0.0, 0.0))
     }
 
     /// The server's peak resident set, in MiB.
