@@ -124,7 +124,7 @@ fn discover(c: &mut Criterion) {
     for n in [10_000u64, 100_000, 1_000_000] {
         let (mut s, peers) = filled(n);
         let reader = peers[0].0;
-        s.set_reader_dialect(reader, Reader::Legacy);
+        s.set_reader_dialect(Timestamp::ZERO, reader, Reader::Legacy);
         let ns = Namespace::new("big", 255).expect("valid");
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
             let mut i = 0u64;
@@ -150,7 +150,7 @@ fn discover(c: &mut Criterion) {
     for n in [10_000u64, 1_000_000] {
         let (mut s, peers) = filled(n);
         let reader = peers[0].0;
-        s.set_reader_dialect(reader, Reader::Legacy);
+        s.set_reader_dialect(Timestamp::ZERO, reader, Reader::Legacy);
         let ask = move |s: &mut Server, cookie| {
             s.handle_request(
                 Timestamp::ZERO,
@@ -180,7 +180,7 @@ fn discover(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("page through");
     let (mut s, peers) = filled(100_000);
-    s.set_reader_dialect(peers[0].0, Reader::Legacy);
+    s.set_reader_dialect(Timestamp::ZERO, peers[0].0, Reader::Legacy);
     group.throughput(Throughput::Elements(100_000));
     group.sample_size(10);
     group.bench_function("100k in pages of 1000", |b| {

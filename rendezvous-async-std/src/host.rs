@@ -182,14 +182,24 @@ impl ConnectionLimits {
     }
 }
 
+/// Identify's news goes to the point, and the point's questions to identify.
 impl Identified for ServerBehaviour {
     fn identified<'e>(&mut self, event: &'e ServerHostEvent) -> Option<(PeerId, &'e str)> {
-        let ServerHostEvent::Identify(identify::Event::Received { peer, agent_version }) = event
-        else {
-            return None;
-        };
-        self.rendezvous.set_agent_version(*peer, agent_version);
-        Some((*peer, agent_version))
+        match event {
+            ServerHostEvent::Identify(identify::Event::Received { peer, agent_version }) => {
+                self.rendezvous.set_agent_version(*peer, agent_version);
+                Some((*peer, agent_version))
+            }
+            ServerHostEvent::Identify(identify::Event::Unanswered { peer, .. }) => {
+                self.rendezvous.reader_unknown(*peer);
+                None
+            }
+            ServerHostEvent::Rendezvous(server::Event::ReaderWanted { peer }) => {
+                self.identify.ask(*peer);
+                None
+            }
+            _ => None,
+        }
     }
 }
 
@@ -227,15 +237,18 @@ impl ServerBehaviour {
         let connection_limits = libp2p_connection_limits::ConnectionLimits::default()
             .with_max_established(Some(limits.max_established))
             .with_max_established_per_peer(Some(limits.max_per_peer));
+        // Identify asks a peer only when the point needs to know, if it says so.
+        let ask_every_peer = !rendezvous.asks_for_readers();
         ServerBehaviour {
             limits: libp2p_connection_limits::Behaviour::new(connection_limits),
             per_ip: per_ip::Behaviour::new(limits.max_per_ip),
-            rendezvous,
             identify: identify::Behaviour::new(identify::Config {
                 public_key: keypair.public(),
                 protocol_version: IDENTIFY_PROTOCOL_VERSION.into(),
                 agent_version: AGENT_VERSION.into(),
+                ask_every_peer,
             }),
+            rendezvous,
             ping: ping::Behaviour,
         }
     }

@@ -222,6 +222,17 @@ pub struct ServerConfig {
     /// that is further behind has lost its store (a failover, or the store
     /// went away right after taking the put).
     pub max_log_wait: std::time::Duration,
+    /// How long the first DISCOVER or subscription of a peer the adapter
+    /// has not described waits for the adapter to learn what it reads: the
+    /// server asks through [`Server::poll_reader_wanted`](crate::Server::poll_reader_wanted),
+    /// once per peer, and holds that peer's DISCOVERs and subscriptions
+    /// until the answer (or until this runs out, when they are served what
+    /// its REGISTERs showed it reads, or as `unknown_reader`). A peer that
+    /// only registers is never asked. Zero,
+    /// the default, never asks or holds: for an adapter that cannot ask
+    /// and learns each reader unasked (rust-libp2p's identify asks every
+    /// peer as it connects). Must be below `max_discover_wait`.
+    pub reader_wait: std::time::Duration,
     /// Most requests per second one peer may make, over all its
     /// connections; beyond it requests are answered `E_UNAVAILABLE`
     /// (UNREGISTERs are still applied). A REGISTER with a record not seen
@@ -290,6 +301,11 @@ pub enum ConfigError {
     /// `max_pending_writes` is zero.
     #[error("max_pending_writes must be at least 1")]
     PendingWrites,
+    /// `reader_wait` is not below `max_discover_wait`.
+    #[error(
+        "reader_wait must be below max_discover_wait, or the DISCOVERs it holds time out first"
+    )]
+    ReaderWait,
 }
 
 impl ServerConfig {
@@ -301,6 +317,9 @@ impl ServerConfig {
         }
         if self.max_pending_writes == 0 {
             return Err(ConfigError::PendingWrites);
+        }
+        if !self.reader_wait.is_zero() && self.reader_wait >= self.max_discover_wait {
+            return Err(ConfigError::ReaderWait);
         }
         Ok(())
     }
@@ -317,6 +336,7 @@ impl Default for ServerConfig {
             max_pending_writes: 4096,
             max_discover_wait: Duration::from_secs(5),
             max_log_wait: Duration::from_secs(1),
+            reader_wait: Duration::ZERO,
             rate_limit: None,
             initial_sequence: 0,
             discover_start: DiscoverStart::default(),

@@ -3,6 +3,7 @@
 mod discover;
 mod durable;
 mod events;
+mod reader_waits;
 mod readers;
 mod register;
 mod requests;
@@ -31,6 +32,7 @@ use crate::time::Timestamp;
 use discover::Waiting;
 pub use durable::{Durability, Loaded};
 pub use events::{Event, Stats};
+use reader_waits::ReaderWaits;
 use readers::Readers;
 pub use requests::{RequestCounts, RequestKind};
 use subscriptions::Subscriptions;
@@ -89,6 +91,8 @@ pub struct Server {
     rng: Rng,
     /// What each peer reads, as the adapter said and its REGISTERs showed.
     readers: Readers,
+    /// Peers whose reader is being asked, and what waits for it.
+    reader_waits: ReaderWaits,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// Actions for the store (durable only), and the last action id given.
@@ -180,6 +184,7 @@ impl Server {
             registry: Registry::starting_at(config.initial_sequence),
             rng: Rng::new(discover_seed(config.discover_start)),
             readers: Readers::new(config.max_remembered_readers),
+            reader_waits: ReaderWaits::default(),
             config,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -365,8 +370,22 @@ impl Server {
     /// peer's own REGISTERs overrides it (a peer reads what it writes), but
     /// never narrows [`Reader::Any`]. A peer nothing is known of reads
     /// [`ServerConfig::unknown_reader`].
-    pub fn set_reader_dialect(&mut self, peer: PeerId, reader: impl Into<Reader>) {
+    /// What waited for the answer ([`poll_reader_wanted`](Self::poll_reader_wanted))
+    /// is served now.
+    pub fn set_reader_dialect(&mut self, now: Timestamp, peer: PeerId, reader: impl Into<Reader>) {
+        self.advance(now);
         self.readers.told(peer, reader.into());
+        self.reader_wait_over(peer);
+    }
+
+    /// Tells the server that asking what `peer` reads
+    /// ([`poll_reader_wanted`](Self::poll_reader_wanted)) gave nothing usable:
+    /// the peer did not answer identify, or named an agent no flavour is
+    /// known for. What waited for it is served as
+    /// [`ServerConfig::unknown_reader`] now, not when the wait runs out.
+    pub fn reader_unknown(&mut self, now: Timestamp, peer: PeerId) {
+        self.advance(now);
+        self.reader_wait_over(peer);
     }
 
     /// Tells the server where `peer` connects from (the IP address of its
@@ -382,6 +401,7 @@ impl Server {
     pub fn handle_disconnected(&mut self, now: Timestamp, peer: &PeerId) {
         self.advance(now);
         self.readers.forget(peer);
+        self.forget_reader_wait(*peer);
         self.unsubscribe_peer(peer);
         if let Some(rate) = &mut self.rate {
             rate.forget(peer);
@@ -399,11 +419,12 @@ impl Server {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called:
-    /// the earliest expiry, or a DISCOVER's or a REGISTER's wait running
-    /// out; `None` while there is none.
+    /// the earliest expiry, or a DISCOVER's, a REGISTER's or a reader's
+    /// wait running out; `None` while there is none.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let waiting = self.waiting_until.keys().next().map(|(at, _)| *at);
-        [self.registry.next_expiry(), waiting, self.writes.log_deadline()]
+        let reader = self.reader_waits.next_deadline();
+        [self.registry.next_expiry(), waiting, self.writes.log_deadline(), reader]
             .into_iter()
             .flatten()
             .min()
@@ -422,6 +443,9 @@ impl Server {
             busy_refusals: self.busy_refusals,
             pending_writes: self.writes.len(),
             waiting_discovers: self.waiting_len,
+            readers_asked: self.reader_waits.asked(),
+            reader_waits: self.reader_waits.len(),
+            reader_waits_expired: self.reader_waits.expired(),
             requests: self.requests,
             subscriptions: self.subscriptions.len(),
             subscription_events: self.subscriptions.events_sent(),
@@ -448,6 +472,7 @@ impl Server {
 
     fn advance(&mut self, now: Timestamp) {
         self.now = self.now.max(now);
+        self.stop_reader_waits(self.now);
         self.stop_waiting(self.now);
         self.stop_waiting_for_log();
         let mut expired = Vec::new();

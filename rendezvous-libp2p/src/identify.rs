@@ -15,8 +15,16 @@
 //! are open. The remote's public key is checked against its peer id from
 //! the bytes it sent, without decoding the key.
 //!
+//! It asks each peer that connects ([`Config::ask_every_peer`]), or only
+//! the peers it is told to ask ([`Behaviour::ask`]): a point needs a peer's
+//! agent version only to serve it registrations, and a peer that only
+//! registers is then spared a substream each way (see
+//! [`ServerConfig::reader_wait`](rendezvous_core::ServerConfig::reader_wait)).
+//! An ask that gets no usable answer is reported ([`Event::Unanswered`]),
+//! so that what waits for it need not wait longer.
+//!
 //! What it leaves out: it never pushes (a point's addresses do not change
-//! while it runs), and it never asks again after the first answer.
+//! while it runs).
 
 use std::collections::VecDeque;
 use std::io;
@@ -32,12 +40,13 @@ use libp2p_core::{Endpoint, Multiaddr};
 use libp2p_identity::{PeerId, PublicKey};
 use libp2p_swarm::behaviour::{ExternalAddresses, ListenAddresses};
 use libp2p_swarm::handler::{
-    ConnectionEvent, FullyNegotiatedInbound, FullyNegotiatedOutbound, ProtocolsChange,
+    ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+    ProtocolsChange,
 };
 use libp2p_swarm::{
     ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
-    NetworkBehaviour, Stream, StreamProtocol, SubstreamProtocol, THandler, THandlerInEvent,
-    THandlerOutEvent, ToSwarm,
+    NetworkBehaviour, NotifyHandler, Stream, StreamProtocol, SubstreamProtocol, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use prost::Message;
 
@@ -96,6 +105,9 @@ pub struct Config {
     pub protocol_version: String,
     /// This implementation's name and version.
     pub agent_version: String,
+    /// Ask every peer as it connects, as rust-libp2p's identify does;
+    /// otherwise only the peers [`Behaviour::ask`] names.
+    pub ask_every_peer: bool,
 }
 
 /// What the behaviour tells the swarm.
@@ -108,7 +120,23 @@ pub enum Event {
         /// Its agent version.
         agent_version: String,
     },
+    /// Asking `peer` gave no agent version: it does not speak identify, did
+    /// not answer in time, sent no agent version or sent another's key.
+    Unanswered {
+        /// The peer.
+        peer: PeerId,
+        /// Why, for logs.
+        reason: String,
+    },
 }
+
+/// What the behaviour tells a connection's handler: ask the remote.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask;
+
+/// What a connection's handler tells the behaviour: what its ask or a push
+/// gave.
+pub type Learned = Result<String, String>;
 
 /// What every connection's handler reads to answer.
 #[derive(Debug)]
@@ -119,6 +147,7 @@ struct Shared {
     /// Where this node listens, and its confirmed external addresses,
     /// encoded.
     addresses: Mutex<Vec<Vec<u8>>>,
+    ask_every_peer: bool,
 }
 
 /// Answers identify, and learns each peer's agent version.
@@ -128,6 +157,8 @@ pub struct Behaviour {
     listening: ListenAddresses,
     external: ExternalAddresses,
     events: VecDeque<Event>,
+    /// Peers to ask, for their handlers.
+    asks: VecDeque<PeerId>,
 }
 
 impl Behaviour {
@@ -139,11 +170,20 @@ impl Behaviour {
                 protocol_version: config.protocol_version,
                 agent_version: config.agent_version,
                 addresses: Mutex::new(Vec::new()),
+                ask_every_peer: config.ask_every_peer,
             }),
             listening: ListenAddresses::default(),
             external: ExternalAddresses::default(),
             events: VecDeque::new(),
+            asks: VecDeque::new(),
         }
+    }
+
+    /// Asks `peer`, on one of its connections, for its identify message:
+    /// reported as [`Event::Received`] or [`Event::Unanswered`]. A peer with
+    /// no connection is not asked, and nothing is reported.
+    pub fn ask(&mut self, peer: PeerId) {
+        self.asks.push_back(peer);
     }
 
     fn handler(&self, peer: PeerId, observed: &Multiaddr) -> Handler {
@@ -152,8 +192,9 @@ impl Behaviour {
             peer,
             observed: observed.clone(),
             protocols: Vec::new(),
-            asked: false,
+            ask: self.shared.ask_every_peer,
             streams: None,
+            unanswered: None,
         }
     }
 }
@@ -202,12 +243,19 @@ impl NetworkBehaviour for Behaviour {
         &mut self,
         peer: PeerId,
         _: ConnectionId,
-        agent_version: THandlerOutEvent<Self>,
+        heard: THandlerOutEvent<Self>,
     ) {
-        self.events.push_back(Event::Received { peer, agent_version });
+        self.events.push_back(match heard {
+            Ok(agent_version) => Event::Received { peer, agent_version },
+            Err(reason) => Event::Unanswered { peer, reason },
+        });
     }
 
     fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        if let Some(peer_id) = self.asks.pop_front() {
+            let handler = NotifyHandler::Any;
+            return Poll::Ready(ToSwarm::NotifyHandler { peer_id, handler, event: Ask });
+        }
         match self.events.pop_front() {
             Some(event) => Poll::Ready(ToSwarm::GenerateEvent(event)),
             None => Poll::Pending,
@@ -215,8 +263,8 @@ impl NetworkBehaviour for Behaviour {
     }
 }
 
-/// One connection's identify: answers the remote's requests, asks once,
-/// and reads its pushes.
+/// One connection's identify: answers the remote's requests, asks when
+/// told to (or once, at the start), and reads its pushes.
 pub struct Handler {
     shared: Arc<Shared>,
     peer: PeerId,
@@ -224,12 +272,26 @@ pub struct Handler {
     observed: Multiaddr,
     /// This node's protocols on this connection.
     protocols: Vec<StreamProtocol>,
-    /// The request to the remote has been made.
-    asked: bool,
-    /// The open substreams; made with the first and dropped with the last,
-    /// so that an idle connection holds none of it. A read yields the
-    /// remote's agent version, if it sent one under its own key.
-    streams: Option<TimedSet<io::Result<Option<String>>, ()>>,
+    /// A request to the remote is to be made.
+    ask: bool,
+    /// The open substreams, each with what it is; made with the first and
+    /// dropped with the last, so that an idle connection holds none of it.
+    /// A read yields the remote's agent version, if it sent one under its
+    /// own key.
+    streams: Option<TimedSet<io::Result<Option<String>>, Substream>>,
+    /// Why this node's request failed before its substream opened, to report.
+    unanswered: Option<String>,
+}
+
+/// What an identify substream is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Substream {
+    /// Answering the remote's request.
+    Answer,
+    /// Reading the answer to this node's request.
+    Reply,
+    /// Reading what the remote pushed.
+    Push,
 }
 
 impl Handler {
@@ -246,11 +308,20 @@ impl Handler {
         said.encode_length_delimited_to_vec()
     }
 
-    fn start(&mut self, future: impl Future<Output = io::Result<Option<String>>> + Send + 'static) {
+    /// Runs `future` on a substream, or resets it if too many are open
+    /// (and a reply that cannot be read is reported unanswered).
+    fn start(
+        &mut self,
+        future: impl Future<Output = io::Result<Option<String>>> + Send + 'static,
+        substream: Substream,
+    ) {
         let streams =
             self.streams.get_or_insert_with(|| TimedSet::new(STREAM_TIMEOUT, MAX_STREAMS));
-        if streams.try_push(future, ()).is_err() {
+        if streams.try_push(future, substream).is_err() {
             tracing::debug!(peer = %self.peer, "resetting an identify substream: over the bound");
+            if substream == Substream::Reply {
+                self.unanswered = Some("too many identify substreams open".to_owned());
+            }
         }
     }
 }
@@ -297,9 +368,9 @@ fn peer_id_of(key: &[u8]) -> Option<PeerId> {
 }
 
 impl ConnectionHandler for Handler {
-    type FromBehaviour = std::convert::Infallible;
-    /// The remote's agent version.
-    type ToBehaviour = String;
+    type FromBehaviour = Ask;
+    /// The remote's agent version, or why asking gave none.
+    type ToBehaviour = Learned;
     type InboundProtocol =
         SelectUpgrade<ReadyUpgrade<StreamProtocol>, ReadyUpgrade<StreamProtocol>>;
     type OutboundProtocol = ReadyUpgrade<StreamProtocol>;
@@ -319,33 +390,42 @@ impl ConnectionHandler for Handler {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), String>> {
-        if !self.asked {
-            self.asked = true;
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), Learned>> {
+        if self.ask {
+            self.ask = false;
             let protocol = SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ());
             return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest { protocol });
         }
+        if let Some(reason) = self.unanswered.take() {
+            tracing::debug!(peer = %self.peer, "identify: {reason}");
+            return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(Err(reason)));
+        }
         while let Some(streams) = &mut self.streams {
-            let Poll::Ready((done, ())) = streams.poll_unpin(cx) else {
+            let Poll::Ready((done, substream)) = streams.poll_unpin(cx) else {
                 return Poll::Pending;
             };
             if streams.len() == 0 {
                 self.streams = None;
             }
-            match done {
+            let failed = match done {
                 Ok(Ok(Some(agent_version))) => {
-                    return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(agent_version));
+                    return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(Ok(agent_version)));
                 }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::debug!(peer = %self.peer, "identify: {e}"),
-                Err(_) => tracing::debug!(peer = %self.peer, "identify: timed out"),
+                Ok(Ok(None)) if substream == Substream::Reply => "no agent version".to_owned(),
+                Ok(Ok(None)) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_owned(),
+            };
+            tracing::debug!(peer = %self.peer, "identify: {failed}");
+            if substream == Substream::Reply {
+                return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(Err(failed)));
             }
         }
         Poll::Pending
     }
 
-    fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
-        match event {}
+    fn on_behaviour_event(&mut self, _: Ask) {
+        self.ask = true;
     }
 
     fn on_connection_event(
@@ -358,16 +438,19 @@ impl ConnectionHandler for Handler {
                 ..
             }) => {
                 let said = self.said();
-                self.start(answer(stream, said));
+                self.start(answer(stream, said), Substream::Answer);
             }
             ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
                 protocol: Either::Right(stream),
                 ..
-            })
-            | ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+            }) => self.start(read(stream, self.peer), Substream::Push),
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol: stream,
                 ..
-            }) => self.start(read(stream, self.peer)),
+            }) => self.start(read(stream, self.peer), Substream::Reply),
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { error, .. }) => {
+                self.unanswered = Some(format!("asking failed: {error}"));
+            }
             ConnectionEvent::LocalProtocolsChange(change) => match change {
                 ProtocolsChange::Added(added) => {
                     for protocol in added {

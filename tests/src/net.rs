@@ -159,6 +159,35 @@ pub async fn raw_connection_as(keypair: Keypair, server: PeerId, addr: &Multiadd
     Raw { id, control }
 }
 
+/// A raw connection's swarm that also runs identify, naming `agent`.
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct Identified {
+    stream: libp2p_stream::Behaviour,
+    identify: libp2p::identify::Behaviour,
+}
+
+/// Dials `server` from a new identity whose identify names `agent` (as a
+/// js, go or py peer's does), and keeps the swarm running.
+pub async fn raw_connection_named(server: PeerId, addr: &Multiaddr, agent: &str) -> Raw {
+    let mut raw = swarm(|key| Identified {
+        stream: libp2p_stream::Behaviour::new(),
+        identify: libp2p::identify::Behaviour::new(
+            libp2p::identify::Config::new("/ipfs/id/1.0.0".into(), key.public())
+                .with_agent_version(agent.into()),
+        ),
+    });
+    let id = *raw.local_peer_id();
+    let control = raw.behaviour().stream.new_control();
+    connect(&mut raw, server, addr).await;
+    tokio::spawn(async move {
+        loop {
+            raw.select_next_some().await;
+        }
+    });
+    Raw { id, control }
+}
+
 impl Raw {
     /// Another handle on the same connection, for requests in parallel.
     pub fn clone_handle(&self) -> Raw {

@@ -420,7 +420,7 @@ impl Sim {
     fn step(&mut self, op: &Op) -> Result<(), String> {
         let mut expected_events = Vec::new();
         let touches_server = match op {
-            Op::Advance { .. } | Op::SetReader { .. } => false,
+            Op::Advance { .. } => false,
             Op::NextPage => self.last_discover.is_some(),
             _ => true,
         };
@@ -522,7 +522,8 @@ impl Sim {
             Op::SetReader { peer, reader } => {
                 let peer = peer as usize % PEERS;
                 let reader = READERS[reader as usize % READERS.len()];
-                self.core().set_reader_dialect(peers()[peer].id, reader);
+                let now = self.model.now;
+                self.core().set_reader_dialect(now, peers()[peer].id, reader);
                 self.model.readers.entry(peer).or_default().0 = Some(reader);
             }
             Op::Disconnect { peer } => {

@@ -13,10 +13,13 @@ use super::{NodeError, root_cause};
 use crate::http::{Endpoint, Request};
 
 /// A host behaviour the loop drives: it knows identify's events among its
-/// own, and hands what they say to its rendezvous behaviour.
+/// own, and hands what they say to its rendezvous behaviour (and, on a
+/// point that asks only when it needs to, the point's asks to identify).
 pub trait Identified: NetworkBehaviour {
     /// If `event` is identify's: tells the rendezvous behaviour what the
-    /// peer runs and speaks, and returns the peer and its agent version.
+    /// peer runs and speaks (or that it said nothing), and returns the peer
+    /// and its agent version. If it is the point asking what a peer reads:
+    /// asks identify.
     fn identified<'e>(&mut self, event: &'e Self::ToSwarm) -> Option<(PeerId, &'e str)>;
 }
 

@@ -70,6 +70,12 @@ pub struct ServerOptions {
     /// Close a connection that carries no rendezvous request for this long
     /// (`--idle-timeout`); `None` never. Defaults to 60 s.
     pub idle_timeout: Option<Duration>,
+    /// How long the first DISCOVER or subscription of a peer whose reader
+    /// is unknown waits for identify, which is asked only then
+    /// (`--reader-wait`; see
+    /// [`ServerConfig::reader_wait`]). Zero asks every peer's identify as
+    /// it connects, and holds nothing. Defaults to 2 s.
+    pub reader_wait: Duration,
     /// Connections and handshakes (`--max-connections`,
     /// `--max-connections-per-peer`, `--max-connections-per-ip`,
     /// `--max-handshakes`, `--handshake-timeout`). Defaults to
@@ -101,6 +107,7 @@ impl Default for ServerOptions {
             rate_limit: None,
             subscriptions: rendezvous.core.subscriptions,
             idle_timeout: rendezvous.idle_timeout,
+            reader_wait: Duration::from_secs(2),
             connections: ConnectionLimits::default(),
             substreams: rendezvous.substreams,
             stats_interval: Some(Duration::from_secs(10)),
@@ -118,6 +125,7 @@ impl ServerOptions {
                 limits: self.limits.clone(),
                 rate_limit: self.rate_limit,
                 subscriptions: self.subscriptions,
+                reader_wait: self.reader_wait,
                 ..defaults.core
             },
             substreams: self.substreams,
@@ -238,6 +246,16 @@ impl ServerNode {
             "events_dropped",
             "Registry events dropped from a full queue",
             stats.dropped_events,
+        );
+        r.counter(
+            "readers_asked",
+            "Peers whose identify the point asked, to serve them their record flavour",
+            stats.readers_asked,
+        );
+        r.counter(
+            "reader_waits_expired",
+            "Asked peers whose identify did not answer within --reader-wait",
+            stats.reader_waits_expired,
         );
         r.gauge("subscribers", "Subscriptions open", stats.subscriptions);
         r.counter(

@@ -3,7 +3,8 @@
 //! [`DiscoverStart`] says: the oldest registration, or a random position
 //! from which the walk goes down to the oldest, then up from the start
 //! (the [`cookie`](crate::cookie) module says why that stays exact). A
-//! DISCOVER is served once every write its peer made before it is settled.
+//! DISCOVER is served once every write its peer made before it is settled,
+//! and once its peer's reader is known or given up on (`reader_waits`).
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -47,7 +48,8 @@ impl Server {
     ) -> Admitted<proto::Message> {
         let ticket = self.writes.ticket();
         let queued = self.waiting.get(&peer).map_or(0, VecDeque::len);
-        if queued == 0 && self.writes.settled_before(&peer, ticket) {
+        let awaits_reader = self.awaits_reader(peer);
+        if queued == 0 && !awaits_reader && self.writes.settled_before(&peer, ticket) {
             return Admitted::Now(self.discover_now(peer, discover));
         }
         if queued >= MAX_WAITING_PER_PEER {
@@ -101,8 +103,12 @@ impl Server {
         }
     }
 
-    /// Serves `peer`'s waiting DISCOVERs whose writes are settled, in order.
+    /// Serves `peer`'s waiting DISCOVERs whose writes are settled, in order,
+    /// unless they wait for its reader.
     pub(super) fn serve_waiting(&mut self, peer: PeerId) {
+        if self.reader_waits.contains(&peer) {
+            return;
+        }
         loop {
             let Some(queue) = self.waiting.get_mut(&peer) else { return };
             let due = queue.front().is_some_and(|w| self.writes.settled_before(&peer, w.ticket));

@@ -130,8 +130,16 @@ pub struct Stats {
     pub busy_refusals: u64,
     /// Writes (puts and deletes) waiting for the store.
     pub pending_writes: usize,
-    /// DISCOVERs waiting for writes their peer made before them.
+    /// DISCOVERs waiting for writes their peer made before them, or for
+    /// its reader.
     pub waiting_discovers: usize,
+    /// Peers whose reader the server asked the adapter for
+    /// ([`Server::poll_reader_wanted`](crate::Server::poll_reader_wanted)), so far.
+    pub readers_asked: u64,
+    /// Peers whose reader is being asked for now.
+    pub reader_waits: usize,
+    /// Waits for a reader that ran out before an answer, so far.
+    pub reader_waits_expired: u64,
     /// Requests answered, by type and status.
     pub requests: RequestCounts,
     /// Subscriptions open.

@@ -20,6 +20,8 @@ struct Remembered {
     from_agent: Option<Reader>,
     from_register: Option<Reader>,
     origin: Option<Origin>,
+    /// The server asked the adapter what this peer reads.
+    asked: bool,
 }
 
 impl Remembered {
@@ -48,6 +50,17 @@ impl Readers {
     /// The adapter says what `peer` reads.
     pub(crate) fn told(&mut self, peer: PeerId, reader: Reader) {
         self.0.entry(peer, Remembered::default).from_agent = Some(reader);
+    }
+
+    /// Whether the server should ask the adapter what `peer` reads: the
+    /// adapter has not said, and was never asked. Its REGISTERs do not
+    /// settle it, since a reader of every flavour registers in one. Marks
+    /// it asked.
+    pub(crate) fn first_ask(&mut self, peer: PeerId) -> bool {
+        let remembered = self.0.entry(peer, Remembered::default);
+        let ask = remembered.from_agent.is_none() && !remembered.asked;
+        remembered.asked = true;
+        ask
     }
 
     /// The adapter says where `peer` connects from.
@@ -102,6 +115,20 @@ mod tests {
         readers.told(c, Reader::Any);
         readers.registered(c, RUST);
         assert_eq!(readers.get(&c), Some(Reader::Any));
+    }
+
+    #[test]
+    fn a_peer_is_asked_about_once_and_only_until_the_adapter_says() {
+        let mut readers = Readers::new(8);
+        let (a, b, c) = (TestPeer::new(1).id, TestPeer::new(2).id, TestPeer::new(3).id);
+        assert!(readers.first_ask(a));
+        assert!(!readers.first_ask(a));
+        readers.told(b, Reader::Any);
+        assert!(!readers.first_ask(b));
+        readers.registered(c, Reader::Legacy);
+        assert!(readers.first_ask(c), "it may read more than it writes");
+        readers.forget(&a);
+        assert!(readers.first_ask(a), "a peer that comes back is asked again");
     }
 
     #[test]

@@ -374,17 +374,37 @@ impl Server {
     ) -> Result<(), CodecError> {
         let message = self.decode_request(body)?;
         self.advance(now);
-        let outcome = if self.over_rate(peer) {
-            Err(Refusal(ResponseStatus::EUnavailable, self.rate_reason.clone()))
+        if self.over_rate(peer) {
+            let reason = self.rate_reason.clone();
+            self.refuse_subscribe(peer, id, Refusal(ResponseStatus::EUnavailable, reason));
+        } else if self.awaits_reader(peer) {
+            // Served in the peer's flavour once it is known.
+            if let Err(refusal) = self.hold_subscribe(peer, id, message) {
+                self.refuse_subscribe(peer, id, refusal);
+            }
         } else {
-            self.subscribe(peer, id, message)
-        };
-        if let Err(Refusal(status, reason)) = outcome {
-            self.refused(peer, MessageType::DiscoverSubscribe, status, reason.clone());
-            let frame = codec::frame(&subscribe_response(status, Some(reason)));
-            self.subscriptions.pushes.push_back(Push { peer, subscription: id, frame, end: true });
+            self.subscribe_or_refuse(peer, id, message);
         }
         Ok(())
+    }
+
+    /// Subscribes, or answers why not.
+    pub(super) fn subscribe_or_refuse(
+        &mut self,
+        peer: PeerId,
+        id: SubscriptionId,
+        message: proto::Message,
+    ) {
+        if let Err(refusal) = self.subscribe(peer, id, message) {
+            self.refuse_subscribe(peer, id, refusal);
+        }
+    }
+
+    fn refuse_subscribe(&mut self, peer: PeerId, id: SubscriptionId, refusal: Refusal) {
+        let Refusal(status, reason) = refusal;
+        self.refused(peer, MessageType::DiscoverSubscribe, status, reason.clone());
+        let frame = codec::frame(&subscribe_response(status, Some(reason)));
+        self.subscriptions.pushes.push_back(Push { peer, subscription: id, frame, end: true });
     }
 
     fn subscribe(
@@ -484,6 +504,9 @@ impl Server {
     /// A subscription's substream ended (the subscriber closed it, or the
     /// connection went): forget it.
     pub fn handle_unsubscribed(&mut self, id: SubscriptionId) {
+        if self.reader_waits.drop_subscribe(id) {
+            return;
+        }
         if let Some(subscription) = self.subscriptions.remove(id) {
             let Subscription { peer, namespace, .. } = subscription;
             self.push_event(super::Event::Unsubscribed { peer, namespace });

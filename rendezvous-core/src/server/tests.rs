@@ -467,7 +467,8 @@ fn a_legacy_record_without_an_id_registers_the_sender() {
         read_status(response.unwrap().register_response.unwrap().status),
         Ok(ResponseStatus::Ok)
     );
-    h.server().set_reader_dialect(b.id, LEGACY);
+    let now = h.now();
+    h.server().set_reader_dialect(now, b.id, LEGACY);
     let page = h.discover(&b.id, Some("x"), None, None);
     assert_eq!(
         page.registrations[0].signed_peer_record,
@@ -496,7 +497,8 @@ fn each_reader_gets_only_what_it_can_parse() {
     // A peer that never registered reads rust-libp2p's flavour unless told otherwise.
     let stranger = TestPeer::new(4);
     assert_eq!(h.discover_peers(&stranger.id, Some("x")), vec![r.id]);
-    h.server().set_reader_dialect(stranger.id, STANDARD);
+    let now = h.now();
+    h.server().set_reader_dialect(now, stranger.id, STANDARD);
     assert_eq!(h.discover_peers(&stranger.id, Some("x")), vec![s.id]);
     let now = h.now();
     h.server().handle_disconnected(now, &stranger.id);
@@ -618,7 +620,8 @@ fn a_reader_of_any_dialect_gets_every_registration_as_registered() {
     let (r, l, reader) = (TestPeer::new(1), TestPeer::new(2), TestPeer::new(3));
     h.register_ok(&r, "x", RUST);
     h.register_ok(&l, "x", LEGACY);
-    h.server().set_reader_dialect(reader.id, Reader::Any);
+    let now = h.now();
+    h.server().set_reader_dialect(now, reader.id, Reader::Any);
     // Its own signed REGISTER does not narrow what the adapter said it reads.
     h.register_ok(&reader, "y", RUST);
     let page = h.discover(&reader.id, Some("x"), None, None);
@@ -639,15 +642,18 @@ fn a_peer_registered_in_two_flavours_is_found_by_rust_and_by_standard_readers() 
     let (a, rust_reader, standard_reader) = (TestPeer::new(1), TestPeer::new(2), TestPeer::new(3));
     h.register_ok(&a, "x", RUST);
     h.register_ok(&a, "x", STANDARD);
-    h.server().set_reader_dialect(rust_reader.id, Reader::Signed(Flavour::RustLibp2p));
-    h.server().set_reader_dialect(standard_reader.id, Reader::Signed(Flavour::Standard));
+    let now = h.now();
+    h.server().set_reader_dialect(now, rust_reader.id, Reader::Signed(Flavour::RustLibp2p));
+    let now = h.now();
+    h.server().set_reader_dialect(now, standard_reader.id, Reader::Signed(Flavour::Standard));
     let page = h.discover(&rust_reader.id, Some("x"), None, None);
     assert_eq!(served_records(&page), vec![a.record(RUST)]);
     let page = h.discover(&standard_reader.id, Some("x"), None, None);
     assert_eq!(served_records(&page), vec![a.record(STANDARD)]);
     let page = h.discover(&TestPeer::new(4).id, Some("x"), None, None);
     assert_eq!(served_records(&page), vec![a.record(RUST)], "unknown readers get rust's");
-    h.server().set_reader_dialect(TestPeer::new(5).id, Reader::Legacy);
+    let now = h.now();
+    h.server().set_reader_dialect(now, TestPeer::new(5).id, Reader::Legacy);
     let page = h.discover(&TestPeer::new(5).id, Some("x"), None, None);
     assert_eq!(served_records(&page), vec![a.record(LEGACY)]);
     assert_eq!(h.server().stats().registrations, 1, "one registration, two envelopes");
@@ -663,7 +669,8 @@ fn one_register_carrying_both_flavours_serves_every_reader_and_refreshes_without
     assert_eq!(read_status(response.status), Ok(ResponseStatus::Ok), "{response:?}");
     for (reader, dialect) in [(2, RUST), (3, STANDARD), (4, LEGACY)] {
         let peer = TestPeer::new(reader).id;
-        h.server().set_reader_dialect(peer, dialect);
+        let now = h.now();
+        h.server().set_reader_dialect(now, peer, dialect);
         let page = h.discover(&peer, Some("x"), None, None);
         assert_eq!(served_records(&page), vec![a.record(dialect)], "{dialect:?}");
     }
@@ -684,7 +691,8 @@ fn a_flavour_with_other_addresses_replaces_the_registration_instead_of_joining_i
     let record = Record::sign(&a.keypair, &[moved], 2, Flavour::RustLibp2p).unwrap();
     let response = h.request(&a.id, testing::register("x", record.clone(), None)).unwrap();
     assert_eq!(read_status(response.register_response.unwrap().status), Ok(ResponseStatus::Ok));
-    h.server().set_reader_dialect(standard_reader.id, Reader::Signed(Flavour::Standard));
+    let now = h.now();
+    h.server().set_reader_dialect(now, standard_reader.id, Reader::Signed(Flavour::Standard));
     assert!(served_records(&h.discover(&standard_reader.id, Some("x"), None, None)).is_empty());
     let page = h.discover(&TestPeer::new(3).id, Some("x"), None, None);
     assert_eq!(served_records(&page), vec![record]);
@@ -787,7 +795,8 @@ fn a_js_agent_that_never_registered_gets_only_standard_entries() {
     h.register_ok(&s, "x", STANDARD);
     h.register_ok(&l, "x", LEGACY);
     let reader = Reader::from_agent_version("js-libp2p/2.8.0 UserAgent=v20").unwrap();
-    h.server().set_reader_dialect(js.id, reader);
+    let now = h.now();
+    h.server().set_reader_dialect(now, js.id, reader);
     let page = h.discover(&js.id, Some("x"), None, None);
     assert_eq!(served_records(&page), vec![s.record(STANDARD)]);
 }

@@ -1,7 +1,8 @@
 //! Against rust-libp2p's own identify, over TCP on loopback: it reads what
 //! this node says, this node reads its agent version, first from the answer
-//! to its request and then from a push; and a message under another key is
-//! refused.
+//! to its request and then from a push; a node that asks only when told
+//! does so, and says so when a peer cannot answer; and a message under
+//! another key is refused.
 
 use futures::StreamExt;
 use libp2p::identify as theirs;
@@ -12,23 +13,106 @@ use super::*;
 use crate::test_swarm::{listening, swarm};
 
 fn ours(key: &Keypair) -> Behaviour {
+    with(key, true)
+}
+
+fn with(key: &Keypair, ask_every_peer: bool) -> Behaviour {
     Behaviour::new(Config {
         public_key: key.public(),
         protocol_version: "/ipfs/id/1.0.0".into(),
         agent_version: "rendezvous-rs/test".into(),
+        ask_every_peer,
     })
+}
+
+fn js_peer(key: &Keypair) -> theirs::Behaviour {
+    theirs::Behaviour::new(
+        theirs::Config::new("/ipfs/id/1.0.0".into(), key.public())
+            .with_agent_version("js-libp2p/2.8.0".into()),
+    )
+}
+
+#[test]
+fn a_handler_asks_at_the_start_or_when_told() {
+    let key = Keypair::generate_ed25519();
+    let (peer, address) = (PeerId::random(), "/ip4/127.0.0.1/tcp/1".parse().unwrap());
+    let asks = |handler: &mut Handler| {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        matches!(
+            handler.poll(&mut cx),
+            Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest { .. })
+        )
+    };
+    let mut every = with(&key, true).handler(peer, &address);
+    assert!(asks(&mut every));
+    assert!(!asks(&mut every), "once");
+    let mut told = with(&key, false).handler(peer, &address);
+    assert!(!asks(&mut told), "not before it is told");
+    told.on_behaviour_event(Ask);
+    assert!(asks(&mut told));
+    assert!(!asks(&mut told));
+}
+
+#[tokio::test]
+async fn a_node_that_asks_when_told_hears_the_answer() {
+    let mut point = swarm(Keypair::generate_ed25519(), |key| with(key, false));
+    let address = listening(&mut point).await;
+    let mut peer = swarm(Keypair::generate_ed25519(), js_peer);
+    let peer_id = *peer.local_peer_id();
+    peer.dial(address).unwrap();
+    let mut heard = None;
+    for _ in 0..200 {
+        tokio::select! {
+            event = point.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { .. } => point.behaviour_mut().ask(peer_id),
+                SwarmEvent::Behaviour(event) => {
+                    heard = Some(event);
+                    break;
+                }
+                _ => {}
+            },
+            _ = peer.select_next_some() => {}
+        }
+    }
+    let agent_version = "js-libp2p/2.8.0".to_owned();
+    assert_eq!(heard, Some(Event::Received { peer: peer_id, agent_version }));
+}
+
+#[tokio::test]
+async fn asking_a_peer_without_identify_is_reported_unanswered() {
+    let mut point = swarm(Keypair::generate_ed25519(), |key| with(key, false));
+    let address = listening(&mut point).await;
+    let mut peer = swarm(Keypair::generate_ed25519(), |_| libp2p::ping::Behaviour::default());
+    let peer_id = *peer.local_peer_id();
+    peer.dial(address).unwrap();
+    let mut heard = None;
+    for _ in 0..200 {
+        tokio::select! {
+            event = point.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { .. } => point.behaviour_mut().ask(peer_id),
+                SwarmEvent::Behaviour(event) => {
+                    heard = Some(event);
+                    break;
+                }
+                _ => {}
+            },
+            _ = peer.select_next_some() => {}
+        }
+    }
+    match heard {
+        Some(Event::Unanswered { peer, reason }) => {
+            assert_eq!(peer, peer_id);
+            assert!(reason.contains("asking failed"), "{reason}");
+        }
+        other => panic!("expected the ask to be reported unanswered, got {other:?}"),
+    }
 }
 
 #[tokio::test]
 async fn a_rust_libp2p_peer_and_this_node_identify_each_other() {
     let mut point = swarm(Keypair::generate_ed25519(), ours);
     let address = listening(&mut point).await;
-    let mut peer = swarm(Keypair::generate_ed25519(), |key| {
-        theirs::Behaviour::new(
-            theirs::Config::new("/ipfs/id/1.0.0".into(), key.public())
-                .with_agent_version("js-libp2p/2.8.0".into()),
-        )
-    });
+    let mut peer = swarm(Keypair::generate_ed25519(), js_peer);
     let peer_id = *peer.local_peer_id();
     peer.dial(address.clone()).unwrap();
 

@@ -21,6 +21,16 @@ pub enum Event {
         /// Why.
         reason: Rejection,
     },
+    /// The point needs to know what `peer` reads, to serve it: ask it
+    /// (identify), then call [`Behaviour::set_agent_version`](super::Behaviour::set_agent_version),
+    /// or [`Behaviour::reader_unknown`](super::Behaviour::reader_unknown) if
+    /// the peer gave no answer. Only with
+    /// [`ServerConfig::reader_wait`](rendezvous_core::ServerConfig::reader_wait)
+    /// set; its DISCOVERs and subscriptions wait meanwhile.
+    ReaderWanted {
+        /// The peer.
+        peer: PeerId,
+    },
 }
 
 /// Why a substream was rejected.

@@ -6,7 +6,10 @@
 //! ```
 //!
 //! Give it what identify learns ([`Behaviour::set_agent_version`]) so that
-//! each peer is served the record flavour its stack verifies. Raise the
+//! each peer is served the record flavour its stack verifies: of every peer
+//! that connects, or, with
+//! [`ServerConfig::reader_wait`](rendezvous_core::ServerConfig::reader_wait)
+//! set, of the peers it asks for ([`Event::ReaderWanted`]). Raise the
 //! swarm's `max_negotiating_inbound_streams` (default 128) to at least
 //! [`Substreams::max_per_connection`], or bursts of new substreams wait
 //! in the muxer before the handler sees them.
@@ -75,6 +78,7 @@ struct Connection {
 /// The rendezvous point.
 pub struct Behaviour {
     core: Server,
+    asks_for_readers: bool,
     timer: Timer,
     idle: Idle<ConnectionId>,
     shared: Arc<Shared>,
@@ -120,8 +124,10 @@ impl Behaviour {
             "{} requests in flight on this connection, the server's limit; retry later",
             shared.admission.max_streams
         );
+        let asks_for_readers = !config.core.reader_wait.is_zero();
         Ok(Behaviour {
             core: Server::new(config.core)?,
+            asks_for_readers,
             timer: Timer::new(clock),
             idle: Idle::new(idle_timeout),
             shared,
@@ -233,7 +239,8 @@ impl Behaviour {
     /// Tells the server what `peer` reads; see
     /// [`Server::set_reader_dialect`].
     pub fn set_reader_dialect(&mut self, peer: PeerId, reader: impl Into<Reader>) {
-        self.core.set_reader_dialect(peer, reader);
+        self.core.set_reader_dialect(self.now(), peer, reader);
+        self.route_core_outputs();
     }
 
     /// Tells the server the agent version identify learned for `peer`, from
@@ -241,9 +248,26 @@ impl Behaviour {
     /// ([`Reader::from_agent_version`]). Call it on every identify
     /// `Received` event.
     pub fn set_agent_version(&mut self, peer: PeerId, agent_version: &str) {
-        if let Some(reader) = Reader::from_agent_version(agent_version) {
-            self.core.set_reader_dialect(peer, reader);
+        match Reader::from_agent_version(agent_version) {
+            Some(reader) => self.set_reader_dialect(peer, reader),
+            None => self.reader_unknown(peer),
         }
+    }
+
+    /// Tells the server that asking `peer` what it reads
+    /// ([`Event::ReaderWanted`]) gave no answer; see
+    /// [`Server::reader_unknown`].
+    pub fn reader_unknown(&mut self, peer: PeerId) {
+        self.core.reader_unknown(self.now(), peer);
+        self.route_core_outputs();
+    }
+
+    /// Whether the point asks what a peer reads only when it needs to
+    /// ([`ServerConfig::reader_wait`](rendezvous_core::ServerConfig::reader_wait)),
+    /// through [`Event::ReaderWanted`]. If not, it must be told of every
+    /// peer unasked, as identify does when it asks every peer that connects.
+    pub fn asks_for_readers(&self) -> bool {
+        self.asks_for_readers
     }
 
     fn now(&self) -> Timestamp {
@@ -420,6 +444,9 @@ impl Behaviour {
                 let frame = Some(push.frame);
                 self.notify(peer, connection, FromBehaviour::Push { stream, frame, end: push.end });
             }
+        }
+        while let Some(peer) = self.core.poll_reader_wanted() {
+            self.actions.push_back(ToSwarm::GenerateEvent(Event::ReaderWanted { peer }));
         }
         while let Some(event) = self.core.poll_event() {
             self.actions.push_back(ToSwarm::GenerateEvent(Event::Core(event)));

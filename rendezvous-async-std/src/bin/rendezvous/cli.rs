@@ -174,6 +174,12 @@ pub(crate) struct Args {
     /// (server; 0: never).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub(crate) idle_timeout: u64,
+    /// Ask a peer's identify only once it DISCOVERs or subscribes without
+    /// having registered, and hold those requests this long at most for
+    /// the answer, which names the record flavour it reads (server; 0: ask
+    /// every peer as it connects, and hold nothing).
+    #[arg(long, default_value_t = ServerOptions::default().reader_wait.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..5))]
+    pub(crate) reader_wait: u64,
     /// Most requests per second from one peer; beyond, they are answered
     /// E_UNAVAILABLE (server; 0: no limit).
     #[arg(long, default_value_t = 0.0, value_name = "N")]
@@ -263,6 +269,7 @@ impl Args {
             .transpose()
             .map_err(|e| format!("--rate-limit: {e} (use 0 for none)"))?;
         o.idle_timeout = (self.idle_timeout > 0).then(|| secs(self.idle_timeout));
+        o.reader_wait = secs(self.reader_wait);
         o.connections.max_established = self.max_connections;
         o.connections.max_per_peer = self.max_connections_per_peer;
         o.connections.max_per_ip = self.max_connections_per_ip;

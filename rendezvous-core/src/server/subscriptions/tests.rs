@@ -263,7 +263,7 @@ fn subscriptions_are_limited_per_peer_and_per_point_and_positions_are_checked() 
 fn each_subscriber_gets_the_flavour_it_reads_and_departures_name_the_peer() {
     let mut server = Server::new(ServerConfig::default()).unwrap();
     let legacy = TestPeer::new(1);
-    server.set_reader_dialect(legacy.id, Reader::Legacy);
+    server.set_reader_dialect(Timestamp::ZERO, legacy.id, Reader::Legacy);
     let rust = TestPeer::new(2);
     first_answer(&mut server, legacy.id, 1, None);
     first_answer(&mut server, rust.id, 2, None);
@@ -354,7 +354,7 @@ fn discover_subscribe_on_the_request_protocol_names_the_type_or_refuses() {
 fn subscribers_told_the_same_change_in_the_same_flavour_share_one_encoding() {
     let mut server = Server::new(ServerConfig::default()).unwrap();
     let legacy = TestPeer::new(1);
-    server.set_reader_dialect(legacy.id, Reader::Legacy);
+    server.set_reader_dialect(Timestamp::ZERO, legacy.id, Reader::Legacy);
     first_answer(&mut server, legacy.id, 1, None);
     first_answer(&mut server, TestPeer::new(2).id, 2, None);
     first_answer(&mut server, TestPeer::new(3).id, 3, None);
