@@ -220,3 +220,194 @@ fn a_discover_whose_writes_settle_first_still_waits_for_its_reader() {
     server.set_reader_dialect(at(1), peer.id, Reader::Signed(Flavour::Standard));
     assert_eq!(transmits(&mut server), vec![(11, vec![standard.record(STANDARD)])]);
 }
+
+mod model {
+    //! Random DISCOVERs, REGISTERs, answers, timeouts and disconnects of a
+    //! few peers against the plainest model of the wait: every DISCOVER is
+    //! answered exactly once, in its peer's order, each page in the
+    //! flavour the peer was known to read when it was served, and a peer
+    //! is asked only when the model says so.
+
+    use std::collections::{BTreeMap, VecDeque};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::testing::DIALECTS;
+
+    const ASKERS: usize = 3;
+    const READERS: [Reader; 4] = [
+        Reader::Signed(Flavour::RustLibp2p),
+        Reader::Signed(Flavour::Standard),
+        Reader::Legacy,
+        Reader::Any,
+    ];
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Discover(usize),
+        Register(usize, usize),
+        Tell(usize, usize),
+        Unknown(usize),
+        Advance(u64),
+        Disconnect(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let peer = 0..ASKERS;
+        prop_oneof![
+            4 => peer.clone().prop_map(Op::Discover),
+            2 => (peer.clone(), 0..DIALECTS.len()).prop_map(|(p, d)| Op::Register(p, d)),
+            2 => (peer.clone(), 0..READERS.len()).prop_map(|(p, r)| Op::Tell(p, r)),
+            1 => peer.clone().prop_map(Op::Unknown),
+            2 => (0..3u64).prop_map(Op::Advance),
+            1 => peer.prop_map(Op::Disconnect),
+        ]
+    }
+
+    /// What the point knows of an asking peer.
+    #[derive(Default)]
+    struct Peer {
+        told: Option<Reader>,
+        registered: Option<Reader>,
+        asked: bool,
+        until: Option<Timestamp>,
+        held: VecDeque<u64>,
+    }
+
+    impl Peer {
+        fn reader(&self) -> Reader {
+            match self.told {
+                Some(Reader::Any) => Reader::Any,
+                told => self.registered.or(told).unwrap_or(Reader::Signed(Flavour::RustLibp2p)),
+            }
+        }
+    }
+
+    /// The namespace's records as `reader` is served them; peers 10, 11
+    /// and 12 registered there in the three dialects.
+    fn page_for(reader: Reader) -> Vec<Bytes> {
+        let [rust, standard, legacy] = [10, 11, 12].map(TestPeer::new);
+        let mut page = match reader {
+            Reader::Signed(Flavour::RustLibp2p) => vec![rust.record(RUST)],
+            Reader::Signed(Flavour::Standard) => vec![standard.record(STANDARD)],
+            Reader::Legacy => [&rust, &standard, &legacy].map(|p| p.record(Dialect::Legacy)).into(),
+            Reader::Any => {
+                vec![rust.record(RUST), standard.record(STANDARD), legacy.record(Dialect::Legacy)]
+            }
+        };
+        page.sort();
+        page
+    }
+
+    fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let config = ServerConfig { reader_wait: WAIT, ..ServerConfig::default() };
+        let mut server = Server::new(config).unwrap();
+        for (seed, dialect) in [(10, RUST), (11, STANDARD), (12, Dialect::Legacy)] {
+            let peer = TestPeer::new(seed);
+            let message = testing::register(NS, peer.record(dialect), None);
+            server.handle_request(at(0), peer.id, RequestId(0), message);
+        }
+        let ids: Vec<PeerId> = (0..ASKERS).map(|i| TestPeer::new(i as u32 + 1).id).collect();
+        let mut peers: Vec<Peer> = (0..ASKERS).map(|_| Peer::default()).collect();
+        let mut now = at(0);
+        let mut next_id = 1;
+        let mut asked: Vec<usize> = Vec::new();
+        let mut served: BTreeMap<u64, Vec<Bytes>> = BTreeMap::new();
+        let mut owner: BTreeMap<u64, usize> = BTreeMap::new();
+        let end = |peer: &mut Peer, served: &mut BTreeMap<u64, Vec<Bytes>>| {
+            peer.until = None;
+            let page = page_for(peer.reader());
+            for id in peer.held.drain(..) {
+                served.insert(id, page.clone());
+            }
+        };
+        for op in ops.into_iter().chain([Op::Advance(3)]) {
+            let mut expected = BTreeMap::new();
+            match op {
+                Op::Discover(p) => {
+                    let (id, peer) = (next_id, &mut peers[p]);
+                    next_id += 1;
+                    owner.insert(id, p);
+                    if peer.until.is_none() && peer.told.is_none() && !peer.asked {
+                        peer.asked = true;
+                        peer.until = Some(now + WAIT);
+                        asked.push(p);
+                    }
+                    if peer.until.is_some() {
+                        peer.held.push_back(id);
+                    } else {
+                        expected.insert(id, page_for(peer.reader()));
+                    }
+                    discover(&mut server, now, ids[p], id);
+                }
+                Op::Register(p, d) => {
+                    let me = TestPeer::new(p as u32 + 1);
+                    let message = testing::register("own", me.record(DIALECTS[d]), None);
+                    server.handle_request(now, me.id, RequestId(0), message);
+                    peers[p].registered = Some(DIALECTS[d].into());
+                }
+                Op::Tell(p, r) => {
+                    peers[p].told = Some(READERS[r]);
+                    if peers[p].until.is_some() {
+                        end(&mut peers[p], &mut expected);
+                    }
+                    server.set_reader_dialect(now, ids[p], READERS[r]);
+                }
+                Op::Unknown(p) => {
+                    end(&mut peers[p], &mut expected);
+                    server.reader_unknown(now, ids[p]);
+                }
+                Op::Advance(secs) => {
+                    now = now + Duration::from_secs(secs);
+                    for peer in &mut peers {
+                        if peer.until.is_some_and(|until| until <= now) {
+                            end(peer, &mut expected);
+                        }
+                    }
+                    server.handle_timeout(now);
+                }
+                Op::Disconnect(p) => {
+                    let held = std::mem::take(&mut peers[p].held);
+                    peers[p] = Peer { held, ..Peer::default() };
+                    end(&mut peers[p], &mut expected);
+                    server.handle_disconnected(now, &ids[p]);
+                }
+            }
+            let answers: Vec<(u64, Vec<Bytes>)> = transmits(&mut server)
+                .into_iter()
+                .filter(|(id, _)| *id != 0)
+                .map(|(id, mut page)| {
+                    page.sort();
+                    (id, page)
+                })
+                .collect();
+            // Each peer's answers come in the order it asked.
+            for p in 0..ASKERS {
+                let mine: Vec<u64> =
+                    answers.iter().map(|(id, _)| *id).filter(|id| owner[id] == p).collect();
+                prop_assert!(mine.is_sorted(), "peer {} answered out of order: {:?}", p, mine);
+            }
+            let got: BTreeMap<u64, Vec<Bytes>> = answers.iter().cloned().collect();
+            prop_assert_eq!(got.len(), answers.len(), "answered once");
+            prop_assert_eq!(&got, &expected, "what is answered, and in which flavour");
+            let wanted: Vec<PeerId> = std::iter::from_fn(|| server.poll_reader_wanted()).collect();
+            let want: Vec<PeerId> = asked.drain(..).map(|p| ids[p]).collect();
+            prop_assert_eq!(wanted, want, "who is asked");
+            served.extend(got);
+        }
+        prop_assert_eq!(served.len() as u64, next_id - 1, "every DISCOVER is answered");
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn discovers_wait_for_their_reader_in_order_and_none_is_lost(
+            ops in prop::collection::vec(op(), 1..40)
+        ) {
+            run(ops)?;
+        }
+    }
+}
