@@ -50,7 +50,8 @@ use writes::Writes;
 ///   and [`load`](Self::load) at start;
 /// - [`handle_timeout`](Self::handle_timeout) when the deadline from
 ///   [`poll_timeout`](Self::poll_timeout) is reached;
-/// - [`set_reader_dialect`](Self::set_reader_dialect) and
+/// - [`set_reader_dialect`](Self::set_reader_dialect),
+///   [`reader_unknown`](Self::reader_unknown) and
 ///   [`handle_disconnected`](Self::handle_disconnected) as the adapter learns
 ///   about peers.
 ///
@@ -64,12 +65,14 @@ use writes::Writes;
 ///    request is done and that substream may carry the next one. Answers
 ///    may come out of the order their requests were read in (a durable
 ///    server answers a write once the store settles it, and a DISCOVER once
-///    every write its peer made before it is settled), so an adapter
-///    reading several requests from one substream writes their answers in
-///    the order of the requests.
-/// 3. [`poll_event`](Self::poll_event) until `None`: what happened, for logs
+///    every write its peer made before it is settled, and once its peer's
+///    reader is known), so an adapter reading several requests from one
+///    substream writes their answers in the order of the requests.
+/// 3. [`poll_reader_wanted`](Self::poll_reader_wanted) until `None` (with
+///    [`ServerConfig::reader_wait`] set): peers to ask what they read.
+/// 4. [`poll_event`](Self::poll_event) until `None`: what happened, for logs
 ///    and metrics.
-/// 4. [`poll_timeout`](Self::poll_timeout): when to call `handle_timeout` next
+/// 5. [`poll_timeout`](Self::poll_timeout): when to call `handle_timeout` next
 ///    (the earliest expiry). Reset the one timer to it.
 ///
 /// Expired registrations are never served even if `handle_timeout` is late:
@@ -369,9 +372,8 @@ impl Server {
     /// version through [`Reader::from_agent_version`]. The dialect of the
     /// peer's own REGISTERs overrides it (a peer reads what it writes), but
     /// never narrows [`Reader::Any`]. A peer nothing is known of reads
-    /// [`ServerConfig::unknown_reader`].
-    /// What waited for the answer ([`poll_reader_wanted`](Self::poll_reader_wanted))
-    /// is served now.
+    /// [`ServerConfig::unknown_reader`]. What waited for the answer
+    /// ([`poll_reader_wanted`](Self::poll_reader_wanted)) is served now.
     pub fn set_reader_dialect(&mut self, now: Timestamp, peer: PeerId, reader: impl Into<Reader>) {
         self.advance(now);
         self.readers.told(peer, reader.into());

@@ -53,52 +53,40 @@ fn a_handler_asks_at_the_start_or_when_told() {
     assert!(!asks(&mut told));
 }
 
-#[tokio::test]
-async fn a_node_that_asks_when_told_hears_the_answer() {
+/// Connects a peer running `behaviour` to a node that asks only when told,
+/// asks it once connected, and returns the peer and what the node heard.
+async fn ask_once<B>(behaviour: impl FnOnce(&Keypair) -> B) -> (PeerId, Option<Event>)
+where
+    B: libp2p::swarm::NetworkBehaviour,
+{
     let mut point = swarm(Keypair::generate_ed25519(), |key| with(key, false));
     let address = listening(&mut point).await;
-    let mut peer = swarm(Keypair::generate_ed25519(), js_peer);
+    let mut peer = swarm(Keypair::generate_ed25519(), behaviour);
     let peer_id = *peer.local_peer_id();
     peer.dial(address).unwrap();
-    let mut heard = None;
     for _ in 0..200 {
         tokio::select! {
             event = point.select_next_some() => match event {
                 SwarmEvent::ConnectionEstablished { .. } => point.behaviour_mut().ask(peer_id),
-                SwarmEvent::Behaviour(event) => {
-                    heard = Some(event);
-                    break;
-                }
+                SwarmEvent::Behaviour(event) => return (peer_id, Some(event)),
                 _ => {}
             },
             _ = peer.select_next_some() => {}
         }
     }
+    (peer_id, None)
+}
+
+#[tokio::test]
+async fn a_node_that_asks_when_told_hears_the_answer() {
+    let (peer, heard) = ask_once(js_peer).await;
     let agent_version = "js-libp2p/2.8.0".to_owned();
-    assert_eq!(heard, Some(Event::Received { peer: peer_id, agent_version }));
+    assert_eq!(heard, Some(Event::Received { peer, agent_version }));
 }
 
 #[tokio::test]
 async fn asking_a_peer_without_identify_is_reported_unanswered() {
-    let mut point = swarm(Keypair::generate_ed25519(), |key| with(key, false));
-    let address = listening(&mut point).await;
-    let mut peer = swarm(Keypair::generate_ed25519(), |_| libp2p::ping::Behaviour::default());
-    let peer_id = *peer.local_peer_id();
-    peer.dial(address).unwrap();
-    let mut heard = None;
-    for _ in 0..200 {
-        tokio::select! {
-            event = point.select_next_some() => match event {
-                SwarmEvent::ConnectionEstablished { .. } => point.behaviour_mut().ask(peer_id),
-                SwarmEvent::Behaviour(event) => {
-                    heard = Some(event);
-                    break;
-                }
-                _ => {}
-            },
-            _ = peer.select_next_some() => {}
-        }
-    }
+    let (peer_id, heard) = ask_once(|_| libp2p::ping::Behaviour::default()).await;
     match heard {
         Some(Event::Unanswered { peer, reason }) => {
             assert_eq!(peer, peer_id);
