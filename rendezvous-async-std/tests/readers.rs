@@ -1,13 +1,14 @@
 //! What a peer reads, learned from its identify only once it is needed,
 //! against the binary over real connections on loopback: a peer that
 //! DISCOVERs first, before the point has asked it anything, is served the
-//! flavour its agent names; a peer without identify, the default.
+//! flavour its agent names; a peer without identify, the default; and the
+//! point counts whom it asked, and nobody that only registered.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the failure report
 
 mod common;
 
 use bytes::Bytes;
-use common::{peer_of, runtime};
+use common::{get, http_of, peer_of, runtime, sample};
 use libp2p_identity::PeerId;
 use rendezvous_libp2p::core::testing::{self, TestPeer};
 use rendezvous_libp2p::core::{Dialect, Flavour};
@@ -35,7 +36,7 @@ fn sorted(mut records: Vec<Bytes>) -> Vec<Bytes> {
 
 #[test]
 fn a_peer_that_discovers_first_gets_the_flavour_its_agent_names() {
-    let (_server, address) = common::server(&[]);
+    let (mut server, address) = common::server(&["--metrics", "127.0.0.1:0"]);
     let (server_id, addr) = peer_of(&address);
     runtime().block_on(async {
         let (rust, standard) = (TestPeer::new(1), TestPeer::new(2));
@@ -54,4 +55,9 @@ fn a_peer_that_discovers_first_gets_the_flavour_its_agent_names() {
         let mut bare = raw_connection(server_id, &addr).await;
         assert_eq!(first_page(&mut bare, server_id).await, vec![rust.record(RUST)]);
     });
+    // The three that discovered, not the two that only registered; none
+    // left the point waiting.
+    let (_, metrics) = get(http_of(&mut server), "/metrics");
+    assert_eq!(sample(&metrics, "rendezvous_readers_asked_total"), 3.0);
+    assert_eq!(sample(&metrics, "rendezvous_reader_waits_expired_total"), 0.0);
 }
