@@ -70,8 +70,8 @@ pub struct ServerOptions {
     /// Close a connection that carries no rendezvous request for this long
     /// (`--idle-timeout`); `None` never. Defaults to 60 s.
     pub idle_timeout: Option<Duration>,
-    /// How long the first DISCOVER or subscription of a peer whose reader
-    /// is unknown waits for identify, which is asked only then
+    /// How long the first DISCOVER or subscription of a peer identify has
+    /// not described waits for identify, which is asked only then
     /// (`--reader-wait`; see
     /// [`ServerConfig::reader_wait`]). Zero asks every peer's identify as
     /// it connects, and holds nothing. Defaults to 2 s.

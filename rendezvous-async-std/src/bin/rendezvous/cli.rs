@@ -174,10 +174,10 @@ pub(crate) struct Args {
     /// (server; 0: never).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub(crate) idle_timeout: u64,
-    /// Ask a peer's identify only once it DISCOVERs or subscribes without
-    /// having registered, and hold those requests this long at most for
-    /// the answer, which names the record flavour it reads (server; 0: ask
-    /// every peer as it connects, and hold nothing).
+    /// Ask a peer's identify only when it first DISCOVERs or subscribes,
+    /// and hold those requests this long at most for the answer, which
+    /// names the record flavour it reads (server; 0: ask every peer as it
+    /// connects, and hold nothing).
     #[arg(long, default_value_t = ServerOptions::default().reader_wait.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..5))]
     pub(crate) reader_wait: u64,
     /// Most requests per second from one peer; beyond, they are answered
