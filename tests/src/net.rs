@@ -147,9 +147,20 @@ pub async fn raw_connection(server: PeerId, addr: &Multiaddr) -> Raw {
 
 /// Dials `server` as `keypair` and keeps the swarm running.
 pub async fn raw_connection_as(keypair: Keypair, server: PeerId, addr: &Multiaddr) -> Raw {
-    let mut raw = swarm_as(keypair, |_| libp2p_stream::Behaviour::new());
-    let id = *raw.local_peer_id();
+    let raw = swarm_as(keypair, |_| libp2p_stream::Behaviour::new());
     let control = raw.behaviour().new_control();
+    keep_connected(raw, control, server, addr).await
+}
+
+/// Dials `server` from `raw`, whose substreams `control` opens, and keeps
+/// the swarm running.
+async fn keep_connected<B: NetworkBehaviour + Send + 'static>(
+    mut raw: Swarm<B>,
+    control: libp2p_stream::Control,
+    server: PeerId,
+    addr: &Multiaddr,
+) -> Raw {
+    let id = *raw.local_peer_id();
     connect(&mut raw, server, addr).await;
     tokio::spawn(async move {
         loop {
@@ -170,22 +181,15 @@ struct Identified {
 /// Dials `server` from a new identity whose identify names `agent` (as a
 /// js, go or py peer's does), and keeps the swarm running.
 pub async fn raw_connection_named(server: PeerId, addr: &Multiaddr, agent: &str) -> Raw {
-    let mut raw = swarm(|key| Identified {
+    let raw = swarm(|key| Identified {
         stream: libp2p_stream::Behaviour::new(),
         identify: libp2p::identify::Behaviour::new(
             libp2p::identify::Config::new("/ipfs/id/1.0.0".into(), key.public())
                 .with_agent_version(agent.into()),
         ),
     });
-    let id = *raw.local_peer_id();
     let control = raw.behaviour().stream.new_control();
-    connect(&mut raw, server, addr).await;
-    tokio::spawn(async move {
-        loop {
-            raw.select_next_some().await;
-        }
-    });
-    Raw { id, control }
+    keep_connected(raw, control, server, addr).await
 }
 
 impl Raw {
