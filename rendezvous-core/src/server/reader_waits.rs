@@ -130,17 +130,14 @@ impl Server {
     ) -> Result<(), Refusal> {
         let max = self.config.subscriptions.max_per_peer;
         let waits = &mut self.reader_waits;
-        let held = waits.subscribes_of.entry(peer).or_default();
-        if held.len() >= max || waits.subscribes.contains_key(&id) {
-            if held.is_empty() {
-                waits.subscribes_of.remove(&peer);
-            }
+        let held = waits.subscribes_of.get(&peer).map_or(0, Vec::len);
+        if held >= max || waits.subscribes.contains_key(&id) {
             return Err(Refusal::new(
                 ResponseStatus::EUnavailable,
                 format!("{max} subscriptions from this peer are waiting, its limit"),
             ));
         }
-        held.push(id);
+        waits.subscribes_of.entry(peer).or_default().push(id);
         waits.subscribes.insert(id, (peer, message));
         Ok(())
     }
