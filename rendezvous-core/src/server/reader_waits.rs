@@ -113,7 +113,7 @@ impl Server {
         if self.reader_waits.contains(&peer) {
             return true;
         }
-        if self.config.reader_wait.is_zero() || !self.readers.first_ask(peer) {
+        if !self.asks_for_readers() || !self.readers.first_ask(peer) {
             return false;
         }
         self.reader_waits.start(peer, self.now + self.config.reader_wait);
@@ -167,6 +167,13 @@ impl Server {
     pub(super) fn forget_reader_wait(&mut self, peer: PeerId) {
         self.reader_waits.take_subscribes(&peer);
         self.reader_wait_over(peer);
+    }
+
+    /// Whether the server asks what a peer reads when it first needs to
+    /// know ([`ServerConfig::reader_wait`](crate::ServerConfig::reader_wait)
+    /// set), rather than being told of every peer unasked.
+    pub fn asks_for_readers(&self) -> bool {
+        !self.config.reader_wait.is_zero()
     }
 
     /// The next peer whose reader the server wants to learn. Drain it after

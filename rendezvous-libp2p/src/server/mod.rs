@@ -78,7 +78,6 @@ struct Connection {
 /// The rendezvous point.
 pub struct Behaviour {
     core: Server,
-    asks_for_readers: bool,
     timer: Timer,
     idle: Idle<ConnectionId>,
     shared: Arc<Shared>,
@@ -124,10 +123,8 @@ impl Behaviour {
             "{} requests in flight on this connection, the server's limit; retry later",
             shared.admission.max_streams
         );
-        let asks_for_readers = !config.core.reader_wait.is_zero();
         Ok(Behaviour {
             core: Server::new(config.core)?,
-            asks_for_readers,
             timer: Timer::new(clock),
             idle: Idle::new(idle_timeout),
             shared,
@@ -267,7 +264,7 @@ impl Behaviour {
     /// through [`Event::ReaderWanted`]. If not, it must be told of every
     /// peer unasked, as identify does when it asks every peer that connects.
     pub fn asks_for_readers(&self) -> bool {
-        self.asks_for_readers
+        self.core.asks_for_readers()
     }
 
     fn now(&self) -> Timestamp {
